@@ -1,0 +1,47 @@
+/**
+ * The dependency direction, checked by `make test`:
+ * the pure core (config, qemu, request, util) never reaches the edges (processes, files,
+ * sockets, the API) nor effectful Node modules, so it is tested with plain values.
+ */
+const CORE = '^src/(config|qemu|request|util)/';
+
+module.exports = {
+  forbidden: [
+    {
+      name: 'core-imports-no-edges',
+      comment: 'The core is pure: it must not import the service, the API, VM processes or the CLI.',
+      severity: 'error',
+      from: { path: CORE },
+      to: { path: '^src/(api|vm|manager|cli|telemetry)/' },
+    },
+    {
+      name: 'core-has-no-effects',
+      comment: 'No files, processes, sockets or gRPC in the core: push them to the edges.',
+      severity: 'error',
+      from: { path: CORE },
+      to: {
+        dependencyTypes: ['core', 'npm'],
+        path: '^(node:)?(fs|fs/promises|child_process|net|dgram|http|https|tls|os|process|cluster|worker_threads)$|^(execa|@grpc/|pino)',
+      },
+    },
+    {
+      name: 'api-does-not-touch-processes',
+      comment: 'The API layer talks to the manager, never to VM processes or files directly.',
+      severity: 'error',
+      from: { path: '^src/api/' },
+      to: { path: '^src/vm/' },
+    },
+    {
+      name: 'no-circular',
+      severity: 'error',
+      from: {},
+      to: { circular: true },
+    },
+  ],
+  options: {
+    doNotFollow: { path: 'node_modules' },
+    exclude: { path: 'src/api/grpc/generated' },
+    tsConfig: { fileName: 'tsconfig.json' },
+    tsPreCompilationDeps: true,
+  },
+};

@@ -1,0 +1,60 @@
+#!/usr/bin/env node
+/**
+ * Entry point of `cocos-manager`. Turns every expected failure into one line on stderr and
+ * an exit status (2 for bad configuration or usage), never a stack trace.
+ */
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from './config/load.js';
+import { QEMU_ARGS_HELP, qemuArgsCommand } from './cli/qemu-args.js';
+import { SERVE_HELP, serveCommand } from './cli/serve.js';
+import { StartupError } from './cli/errors.js';
+
+const MAIN_HELP = `Usage: cocos-manager [command] [--help]
+
+Launches and supervises confidential VMs (AMD SEV-SNP, Intel TDX) for Cocos.
+Configuration comes from the environment (see README.md, "Configuration").
+
+Commands:
+  serve        run the daemon (the default when no command is given)
+  qemu-args    print the template QEMU command line for the current environment
+
+Run 'cocos-manager <command> --help' for a command's options.
+`;
+
+function fail(message: string, status: number): never {
+  process.stderr.write(`cocos-manager: ${message}\n`);
+  process.exit(status);
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [first, ...rest] = argv;
+  const command = first === undefined || first.startsWith('-') ? 'serve' : first;
+  const args = command === first ? rest : argv;
+  if (command === 'help' || (command === 'serve' && first !== 'serve' && (args.includes('--help') || args.includes('-h')))) {
+    process.stdout.write(MAIN_HELP);
+    return;
+  }
+  switch (command) {
+    case 'qemu-args': {
+      const { values } = parseArgs({ args, options: { shell: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } });
+      if (values.help) return void process.stdout.write(QEMU_ARGS_HELP);
+      const config = loadConfig(process.env);
+      process.stdout.write(`${qemuArgsCommand(config, values.shell === true)}\n`);
+      return;
+    }
+    case 'serve': {
+      const { values } = parseArgs({ args, options: { help: { type: 'boolean', short: 'h' } } });
+      if (values.help) return void process.stdout.write(SERVE_HELP);
+      await serveCommand(loadConfig(process.env));
+      return;
+    }
+    default:
+      fail(`unknown command "${command}"; run 'cocos-manager --help'`, 2);
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  if (err instanceof ConfigError || err instanceof StartupError) fail(err.message, 2);
+  if (err instanceof TypeError && 'code' in err && String(err.code).startsWith('ERR_PARSE_ARGS')) fail(err.message, 2);
+  fail(`unexpected error: ${err instanceof Error ? err.message : String(err)}`, 1);
+});

@@ -1,0 +1,263 @@
+/**
+ * Reads the configuration from an environment object. Pure: no process.env, no files.
+ * A bad value becomes a ConfigError naming the variable, the value given and what is expected.
+ */
+import { cleanEnv } from 'envalid';
+import type { Config, ServerConfig } from './types.js';
+import {
+  boolean,
+  count,
+  memorySize,
+  oneOf,
+  port,
+  portRange,
+  positiveCount,
+  positiveDuration,
+  ratio,
+  text,
+  uint32,
+} from './validators.js';
+
+export class ConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+const serverSpecs = (prefix: string, defaultPort: number) => ({
+  [`${prefix}HOST`]: text({ default: '' }),
+  [`${prefix}PORT`]: port({ default: defaultPort }),
+  [`${prefix}SERVER_CERT`]: text({ default: '' }),
+  [`${prefix}SERVER_KEY`]: text({ default: '' }),
+  [`${prefix}SERVER_CA_CERTS`]: text({ default: '' }),
+  [`${prefix}CLIENT_CA_CERTS`]: text({ default: '' }),
+});
+
+const Q = 'MANAGER_QEMU_';
+
+/** Every variable, its shape and its default: the table of configuration.md. */
+export const SPECS = {
+  MANAGER_LOG_LEVEL: oneOf(['debug', 'info', 'warn', 'error'] as const)({ default: 'info' }),
+  MANAGER_INSTANCE_ID: text({ default: '' }),
+  MANAGER_ATTESTATION_POLICY_BINARY_PATH: text({ default: '../../build' }),
+  MANAGER_PCR_VALUES: text({ default: '' }),
+  MANAGER_CORIM_SIGNING_KEY: text({ default: '' }),
+  MANAGER_EOS_VERSION: text({ default: '' }),
+  MANAGER_MAX_VMS: count({ default: 10 }),
+  COCOS_JAEGER_URL: text({ default: 'http://localhost:4318' }),
+  COCOS_JAEGER_TRACE_RATIO: ratio({ default: 1.0 }),
+  ...serverSpecs('MANAGER_GRPC_', 7001),
+  ...serverSpecs('MANAGER_HTTP_', 7003),
+  [`${Q}BIN_PATH`]: text({ default: 'qemu-system-x86_64' }),
+  [`${Q}USE_SUDO`]: boolean({ default: false }),
+  [`${Q}ENABLE_KVM`]: boolean({ default: true }),
+  [`${Q}ENABLE_SEV_SNP`]: boolean({ default: true }),
+  [`${Q}ENABLE_TDX`]: boolean({ default: false }),
+  [`${Q}MACHINE`]: text({ default: 'q35' }),
+  [`${Q}CPU`]: text({ default: 'EPYC' }),
+  [`${Q}SMP_COUNT`]: positiveCount({ default: 4 }),
+  [`${Q}SMP_MAXCPUS`]: positiveCount({ default: 64 }),
+  [`${Q}MEM_ID`]: text({ default: 'ram1' }),
+  [`${Q}MEMORY_SIZE`]: memorySize({ default: '2048M' }),
+  [`${Q}MEMORY_SLOTS`]: count({ default: 5 }),
+  [`${Q}MAX_MEMORY`]: memorySize({ default: '30G' }),
+  [`${Q}OVMF_CODE_IF`]: text({ default: 'pflash' }),
+  [`${Q}OVMF_CODE_FORMAT`]: text({ default: 'raw' }),
+  [`${Q}OVMF_CODE_UNIT`]: count({ default: 0 }),
+  [`${Q}OVMF_CODE_FILE`]: text({ default: '/usr/share/OVMF/OVMF_CODE.fd' }),
+  [`${Q}OVMF_CODE_READONLY`]: oneOf(['on', 'off'] as const)({ default: 'on' }),
+  [`${Q}OVMF_VERSION`]: text({ default: 'edk2-stable202408' }),
+  [`${Q}OVMF_VARS_IF`]: text({ default: 'pflash' }),
+  [`${Q}OVMF_VARS_FORMAT`]: text({ default: 'raw' }),
+  [`${Q}OVMF_VARS_UNIT`]: count({ default: 1 }),
+  [`${Q}OVMF_VARS_FILE`]: text({ default: '/usr/share/OVMF/OVMF_VARS.fd' }),
+  [`${Q}OVMF_FILE`]: text({ default: '/usr/share/ovmf/OVMF.fd' }),
+  [`${Q}NETDEV_ID`]: text({ default: 'vmnic' }),
+  [`${Q}HOST_FWD_AGENT`]: port({ default: 7020 }),
+  [`${Q}GUEST_FWD_AGENT`]: port({ default: 7002 }),
+  [`${Q}HOST_FWD_RANGE`]: portRange({ default: { first: 6100, last: 6200 } }),
+  [`${Q}VIRTIO_NET_PCI_DISABLE_LEGACY`]: oneOf(['on', 'off', 'auto'] as const)({ default: 'on' }),
+  [`${Q}VIRTIO_NET_PCI_IOMMU_PLATFORM`]: boolean({ default: true }),
+  [`${Q}VIRTIO_NET_PCI_ADDR`]: text({ default: '0x2' }),
+  [`${Q}VIRTIO_NET_PCI_ROMFILE`]: text({ default: '' }),
+  [`${Q}DISK_IMG_KERNEL_FILE`]: text({ default: 'img/bzImage' }),
+  [`${Q}DISK_IMG_ROOTFS_FILE`]: text({ default: 'img/rootfs.cpio.gz' }),
+  [`${Q}KERNEL_CMDLINE`]: text({ default: 'quiet console=null' }),
+  [`${Q}SEV_SNP_ID`]: text({ default: 'sev0' }),
+  [`${Q}SEV_SNP_CBITPOS`]: count({ default: 51 }),
+  [`${Q}SEV_SNP_REDUCED_PHYS_BITS`]: count({ default: 1 }),
+  [`${Q}ENABLE_HOST_DATA`]: boolean({ default: false }),
+  [`${Q}HOST_DATA`]: text({ default: '' }),
+  [`${Q}IGVM_ID`]: text({ default: 'igvm0' }),
+  [`${Q}IGVM_FILE`]: text({ default: '/root/coconut-qemu.igvm' }),
+  [`${Q}TDX_ID`]: text({ default: 'tdx0' }),
+  [`${Q}QUOTE_GENERATION_PORT`]: uint32({ default: 4050 }),
+  [`${Q}NO_GRAPHIC`]: boolean({ default: true }),
+  [`${Q}MONITOR`]: text({ default: 'pty' }),
+  MANAGER_STATE_DIR: text({ default: '/var/lib/cocos-manager' }),
+  MANAGER_QEMU_START_TIMEOUT: positiveDuration({ default: 10_000 }),
+  MANAGER_QEMU_STOP_TIMEOUT: positiveDuration({ default: 30_000 }),
+  MANAGER_ATTESTATION_POLICY_FORMAT: oneOf(['corim', 'json'] as const)({ default: 'corim' }),
+};
+
+/** Variables whose value is not free text: for these an empty value means "unset", as in the Go manager. */
+const TYPED = new Set(
+  Object.entries(SPECS)
+    .filter(([, spec]) => spec !== undefined && (spec as { _parse: unknown })._parse !== text({})._parse)
+    .map(([k]) => k),
+);
+
+function describe(variable: string, value: string | undefined, expected: string): ConfigError {
+  return new ConfigError(variable, `invalid ${variable}=${JSON.stringify(value ?? '')}: ${expected}`);
+}
+
+/** Strict base64 of exactly 32 bytes (43 characters and one '='). */
+function isBase64Of32Bytes(s: string): boolean {
+  return /^[A-Za-z0-9+/]{43}=$/.test(s) && Buffer.from(s, 'base64').length === 32;
+}
+
+function sizeInMiB(size: string): number {
+  const n = Number(size.slice(0, -1));
+  return n * { M: 1, G: 1024, T: 1024 * 1024 }[size.slice(-1) as 'M' | 'G' | 'T'];
+}
+
+export function loadConfig(rawEnv: Readonly<Record<string, string | undefined>>): Config {
+  const env: Record<string, string | undefined> = {};
+  for (const key of Object.keys(SPECS)) {
+    const v = rawEnv[key];
+    env[key] = v === '' && TYPED.has(key) ? undefined : v;
+  }
+  let firstError: ConfigError | undefined;
+  const e = cleanEnv(env, SPECS, {
+    reporter: ({ errors }) => {
+      const [variable, err] = Object.entries(errors)[0] ?? [];
+      if (variable && err) firstError = describe(variable, env[variable], err.message);
+    },
+  }) as unknown as Record<string, any>;
+  if (firstError) throw firstError;
+
+  const server = (p: string): ServerConfig => ({
+    host: e[`${p}HOST`],
+    port: e[`${p}PORT`],
+    serverCert: e[`${p}SERVER_CERT`],
+    serverKey: e[`${p}SERVER_KEY`],
+    serverCaCerts: e[`${p}SERVER_CA_CERTS`],
+    clientCaCerts: e[`${p}CLIENT_CA_CERTS`],
+  });
+
+  const config: Config = {
+    logLevel: e.MANAGER_LOG_LEVEL,
+    instanceId: e.MANAGER_INSTANCE_ID,
+    attestationPolicyBinaryPath: e.MANAGER_ATTESTATION_POLICY_BINARY_PATH,
+    pcrValuesFile: e.MANAGER_PCR_VALUES,
+    corimSigningKey: e.MANAGER_CORIM_SIGNING_KEY,
+    eosVersion: e.MANAGER_EOS_VERSION,
+    maxVms: e.MANAGER_MAX_VMS,
+    jaegerUrl: e.COCOS_JAEGER_URL,
+    jaegerTraceRatio: e.COCOS_JAEGER_TRACE_RATIO,
+    grpc: server('MANAGER_GRPC_'),
+    http: server('MANAGER_HTTP_'),
+    qemu: {
+      binPath: e[`${Q}BIN_PATH`],
+      useSudo: e[`${Q}USE_SUDO`],
+      enableKvm: e[`${Q}ENABLE_KVM`],
+      enableSevSnp: e[`${Q}ENABLE_SEV_SNP`],
+      enableTdx: e[`${Q}ENABLE_TDX`],
+      machine: e[`${Q}MACHINE`],
+      cpu: e[`${Q}CPU`],
+      smpCount: e[`${Q}SMP_COUNT`],
+      smpMaxCpus: e[`${Q}SMP_MAXCPUS`],
+      memId: e[`${Q}MEM_ID`],
+      memorySize: e[`${Q}MEMORY_SIZE`],
+      memorySlots: e[`${Q}MEMORY_SLOTS`],
+      maxMemory: e[`${Q}MAX_MEMORY`],
+      ovmfCode: {
+        if: e[`${Q}OVMF_CODE_IF`],
+        format: e[`${Q}OVMF_CODE_FORMAT`],
+        unit: e[`${Q}OVMF_CODE_UNIT`],
+        file: e[`${Q}OVMF_CODE_FILE`],
+        readonly: e[`${Q}OVMF_CODE_READONLY`],
+      },
+      ovmfVersion: e[`${Q}OVMF_VERSION`],
+      ovmfVars: {
+        if: e[`${Q}OVMF_VARS_IF`],
+        format: e[`${Q}OVMF_VARS_FORMAT`],
+        unit: e[`${Q}OVMF_VARS_UNIT`],
+        file: e[`${Q}OVMF_VARS_FILE`],
+      },
+      ovmfFile: e[`${Q}OVMF_FILE`],
+      netdevId: e[`${Q}NETDEV_ID`],
+      hostFwdAgent: e[`${Q}HOST_FWD_AGENT`],
+      guestFwdAgent: e[`${Q}GUEST_FWD_AGENT`],
+      hostFwdRange: e[`${Q}HOST_FWD_RANGE`],
+      virtioNetPci: {
+        disableLegacy: e[`${Q}VIRTIO_NET_PCI_DISABLE_LEGACY`],
+        iommuPlatform: e[`${Q}VIRTIO_NET_PCI_IOMMU_PLATFORM`],
+        addr: e[`${Q}VIRTIO_NET_PCI_ADDR`],
+        romfile: e[`${Q}VIRTIO_NET_PCI_ROMFILE`],
+      },
+      kernelFile: e[`${Q}DISK_IMG_KERNEL_FILE`],
+      rootfsFile: e[`${Q}DISK_IMG_ROOTFS_FILE`],
+      kernelCmdline: e[`${Q}KERNEL_CMDLINE`],
+      sevSnp: {
+        id: e[`${Q}SEV_SNP_ID`],
+        cbitpos: e[`${Q}SEV_SNP_CBITPOS`],
+        reducedPhysBits: e[`${Q}SEV_SNP_REDUCED_PHYS_BITS`],
+      },
+      enableHostData: e[`${Q}ENABLE_HOST_DATA`],
+      hostData: e[`${Q}HOST_DATA`],
+      igvmId: e[`${Q}IGVM_ID`],
+      igvmFile: e[`${Q}IGVM_FILE`],
+      tdxId: e[`${Q}TDX_ID`],
+      quoteGenerationPort: e[`${Q}QUOTE_GENERATION_PORT`],
+      noGraphic: e[`${Q}NO_GRAPHIC`],
+      monitor: e[`${Q}MONITOR`],
+    },
+    stateDir: e.MANAGER_STATE_DIR,
+    startTimeoutMs: e.MANAGER_QEMU_START_TIMEOUT,
+    stopTimeoutMs: e.MANAGER_QEMU_STOP_TIMEOUT,
+    attestationPolicyFormat: e.MANAGER_ATTESTATION_POLICY_FORMAT,
+  };
+  checkCombinations(config, env);
+  return config;
+}
+
+/** Rules that involve more than one variable. */
+function checkCombinations(c: Config, env: Record<string, string | undefined>): void {
+  const q = c.qemu;
+  if (q.enableSevSnp && q.enableTdx) {
+    throw new ConfigError(
+      `${Q}ENABLE_TDX`,
+      `invalid ${Q}ENABLE_TDX=${JSON.stringify(env[`${Q}ENABLE_TDX`] ?? '')}: SEV-SNP and TDX cannot both be enabled; set ${Q}ENABLE_SEV_SNP=false or ${Q}ENABLE_TDX=false`,
+    );
+  }
+  if (q.enableHostData && !isBase64Of32Bytes(q.hostData)) {
+    throw describe(`${Q}HOST_DATA`, q.hostData, `expected base64 of exactly 32 bytes (44 characters) since ${Q}ENABLE_HOST_DATA is true`);
+  }
+  if (q.smpMaxCpus < q.smpCount) {
+    throw describe(`${Q}SMP_MAXCPUS`, env[`${Q}SMP_MAXCPUS`], `expected at least ${Q}SMP_COUNT (${q.smpCount})`);
+  }
+  if (sizeInMiB(q.maxMemory) < sizeInMiB(q.memorySize)) {
+    throw describe(`${Q}MAX_MEMORY`, q.maxMemory, `expected at least ${Q}MEMORY_SIZE (${q.memorySize})`);
+  }
+  if (q.binPath.trim() === '') throw describe(`${Q}BIN_PATH`, q.binPath, 'expected a QEMU binary path or name');
+  if (c.stateDir.trim() === '') throw describe('MANAGER_STATE_DIR', c.stateDir, 'expected a directory path');
+  for (const [name, s] of [['MANAGER_GRPC_', c.grpc], ['MANAGER_HTTP_', c.http]] as const) {
+    if ((s.serverCert === '') !== (s.serverKey === '')) {
+      const missing = s.serverCert === '' ? 'SERVER_CERT' : 'SERVER_KEY';
+      throw describe(`${name}${missing}`, '', `expected a path: ${name}SERVER_CERT and ${name}SERVER_KEY turn TLS on together`);
+    }
+    if (s.clientCaCerts !== '' && s.serverCert === '') {
+      throw describe(`${name}CLIENT_CA_CERTS`, s.clientCaCerts, `mutual TLS needs ${name}SERVER_CERT and ${name}SERVER_KEY`);
+    }
+  }
+  try {
+    new URL(c.jaegerUrl);
+  } catch {
+    throw describe('COCOS_JAEGER_URL', c.jaegerUrl, 'expected an absolute URL like http://localhost:4318');
+  }
+}

@@ -1,0 +1,85 @@
+/** The daemon's configuration, as read once from the environment (see shared/spec/configuration.md). */
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+export type PolicyFormat = 'corim' | 'json';
+
+export interface ServerConfig {
+  host: string;
+  port: number;
+  serverCert: string;
+  serverKey: string;
+  serverCaCerts: string;
+  clientCaCerts: string;
+}
+
+export interface PortRange {
+  first: number;
+  last: number;
+}
+
+export interface QemuConfig {
+  binPath: string;
+  useSudo: boolean;
+  enableKvm: boolean;
+  enableSevSnp: boolean;
+  enableTdx: boolean;
+  machine: string;
+  cpu: string;
+  smpCount: number;
+  smpMaxCpus: number;
+  memId: string;
+  memorySize: string;
+  memorySlots: number;
+  maxMemory: string;
+  ovmfCode: { if: string; format: string; unit: number; file: string; readonly: string };
+  ovmfVersion: string;
+  ovmfVars: { if: string; format: string; unit: number; file: string };
+  ovmfFile: string;
+  netdevId: string;
+  hostFwdAgent: number;
+  guestFwdAgent: number;
+  hostFwdRange: PortRange;
+  virtioNetPci: { disableLegacy: string; iommuPlatform: boolean; addr: string; romfile: string };
+  kernelFile: string;
+  rootfsFile: string;
+  kernelCmdline: string;
+  sevSnp: { id: string; cbitpos: number; reducedPhysBits: number };
+  enableHostData: boolean;
+  hostData: string;
+  igvmId: string;
+  igvmFile: string;
+  tdxId: string;
+  quoteGenerationPort: number;
+  noGraphic: boolean;
+  monitor: string;
+}
+
+export interface Config {
+  logLevel: LogLevel;
+  /** Empty: the daemon generates a UUID at start. */
+  instanceId: string;
+  attestationPolicyBinaryPath: string;
+  pcrValuesFile: string;
+  corimSigningKey: string;
+  eosVersion: string;
+  /** 0 means no limit. */
+  maxVms: number;
+  jaegerUrl: string;
+  jaegerTraceRatio: number;
+  grpc: ServerConfig;
+  http: ServerConfig;
+  qemu: QemuConfig;
+  stateDir: string;
+  startTimeoutMs: number;
+  stopTimeoutMs: number;
+  attestationPolicyFormat: PolicyFormat;
+}
+
+/** Which confidential-computing technology a VM launched with this configuration uses. */
+export type CvmKind = 'sev-snp' | 'tdx' | 'plain';
+
+export function cvmKind(q: Pick<QemuConfig, 'enableSevSnp' | 'enableTdx'>): CvmKind {
+  if (q.enableSevSnp) return 'sev-snp';
+  if (q.enableTdx) return 'tdx';
+  return 'plain';
+}

@@ -1,0 +1,88 @@
+/**
+ * envalid validators for the value shapes of configuration.md. Each throws an Error whose
+ * message says what was expected; the loader adds the variable name and the given value.
+ */
+import { makeValidator } from 'envalid';
+import { parseGoDuration } from '../util/duration.js';
+import type { PortRange } from './types.js';
+
+const TRUE_WORDS = new Set(['true', '1', 'on', 'yes']);
+const FALSE_WORDS = new Set(['false', '0', 'off', 'no']);
+
+export const boolean = makeValidator<boolean>((input) => {
+  const v = input.trim().toLowerCase();
+  if (TRUE_WORDS.has(v)) return true;
+  if (FALSE_WORDS.has(v)) return false;
+  throw new Error('expected a boolean: true or false (also 1/0, on/off, yes/no)');
+});
+
+function integer(input: string, min: number, max: number, what: string): number {
+  const v = input.trim();
+  if (!/^\d+$/.test(v)) throw new Error(`expected ${what}`);
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`expected ${what}`);
+  return n;
+}
+
+export const port = makeValidator<number>((input) =>
+  integer(input, 1, 65535, 'a port number in 1..65535'),
+);
+
+export const count = makeValidator<number>((input) =>
+  integer(input, 0, 1_000_000, 'a non-negative integer'),
+);
+
+export const positiveCount = makeValidator<number>((input) =>
+  integer(input, 1, 1_000_000, 'a positive integer'),
+);
+
+export const uint32 = makeValidator<number>((input) =>
+  integer(input, 0, 4294967295, 'an integer in 0..4294967295'),
+);
+
+/** QEMU sizes as operators write them: 2048M, 4G, 30G, 1T. */
+export const memorySize = makeValidator<string>((input) => {
+  const v = input.trim();
+  if (!/^[1-9]\d*[MGT]$/.test(v)) throw new Error('expected a memory size like 2048M, 4G or 30G');
+  return v;
+});
+
+export const portRange = makeValidator<PortRange>((input) => {
+  const m = /^\s*(\d+)\s*-\s*(\d+)\s*$/.exec(input);
+  const expected = 'expected a port range "first-last" with 1 <= first <= last <= 65535';
+  if (!m) throw new Error(expected);
+  const first = Number(m[1]);
+  const last = Number(m[2]);
+  if (first < 1 || last > 65535 || first > last) throw new Error(expected);
+  return { first, last };
+});
+
+export const ratio = makeValidator<number>((input) => {
+  const v = input.trim();
+  const n = Number(v);
+  if (v === '' || !Number.isFinite(n) || n < 0 || n > 1) throw new Error('expected a number in 0..1');
+  return n;
+});
+
+/** A Go duration that must be > 0; parsed to milliseconds. */
+export const positiveDuration = makeValidator<number>((input) => {
+  let ms: number;
+  try {
+    ms = parseGoDuration(input.trim());
+  } catch {
+    throw new Error('expected a positive Go duration like 300ms, 10s or 1m30s');
+  }
+  if (!(ms > 0)) throw new Error('expected a positive Go duration like 300ms, 10s or 1m30s');
+  return ms;
+});
+
+export function oneOf<T extends string>(choices: readonly T[]) {
+  return makeValidator<T>((input) => {
+    const v = input.trim();
+    if (!(choices as readonly string[]).includes(v)) throw new Error(`expected one of ${choices.join(', ')}`);
+    return v as T;
+  });
+}
+
+/** Strings are kept verbatim; an empty string is a value (e.g. an empty host means all interfaces). */
+export const text = makeValidator<string>((input) => input);

@@ -1,0 +1,104 @@
+/**
+ * The QEMU argument vector, exactly as shared/spec/qemu-argv.md orders and shapes it.
+ * Pure: configuration and per-VM values in, argv out. The binary is kept apart.
+ */
+import type { QemuConfig } from '../config/types.js';
+
+/** What differs between two VMs started from the same configuration. */
+export interface VmLaunch {
+  /** Host port forwarded to the agent's guest port. */
+  hostPort: number;
+  /** The VM's own copy of the OVMF variables file (plain OVMF boot only). */
+  ovmfVarsFile: string;
+  /** Value of aa_kbs_params; non-empty adds ` agent.aa_kbc_params=<value>` to the kernel command line. */
+  aaKbsParams?: string;
+  /** The two 9P shares; absent in the template. */
+  shares?: { certsDir: string; envDir: string };
+}
+
+/**
+ * QEMU reads a comma inside a `key=value,...` option as the start of the next key
+ * unless it is doubled, so every value spliced into such an option goes through this.
+ */
+export function escapeOptionValue(value: string): string {
+  return value.replaceAll(',', ',,');
+}
+
+const e = escapeOptionValue;
+
+export function kernelCommandLine(q: QemuConfig, aaKbsParams = ''): string {
+  return aaKbsParams === '' ? q.kernelCmdline : `${q.kernelCmdline} agent.aa_kbc_params=${aaKbsParams}`;
+}
+
+/** The per-VM values of the template command line: what the daemon logs at start and `qemu-args` prints. */
+export function templateLaunch(q: QemuConfig): VmLaunch {
+  return { hostPort: q.hostFwdAgent, ovmfVarsFile: q.ovmfVars.file };
+}
+
+export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
+  const args: string[] = [];
+  if (q.enableKvm) args.push('-enable-kvm');
+  if (q.machine !== '') args.push('-machine', q.machine);
+  if (q.cpu !== '') args.push('-cpu', q.cpu);
+  args.push('-smp', `${q.smpCount},maxcpus=${q.smpMaxCpus}`);
+  args.push('-m', `${q.memorySize},slots=${q.memorySlots},maxmem=${q.maxMemory}`);
+
+  if (!q.enableSevSnp && !q.enableTdx) {
+    const c = q.ovmfCode;
+    const v = q.ovmfVars;
+    args.push('-drive', `if=${e(c.if)},format=${e(c.format)},unit=${c.unit},file=${e(c.file)},readonly=${c.readonly}`);
+    args.push('-drive', `if=${e(v.if)},format=${e(v.format)},unit=${v.unit},file=${e(vm.ovmfVarsFile)}`);
+  }
+
+  args.push('-netdev', `user,id=${e(q.netdevId)},hostfwd=tcp::${vm.hostPort}-:${q.guestFwdAgent}`);
+  const n = q.virtioNetPci;
+  args.push(
+    '-device',
+    `virtio-net-pci,disable-legacy=${n.disableLegacy},iommu_platform=${n.iommuPlatform},netdev=${e(q.netdevId)},addr=${e(n.addr)},romfile=${e(n.romfile)}`,
+  );
+
+  if (q.enableSevSnp) {
+    args.push('-machine', `confidential-guest-support=${e(q.sevSnp.id)},memory-backend=${e(q.memId)},igvm-cfg=${e(q.igvmId)}`);
+    args.push('-object', `memory-backend-memfd,id=${e(q.memId)},size=${q.memorySize},share=true,prealloc=false`);
+    const hostData = q.enableHostData ? `,host-data=${q.hostData}` : '';
+    args.push(
+      '-object',
+      `sev-snp-guest,id=${e(q.sevSnp.id)},cbitpos=${q.sevSnp.cbitpos},reduced-phys-bits=${q.sevSnp.reducedPhysBits}${hostData}`,
+    );
+    args.push('-object', `igvm-cfg,id=${e(q.igvmId)},file=${e(q.igvmFile)}`);
+  }
+
+  if (q.enableTdx) {
+    args.push(
+      '-object',
+      JSON.stringify({
+        'qom-type': 'tdx-guest',
+        id: q.tdxId,
+        'quote-generation-socket': { type: 'vsock', cid: '2', port: String(q.quoteGenerationPort) },
+      }),
+    );
+    args.push('-machine', `confidential-guest-support=${e(q.tdxId)},memory-backend=${e(q.memId)},hpet=off`);
+    args.push('-object', `memory-backend-memfd,id=${e(q.memId)},size=${q.memorySize},share=true,prealloc=false`);
+    args.push('-bios', q.ovmfFile);
+    args.push('-nodefaults');
+  }
+
+  args.push('-kernel', q.kernelFile);
+  args.push('-append', kernelCommandLine(q, vm.aaKbsParams));
+  args.push('-initrd', q.rootfsFile);
+  if (q.noGraphic) args.push('-nographic');
+  args.push('-monitor', q.monitor);
+
+  if (vm.shares) {
+    args.push('-fsdev', `local,id=cert_fs,path=${e(vm.shares.certsDir)},security_model=mapped`);
+    args.push('-device', 'virtio-9p-pci,fsdev=cert_fs,mount_tag=certs_share');
+    args.push('-fsdev', `local,id=env_fs,path=${e(vm.shares.envDir)},security_model=mapped`);
+    args.push('-device', 'virtio-9p-pci,fsdev=env_fs,mount_tag=env_share');
+  }
+  return args;
+}
+
+/** The binary and its leading arguments: `sudo <bin>` when USE_SUDO. */
+export function qemuCommand(q: QemuConfig): { file: string; prefix: string[] } {
+  return q.useSudo ? { file: 'sudo', prefix: [q.binPath] } : { file: q.binPath, prefix: [] };
+}

@@ -1,0 +1,124 @@
+// The argument vector matches shared/spec/qemu-argv.md element by element, in every mode.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { runCli } from './helpers.mjs';
+import { loadConfig } from '../dist/config/load.js';
+import { buildQemuArgs } from '../dist/qemu/args.js';
+
+const HOST_DATA = Buffer.alloc(32, 0xab).toString('base64');
+
+const COMMON_HEAD = ['-enable-kvm', '-machine', 'q35', '-cpu', 'EPYC', '-smp', '4,maxcpus=64', '-m', '2048M,slots=5,maxmem=30G'];
+const NET = [
+  '-netdev', 'user,id=vmnic,hostfwd=tcp::7020-:7002',
+  '-device', 'virtio-net-pci,disable-legacy=on,iommu_platform=true,netdev=vmnic,addr=0x2,romfile=',
+];
+const TAIL = ['-kernel', 'img/bzImage', '-append', 'quiet console=null', '-initrd', 'img/rootfs.cpio.gz', '-nographic', '-monitor', 'pty'];
+const SNP = (hostData) => [
+  '-machine', 'confidential-guest-support=sev0,memory-backend=ram1,igvm-cfg=igvm0',
+  '-object', 'memory-backend-memfd,id=ram1,size=2048M,share=true,prealloc=false',
+  '-object', `sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1${hostData ? `,host-data=${hostData}` : ''}`,
+  '-object', 'igvm-cfg,id=igvm0,file=/root/coconut-qemu.igvm',
+];
+
+const table = [
+  {
+    name: 'plain OVMF (the spec example)',
+    env: { MANAGER_QEMU_ENABLE_SEV_SNP: 'false' },
+    want: [
+      ...COMMON_HEAD,
+      '-drive', 'if=pflash,format=raw,unit=0,file=/usr/share/OVMF/OVMF_CODE.fd,readonly=on',
+      '-drive', 'if=pflash,format=raw,unit=1,file=/usr/share/OVMF/OVMF_VARS.fd',
+      ...NET, ...TAIL,
+    ],
+  },
+  { name: 'SEV-SNP without host data (the defaults)', env: {}, want: [...COMMON_HEAD, ...NET, ...SNP(''), ...TAIL] },
+  {
+    name: 'SEV-SNP with host data',
+    env: { MANAGER_QEMU_ENABLE_HOST_DATA: 'true', MANAGER_QEMU_HOST_DATA: HOST_DATA },
+    want: [...COMMON_HEAD, ...NET, ...SNP(HOST_DATA), ...TAIL],
+  },
+  {
+    name: 'TDX',
+    env: { MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_TDX: 'true' },
+    want: [
+      ...COMMON_HEAD, ...NET,
+      '-object', '{"qom-type":"tdx-guest","id":"tdx0","quote-generation-socket":{"type":"vsock","cid":"2","port":"4050"}}',
+      '-machine', 'confidential-guest-support=tdx0,memory-backend=ram1,hpet=off',
+      '-object', 'memory-backend-memfd,id=ram1,size=2048M,share=true,prealloc=false',
+      '-bios', '/usr/share/ovmf/OVMF.fd',
+      '-nodefaults',
+      ...TAIL,
+    ],
+  },
+  {
+    name: 'no KVM, no machine, no graphic option off, ROM file set',
+    env: {
+      MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_KVM: 'false', MANAGER_QEMU_MACHINE: '',
+      MANAGER_QEMU_NO_GRAPHIC: 'false', MANAGER_QEMU_VIRTIO_NET_PCI_ROMFILE: '/usr/share/qemu/efi-virtio.rom',
+      MANAGER_QEMU_VIRTIO_NET_PCI_IOMMU_PLATFORM: 'off', MANAGER_QEMU_KERNEL_CMDLINE: 'console=ttyS0 root=/dev/vda rw',
+    },
+    want: [
+      '-cpu', 'EPYC', '-smp', '4,maxcpus=64', '-m', '2048M,slots=5,maxmem=30G',
+      '-drive', 'if=pflash,format=raw,unit=0,file=/usr/share/OVMF/OVMF_CODE.fd,readonly=on',
+      '-drive', 'if=pflash,format=raw,unit=1,file=/usr/share/OVMF/OVMF_VARS.fd',
+      '-netdev', 'user,id=vmnic,hostfwd=tcp::7020-:7002',
+      '-device', 'virtio-net-pci,disable-legacy=on,iommu_platform=false,netdev=vmnic,addr=0x2,romfile=/usr/share/qemu/efi-virtio.rom',
+      '-kernel', 'img/bzImage', '-append', 'console=ttyS0 root=/dev/vda rw', '-initrd', 'img/rootfs.cpio.gz', '-monitor', 'pty',
+    ],
+  },
+  {
+    name: 'commas in paths and ids are doubled',
+    env: {
+      MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
+      MANAGER_QEMU_OVMF_CODE_FILE: '/srv/a,b/OVMF_CODE.fd',
+      MANAGER_QEMU_OVMF_VARS_FILE: '/srv/a,b/OVMF_VARS.fd,readonly=off',
+      MANAGER_QEMU_NETDEV_ID: 'n,1',
+    },
+    want: [
+      ...COMMON_HEAD,
+      '-drive', 'if=pflash,format=raw,unit=0,file=/srv/a,,b/OVMF_CODE.fd,readonly=on',
+      '-drive', 'if=pflash,format=raw,unit=1,file=/srv/a,,b/OVMF_VARS.fd,,readonly=off',
+      '-netdev', 'user,id=n,,1,hostfwd=tcp::7020-:7002',
+      '-device', 'virtio-net-pci,disable-legacy=on,iommu_platform=true,netdev=n,,1,addr=0x2,romfile=',
+      ...TAIL,
+    ],
+  },
+  {
+    name: 'SEV-SNP IGVM path with a comma',
+    env: { MANAGER_QEMU_IGVM_FILE: '/fw/x,file=/etc/shadow.igvm' },
+    want: [
+      ...COMMON_HEAD, ...NET,
+      ...SNP('').slice(0, 6),
+      '-object', 'igvm-cfg,id=igvm0,file=/fw/x,,file=/etc/shadow.igvm',
+      ...TAIL,
+    ],
+  },
+];
+
+for (const { name, env, want } of table) {
+  test(`qemu-args prints the spec vector: ${name}`, () => {
+    const r = runCli(['qemu-args'], env);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.split('\n').length, 2, 'one line');
+    assert.deepEqual(JSON.parse(r.stdout), want);
+  });
+}
+
+test('a VM gets its own port, firmware copy, kbs params and 9P shares, certificates first', () => {
+  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false' });
+  const args = buildQemuArgs(config.qemu, {
+    hostPort: 6123,
+    ovmfVarsFile: '/var/lib/cocos-manager/vms/x/OVMF_VARS.fd',
+    aaKbsParams: 'cc_kbc::http://10.0.0.1:8080',
+    shares: { certsDir: '/s/vms/x/certs', envDir: '/s/vms/x/env,1' },
+  });
+  assert.equal(args[args.indexOf('-netdev') + 1], 'user,id=vmnic,hostfwd=tcp::6123-:7002');
+  assert.equal(args[12], 'if=pflash,format=raw,unit=1,file=/var/lib/cocos-manager/vms/x/OVMF_VARS.fd');
+  assert.equal(args[args.indexOf('-append') + 1], 'quiet console=null agent.aa_kbc_params=cc_kbc::http://10.0.0.1:8080');
+  assert.deepEqual(args.slice(-8), [
+    '-fsdev', 'local,id=cert_fs,path=/s/vms/x/certs,security_model=mapped',
+    '-device', 'virtio-9p-pci,fsdev=cert_fs,mount_tag=certs_share',
+    '-fsdev', 'local,id=env_fs,path=/s/vms/x/env,,1,security_model=mapped',
+    '-device', 'virtio-9p-pci,fsdev=env_fs,mount_tag=env_share',
+  ]);
+});
