@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config/load.js';
 import { QEMU_ARGS_HELP, qemuArgsCommand } from './cli/qemu-args.js';
 import { SERVE_HELP, serveCommand } from './cli/serve.js';
-import { StartupError } from './cli/errors.js';
+import { StartupError } from './util/startup-error.js';
 
 const MAIN_HELP = `Usage: cocos-manager [command] [--help]
 

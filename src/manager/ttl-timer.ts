@@ -1,0 +1,29 @@
+/** A timer for any delay: Node's setTimeout fires at once beyond 2^31-1 ms (24.8 days), so long TTLs re-arm. */
+const MAX_DELAY = 2_147_483_647;
+
+export class TtlTimer {
+  private handle: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly at: number,
+    private readonly fire: () => void,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.arm();
+  }
+
+  private arm(): void {
+    const left = this.at - this.now();
+    if (left <= 0) {
+      this.handle = setTimeout(this.fire, 0);
+    } else {
+      this.handle = setTimeout(() => (left > MAX_DELAY ? this.arm() : this.fire()), Math.min(left, MAX_DELAY));
+    }
+    this.handle.unref();
+  }
+
+  cancel(): void {
+    if (this.handle) clearTimeout(this.handle);
+    this.handle = undefined;
+  }
+}

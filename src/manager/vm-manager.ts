@@ -1,0 +1,363 @@
+/**
+ * The service behind ManagerService: slots, ports, VM directories, QEMU processes, TTLs and
+ * records. Every CreateVm step is undone if a later one fails; a restarted daemon re-adopts the
+ * VMs whose QEMU still runs and cleans up the rest.
+ */
+import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { Config } from '../config/types.js';
+import { buildQemuArgs, kernelCommandLine, qemuCommand } from '../qemu/args.js';
+import { type CreateReqInput, RequestError, validateCreateReq, validateVmId } from '../request/create-request.js';
+import { shellCommandLine } from '../util/shell-quote.js';
+import { processCmdline, processesMentioning, processStartTime } from '../vm/proc.js';
+import { type ExitInfo, QemuProcess } from '../vm/qemu-process.js';
+import { createVmDir, listVmDirs, removeVmDir, type VmPaths, vmPaths } from '../vm/vm-dir.js';
+import { readRecord, type VmRecord, writeRecordAtomically } from '../vm/vm-record.js';
+import { ManagerError } from './errors.js';
+import type { PortPool } from './port-pool.js';
+import { TtlTimer } from './ttl-timer.js';
+
+interface ManagedVm {
+  record: VmRecord;
+  paths: VmPaths;
+  proc: QemuProcess | undefined;
+  /** True while the VM holds a slot and its port (starting or running). */
+  holdsResources: boolean;
+  ttl: TtlTimer | undefined;
+  removing: Promise<void> | undefined;
+}
+
+export interface CvmInfo {
+  id: string;
+  ovmfVersion: string;
+  cpuNum: number;
+  cpuType: string;
+  kernelCmd: string;
+  eosVersion: string;
+}
+
+export type VmState = 'starting' | 'running' | 'exited';
+
+export class VmManager {
+  private readonly vms = new Map<string, ManagedVm>();
+  private slotsInUse = 0;
+  private stopping = false;
+  private readonly inflight = new Set<Promise<unknown>>();
+
+  constructor(
+    private readonly config: Config,
+    private readonly log: Logger,
+    private readonly ports: PortPool,
+  ) {}
+
+  /** VMs by state, for operators and metrics. */
+  countByState(): Record<VmState, number> {
+    const counts: Record<VmState, number> = { starting: 0, running: 0, exited: 0 };
+    for (const vm of this.vms.values()) counts[vm.record.state]++;
+    counts.starting = this.slotsInUse - counts.running;
+    return counts;
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.inflight.add(p);
+    void p.finally(() => this.inflight.delete(p)).catch(() => undefined);
+    return p;
+  }
+
+  create(input: CreateReqInput): Promise<{ id: string; port: number }> {
+    return this.track(this.createVm(input));
+  }
+
+  remove(id: string): Promise<void> {
+    return this.track(this.removeVm(id));
+  }
+
+  private takeSlot(): boolean {
+    if (this.config.maxVms > 0 && this.slotsInUse >= this.config.maxVms) return false;
+    this.slotsInUse++;
+    return true;
+  }
+
+  private releaseResources(vm: ManagedVm): void {
+    if (!vm.holdsResources) return;
+    vm.holdsResources = false;
+    this.slotsInUse--;
+    this.ports.release(vm.record.hostPort);
+  }
+
+  private async createVm(input: CreateReqInput): Promise<{ id: string; port: number }> {
+    let req;
+    try {
+      req = validateCreateReq(input);
+    } catch (err) {
+      if (err instanceof RequestError) throw new ManagerError('invalid-argument', err.message);
+      throw err;
+    }
+    if (this.stopping) throw new ManagerError('unavailable', 'the manager is shutting down; retry on another host or later');
+    if (!this.takeSlot()) {
+      throw new ManagerError('resource-exhausted', `MANAGER_MAX_VMS=${this.config.maxVms} VMs are already running or starting`);
+    }
+
+    const q = this.config.qemu;
+    const id = randomUUID();
+    const log = this.log.child({ cvm_id: id });
+    let port: number | undefined;
+    let paths: VmPaths | undefined;
+    let dirMade = false;
+    let proc: QemuProcess | undefined;
+    try {
+      port = await this.ports.acquire();
+      if (port === undefined) {
+        const r = q.hostFwdRange;
+        throw new ManagerError('resource-exhausted', `no free host port left in MANAGER_QEMU_HOST_FWD_RANGE=${r.first}-${r.last}`);
+      }
+      paths = vmPaths(this.config.stateDir, id);
+      const plain = !q.enableSevSnp && !q.enableTdx;
+      dirMade = true;
+      try {
+        await createVmDir(paths, id, req, plain ? q.ovmfVars.file : undefined);
+      } catch (err) {
+        throw fileError(err, paths.dir);
+      }
+      const args = buildQemuArgs(q, {
+        hostPort: port,
+        ovmfVarsFile: paths.ovmfVars,
+        aaKbsParams: req.aaKbsParams,
+        shares: { certsDir: paths.certsDir, envDir: paths.envDir },
+      });
+      const cmd = qemuCommand(q);
+      const argv = [...cmd.prefix, ...args];
+      const now = Date.now();
+      const record: VmRecord = {
+        version: 1,
+        id,
+        state: 'starting',
+        pid: null,
+        pidStartTime: null,
+        command: [cmd.file, ...argv],
+        hostPort: port,
+        kernelCmdline: kernelCommandLine(q, req.aaKbsParams),
+        createdAt: new Date(now).toISOString(),
+        expiresAt: req.ttlMs === undefined ? null : new Date(now + req.ttlMs).toISOString(),
+        exit: null,
+      };
+      await this.persist(paths, record);
+      log.info({ port, command: shellCommandLine(record.command) }, 'starting QEMU');
+      try {
+        proc = await QemuProcess.spawn(cmd.file, argv, paths, log);
+      } catch (err) {
+        throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
+      }
+      record.pid = proc.pid;
+      record.pidStartTime = proc.startTime;
+      await this.persist(paths, record);
+
+      const outcome = await proc.waitListening(port, this.config.startTimeoutMs);
+      if (outcome === 'exited') {
+        const info = await proc.exited;
+        throw new ManagerError(
+          'failed-precondition',
+          `QEMU exited during start (${describeExit(info)}); last output: ${proc.lastOutput().join(' | ') || '(none)'}`,
+        );
+      }
+      if (outcome === 'timeout') {
+        throw new ManagerError(
+          'unavailable',
+          `QEMU did not listen on host port ${port} within MANAGER_QEMU_START_TIMEOUT (${this.config.startTimeoutMs} ms); last output: ${proc.lastOutput().join(' | ') || '(none)'}`,
+        );
+      }
+      record.state = 'running';
+      await this.persist(paths, record);
+      const vm: ManagedVm = { record, paths, proc, holdsResources: true, ttl: undefined, removing: undefined };
+      this.vms.set(id, vm);
+      this.watch(vm, log);
+      log.info({ port, pid: proc.pid, ttl_ms: req.ttlMs ?? null }, 'VM started');
+      return { id, port };
+    } catch (err) {
+      // Undo in reverse: process, files, port, slot.
+      if (proc) await proc.kill();
+      if (paths && dirMade) await removeVmDir(paths.dir).catch((e) => log.error({ err: String(e) }, 'could not remove VM directory'));
+      if (port !== undefined) this.ports.release(port);
+      this.slotsInUse--;
+      const error = err instanceof ManagerError ? err : new ManagerError('internal', `CreateVm failed: ${(err as Error).message}`);
+      log.warn({ code: error.kind }, `CreateVm failed and was rolled back: ${error.message}`);
+      throw error;
+    }
+  }
+
+  private async persist(paths: VmPaths, record: VmRecord): Promise<void> {
+    try {
+      await writeRecordAtomically(paths.dir, record);
+    } catch (err) {
+      throw fileError(err, paths.dir);
+    }
+  }
+
+  /** TTL and exit handling for a running VM. */
+  private watch(vm: ManagedVm, log: Logger): void {
+    const { record } = vm;
+    if (record.expiresAt !== null) {
+      vm.ttl = new TtlTimer(Date.parse(record.expiresAt), () => {
+        log.info({ expires_at: record.expiresAt }, 'TTL expired: removing VM');
+        this.remove(record.id).catch((err) => log.error({ err: String(err) }, 'removal after TTL failed'));
+      });
+    }
+    void vm.proc?.exited.then(async (info) => {
+      if (vm.removing) return;
+      log.warn({ exit_code: info.code, signal: info.signal, pid: record.pid }, `QEMU exited on its own (${describeExit(info)})`);
+      this.releaseResources(vm);
+      record.state = 'exited';
+      record.exit = { code: info.code, signal: info.signal, at: new Date().toISOString() };
+      await this.persist(vm.paths, record).catch((err) => log.error({ err: String(err) }, 'could not update the VM record'));
+    });
+  }
+
+  private async removeVm(rawId: string): Promise<void> {
+    const id = checkId('cvm_id', rawId);
+    const vm = this.vms.get(id);
+    if (!vm) throw new ManagerError('not-found', `no VM with cvm_id ${JSON.stringify(id)} on this manager`);
+    vm.removing ??= (async () => {
+      const log = this.log.child({ cvm_id: id });
+      vm.ttl?.cancel();
+      if (vm.proc && !vm.proc.hasExited) {
+        const { info, killed } = await vm.proc.stop(this.config.stopTimeoutMs);
+        if (killed) log.warn(`QEMU ignored SIGTERM for MANAGER_QEMU_STOP_TIMEOUT (${this.config.stopTimeoutMs} ms): killed`);
+        log.info({ exit_code: info.code, signal: info.signal }, 'QEMU stopped');
+      }
+      this.releaseResources(vm);
+      await removeVmDir(vm.paths.dir);
+      this.vms.delete(id);
+      log.info('VM removed');
+    })();
+    return vm.removing;
+  }
+
+  info(rawId: string): CvmInfo {
+    const id = checkId('id', rawId);
+    const q = this.config.qemu;
+    return {
+      id,
+      ovmfVersion: q.ovmfVersion,
+      cpuNum: q.smpCount,
+      cpuType: q.cpu,
+      kernelCmd: this.vms.get(id)?.record.kernelCmdline ?? q.kernelCmdline,
+      eosVersion: this.config.eosVersion,
+    };
+  }
+
+  /** The VM's record, or NOT_FOUND. */
+  get(rawId: string): VmRecord {
+    const id = checkId('id', rawId);
+    const vm = this.vms.get(id);
+    if (!vm) throw new ManagerError('not-found', `no VM with id ${JSON.stringify(id)} on this manager`);
+    return vm.record;
+  }
+
+  /**
+   * Re-adopts the VMs an earlier run left running; cleans up what belonged to VMs that are gone
+   * or never finished starting. A corrupt record is reported and left alone.
+   */
+  async recover(): Promise<{ adopted: number; cleaned: number; skipped: number }> {
+    const result = { adopted: 0, cleaned: 0, skipped: 0 };
+    for (const name of await listVmDirs(this.config.stateDir)) {
+      const paths = vmPaths(this.config.stateDir, name);
+      const log = this.log.child({ cvm_id: name });
+      const read = await readRecord(paths.dir);
+      if (!read.ok && read.reason !== 'no record file') {
+        log.error({ dir: paths.dir }, `VM record unreadable, VM skipped (fix or remove the directory by hand): ${read.reason}`);
+        result.skipped++;
+        continue;
+      }
+      const record = read.ok ? read.record : undefined;
+      if (record && record.id !== name) {
+        log.error({ dir: paths.dir }, `VM record names another id (${record.id}), VM skipped`);
+        result.skipped++;
+        continue;
+      }
+      if (record && record.state === 'running' && (await this.isOurQemu(record, paths))) {
+        await this.adopt(record, paths, log);
+        result.adopted++;
+        continue;
+      }
+      // Gone, or caught mid-CreateVm (its caller never got an answer): nothing may be left of it.
+      for (const pid of await this.orphanQemus(paths)) {
+        log.warn({ pid }, 'killing a QEMU of a VM that never finished starting');
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+      await removeVmDir(paths.dir);
+      log.info({ state: record?.state ?? 'no record' }, 'cleaned up a VM that is no longer running');
+      result.cleaned++;
+    }
+    return result;
+  }
+
+  private async isOurQemu(record: VmRecord, paths: VmPaths): Promise<boolean> {
+    if (record.pid === null || record.pidStartTime === null) return false;
+    if ((await processStartTime(record.pid)) !== record.pidStartTime) return false;
+    const cmd = await processCmdline(record.pid);
+    return cmd !== undefined && cmd.some((arg) => arg.includes(paths.dir));
+  }
+
+  /** Processes started as this VM's QEMU (binary or sudo first, the VM's directory in the arguments). */
+  private async orphanQemus(paths: VmPaths): Promise<number[]> {
+    const qemuName = path.basename(this.config.qemu.binPath);
+    const found: number[] = [];
+    for (const pid of await processesMentioning(`${paths.dir}/`)) {
+      const cmd = await processCmdline(pid);
+      const first = cmd?.[0] ? path.basename(cmd[0]) : '';
+      const second = cmd?.[1] ? path.basename(cmd[1]) : '';
+      if (first === qemuName || (first === 'sudo' && second === qemuName) || (cmd ?? []).some((a) => path.basename(a) === qemuName)) {
+        found.push(pid);
+      }
+    }
+    return found;
+  }
+
+  private async adopt(record: VmRecord, paths: VmPaths, log: Logger): Promise<void> {
+    const proc = await QemuProcess.adopt(record.pid!, record.pidStartTime!, paths, log);
+    this.ports.hold(record.hostPort);
+    this.slotsInUse++;
+    const vm: ManagedVm = { record, paths, proc, holdsResources: true, ttl: undefined, removing: undefined };
+    this.vms.set(record.id, vm);
+    this.watch(vm, log);
+    log.info({ pid: record.pid, port: record.hostPort, expires_at: record.expiresAt }, 're-adopted a running VM');
+  }
+
+  /** Stops taking calls and waits (bounded) for calls in flight; VMs keep running. */
+  async shutdown(graceMs: number): Promise<void> {
+    this.stopping = true;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.inflight]),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, graceMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    for (const vm of this.vms.values()) vm.ttl?.cancel();
+  }
+}
+
+function checkId(field: string, id: string): string {
+  try {
+    return validateVmId(field, id);
+  } catch (err) {
+    throw new ManagerError('invalid-argument', (err as Error).message);
+  }
+}
+
+function describeExit(info: ExitInfo): string {
+  if (info.signal) return `killed by ${info.signal}`;
+  if (info.code !== null) return `exit code ${info.code}`;
+  return 'exit status unknown';
+}
+
+function fileError(err: unknown, dir: string): ManagerError {
+  const e = err as NodeJS.ErrnoException;
+  return new ManagerError('internal', `could not write the VM's files in ${dir}: ${e.code ?? ''} ${e.message ?? String(err)}`.trim());
+}

@@ -1,0 +1,168 @@
+/**
+ * One QEMU process: spawned by us (execa, no shell) or re-adopted after a daemon restart.
+ * QEMU's stdout (the serial console) and stderr go straight to files in the VM's directory,
+ * not through pipes, so QEMU never depends on the daemon staying alive.
+ */
+import fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { execa } from 'execa';
+import type { Logger } from 'pino';
+import { OutputTail } from './output-tail.js';
+import { isListeningOn, processStartTime } from './proc.js';
+
+export interface ExitInfo {
+  code: number | null;
+  signal: string | null;
+}
+
+export interface QemuOutput {
+  consoleLog: string;
+  qemuLog: string;
+}
+
+const ERROR_LIKE = /\b(error|failed|fatal|cannot|could not|unable|not supported|invalid)\b/i;
+
+const ADOPTED_POLL_MS = 250;
+
+export class QemuProcess {
+  readonly exited: Promise<ExitInfo>;
+  private exitInfo: ExitInfo | undefined;
+  private readonly tails: OutputTail[];
+
+  private constructor(
+    readonly pid: number,
+    readonly startTime: string,
+    exited: Promise<ExitInfo>,
+    tails: OutputTail[],
+  ) {
+    this.tails = tails;
+    this.exited = exited.then(async (info) => {
+      this.exitInfo = info;
+      await Promise.all(this.tails.map((t) => t.close()));
+      return info;
+    });
+  }
+
+  get hasExited(): boolean {
+    return this.exitInfo !== undefined;
+  }
+
+  /** The last lines QEMU wrote to stderr (falling back to the console), for error messages. */
+  lastOutput(max = 10): string[] {
+    const stderr = this.tails[1]?.recent ?? [];
+    const lines = stderr.length > 0 ? stderr : (this.tails[0]?.recent ?? []);
+    return lines.slice(-max);
+  }
+
+  static async spawn(file: string, args: string[], out: QemuOutput, log: Logger): Promise<QemuProcess> {
+    const stdout = fs.openSync(out.consoleLog, 'a', 0o600);
+    const stderr = fs.openSync(out.qemuLog, 'a', 0o600);
+    const spawnWith = (stdoutFd: number, stderrFd: number) =>
+      execa(file, args, {
+        stdin: 'ignore',
+        // execa passes any file descriptor through; its types only spell out 3..9.
+        stdout: stdoutFd as 3,
+        stderr: stderrFd as 3,
+        detached: true, // its own process group: a Ctrl-C to the daemon's terminal does not reach QEMU
+        cleanup: false, // QEMU outlives the daemon; the next start re-adopts it
+        reject: false,
+        buffer: false,
+      });
+    let child: ReturnType<typeof spawnWith>;
+    try {
+      child = spawnWith(stdout, stderr);
+    } finally {
+      fs.closeSync(stdout);
+      fs.closeSync(stderr);
+    }
+    const exited = child.then(
+      (r) => ({ code: r.exitCode ?? null, signal: r.signal ?? null }),
+      (err: unknown) => ({ code: null, signal: null, error: String(err) }),
+    );
+    const pid = child.pid;
+    if (pid === undefined) {
+      const r = await child;
+      throw new Error(`could not start ${file}: ${r.shortMessage ?? r.message ?? 'spawn failed'}`);
+    }
+    const startTime = (await processStartTime(pid)) ?? '';
+    const tails = QemuProcess.tails(out, log);
+    const proc = new QemuProcess(pid, startTime, exited, tails);
+    await Promise.all(tails.map((t) => t.start(false)));
+    return proc;
+  }
+
+  /**
+   * Takes over a QEMU started by an earlier run of the daemon. Its exit is noticed by polling
+   * /proc (it is not our child), comparing the start time so a reused PID reads as "exited".
+   */
+  static async adopt(pid: number, startTime: string, out: QemuOutput, log: Logger): Promise<QemuProcess> {
+    const exited = (async (): Promise<ExitInfo> => {
+      while ((await processStartTime(pid)) === startTime) await sleep(ADOPTED_POLL_MS);
+      return { code: null, signal: null };
+    })();
+    const tails = QemuProcess.tails(out, log);
+    const proc = new QemuProcess(pid, startTime, exited, tails);
+    await Promise.all(tails.map((t) => t.start(true)));
+    return proc;
+  }
+
+  private static tails(out: QemuOutput, log: Logger): OutputTail[] {
+    return [
+      new OutputTail(out.consoleLog, (line) => log.info({ stream: 'console' }, line)),
+      new OutputTail(out.qemuLog, (line) =>
+        ERROR_LIKE.test(line) ? log.error({ stream: 'qemu' }, line) : log.warn({ stream: 'qemu' }, line),
+      ),
+    ];
+  }
+
+  /** Sends a signal only while the PID is still this QEMU (never to a process that reused it). */
+  private async signal(sig: NodeJS.Signals): Promise<void> {
+    if (this.hasExited) return;
+    if ((await processStartTime(this.pid)) !== this.startTime) return;
+    try {
+      process.kill(this.pid, sig);
+    } catch {
+      /* already gone */
+    }
+  }
+
+  /**
+   * Resolves 'ready' once QEMU itself listens on the forwarded port, 'exited' if it dies first,
+   * 'timeout' after timeoutMs.
+   */
+  async waitListening(port: number, timeoutMs: number): Promise<'ready' | 'exited' | 'timeout'> {
+    const deadline = Date.now() + timeoutMs;
+    let done = false;
+    const exited = this.exited.then(() => 'exited' as const);
+    const ready = (async () => {
+      let delay = 5;
+      while (!done && Date.now() < deadline) {
+        if (await isListeningOn(this.pid, port)) return 'ready' as const;
+        await sleep(Math.min(delay, Math.max(0, deadline - Date.now())));
+        delay = Math.min(delay * 2, 50);
+      }
+      return 'timeout' as const;
+    })();
+    try {
+      const result = await Promise.race([ready, exited]);
+      // QEMU may have exited in the same instant its port was seen: trust the exit.
+      return result === 'ready' && this.hasExited ? 'exited' : result;
+    } finally {
+      done = true;
+    }
+  }
+
+  /** SIGTERM, then SIGKILL after timeoutMs; resolves once the process is gone. */
+  async stop(timeoutMs: number): Promise<{ info: ExitInfo; killed: boolean }> {
+    await this.signal('SIGTERM');
+    const graceful = await Promise.race([this.exited, sleep(timeoutMs).then(() => undefined)]);
+    if (graceful) return { info: graceful, killed: false };
+    await this.signal('SIGKILL');
+    return { info: await this.exited, killed: true };
+  }
+
+  async kill(): Promise<ExitInfo> {
+    await this.signal('SIGKILL');
+    return this.exited;
+  }
+}

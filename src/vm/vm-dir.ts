@@ -1,0 +1,80 @@
+/**
+ * A VM's directory under MANAGER_STATE_DIR/vms/<id>/: the two 9P shares, the firmware variables
+ * copy, QEMU's output and the record. Directories 0700; secrets and the env file 0600.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { VmRequest } from '../request/create-request.js';
+import { certificateFiles, renderEnvironmentFile } from '../request/guest-files.js';
+
+export interface VmPaths {
+  dir: string;
+  envDir: string;
+  certsDir: string;
+  ovmfVars: string;
+  consoleLog: string;
+  qemuLog: string;
+}
+
+export function vmsRoot(stateDir: string): string {
+  return path.resolve(stateDir, 'vms');
+}
+
+export function vmPaths(stateDir: string, id: string): VmPaths {
+  const dir = path.join(vmsRoot(stateDir), id);
+  return {
+    dir,
+    envDir: path.join(dir, 'env'),
+    certsDir: path.join(dir, 'certs'),
+    ovmfVars: path.join(dir, 'OVMF_VARS.fd'),
+    consoleLog: path.join(dir, 'console.log'),
+    qemuLog: path.join(dir, 'qemu.log'),
+  };
+}
+
+async function writeFileSynced(file: string, data: string | Uint8Array, mode: number): Promise<void> {
+  // 'wx': never follow or reuse something already there.
+  const fh = await fs.open(file, 'wx', mode);
+  try {
+    await fh.writeFile(data);
+    await fh.chmod(mode); // the umask may have narrowed or the caller widened it
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Creates the VM's directory and shares. On failure the caller removes the directory. */
+export async function createVmDir(
+  p: VmPaths,
+  id: string,
+  req: VmRequest,
+  ovmfVarsTemplate: string | undefined,
+): Promise<void> {
+  await fs.mkdir(path.dirname(p.dir), { recursive: true, mode: 0o700 });
+  await fs.mkdir(p.dir, { mode: 0o700 });
+  await fs.mkdir(p.envDir, { mode: 0o700 });
+  await fs.mkdir(p.certsDir, { mode: 0o700 });
+  await writeFileSynced(path.join(p.envDir, 'environment'), renderEnvironmentFile(id, req), 0o600);
+  for (const f of certificateFiles(req)) {
+    await writeFileSynced(path.join(p.certsDir, f.name), f.data, 0o600);
+  }
+  if (ovmfVarsTemplate !== undefined) {
+    // The firmware writes its variables: each VM gets its own copy.
+    await fs.copyFile(ovmfVarsTemplate, p.ovmfVars, fs.constants.COPYFILE_EXCL);
+    await fs.chmod(p.ovmfVars, 0o600);
+  }
+}
+
+export async function removeVmDir(dir: string): Promise<void> {
+  await fs.rm(dir, { recursive: true, force: true, maxRetries: 3 });
+}
+
+export async function listVmDirs(stateDir: string): Promise<string[]> {
+  try {
+    return (await fs.readdir(vmsRoot(stateDir), { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * A VM's record on disk (MANAGER_STATE_DIR/vms/<id>/record.json): what a restarted daemon needs
+ * to re-adopt the VM. Written atomically; read back through a schema so a corrupt file is reported.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+
+export const VmRecordSchema = z.object({
+  version: z.literal(1),
+  id: z.uuid(),
+  state: z.enum(['starting', 'running', 'exited']),
+  pid: z.number().int().positive().nullable(),
+  /** /proc/<pid>/stat start time, so a reused PID is never taken for this VM's QEMU. */
+  pidStartTime: z.string().nullable(),
+  command: z.array(z.string()).min(1),
+  hostPort: z.number().int().min(1).max(65535),
+  kernelCmdline: z.string(),
+  createdAt: z.iso.datetime(),
+  expiresAt: z.iso.datetime().nullable(),
+  exit: z.object({ code: z.number().nullable(), signal: z.string().nullable(), at: z.iso.datetime() }).nullable(),
+});
+
+export type VmRecord = z.infer<typeof VmRecordSchema>;
+
+export const RECORD_FILE = 'record.json';
+
+export async function writeRecordAtomically(dir: string, record: VmRecord): Promise<void> {
+  const target = path.join(dir, RECORD_FILE);
+  const tmp = `${target}.tmp`;
+  const fh = await fs.open(tmp, 'w', 0o600);
+  try {
+    await fh.writeFile(`${JSON.stringify(record)}\n`);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, target);
+  // The rename itself must reach the disk, or a crash could bring back the old record.
+  const dh = await fs.open(dir, 'r');
+  try {
+    await dh.sync();
+  } finally {
+    await dh.close();
+  }
+}
+
+export type RecordReadResult = { ok: true; record: VmRecord } | { ok: false; reason: string };
+
+export async function readRecord(dir: string): Promise<RecordReadResult> {
+  let text: string;
+  try {
+    text = await fs.readFile(path.join(dir, RECORD_FILE), 'utf8');
+  } catch (err) {
+    return { ok: false, reason: (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no record file' : String(err) };
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return { ok: false, reason: 'record is not valid JSON (truncated or corrupt)' };
+  }
+  const parsed = VmRecordSchema.safeParse(json);
+  if (!parsed.success) return { ok: false, reason: `record does not match its schema: ${parsed.error.issues[0]?.message ?? ''}` };
+  return { ok: true, record: parsed.data };
+}

@@ -1,0 +1,157 @@
+// Starts the built daemon as a child process and talks to it with a real gRPC client over loopback.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { CLI, FIXTURES, ROOT, baseEnv } from './helpers.mjs';
+
+export const FAKE_QEMU = path.join(FIXTURES, 'fake-qemu.mjs');
+
+const pkgDef = protoLoader.loadSync(path.join(ROOT, 'proto', 'manager.proto'), {
+  keepCase: true, longs: String, enums: String, defaults: true, oneofs: true,
+});
+export const managerPkg = grpc.loadPackageDefinition(pkgDef).manager;
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+let rangeCursor = 20000 + Math.floor(Math.random() * 200) * 100;
+/** A host-forward range no other test of this run uses. */
+export function nextRange(size = 20) {
+  const first = rangeCursor;
+  rangeCursor += size + 5;
+  return `${first}-${first + size - 1}`;
+}
+
+export function tmpDir(prefix = 'cocos-test-') {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/** The environment of a daemon that runs the stand-in QEMU with a plain-OVMF configuration. */
+export function fakeQemuEnv(stateDir, extra = {}) {
+  return {
+    MANAGER_STATE_DIR: stateDir,
+    MANAGER_QEMU_BIN_PATH: FAKE_QEMU,
+    MANAGER_QEMU_ENABLE_KVM: 'false',
+    MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
+    MANAGER_QEMU_HOST_FWD_RANGE: nextRange(),
+    MANAGER_QEMU_START_TIMEOUT: '5s',
+    MANAGER_QEMU_STOP_TIMEOUT: '2s',
+    MANAGER_LOG_LEVEL: 'debug',
+    COCOS_JAEGER_TRACE_RATIO: '0',
+    ...extra,
+  };
+}
+
+export class Daemon {
+  constructor(proc, port, logs) {
+    this.proc = proc;
+    this.port = port;
+    this.logs = logs;
+    this.exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+  }
+
+  /** Starts `cocos-manager serve` and waits (bounded) until its gRPC server listens. */
+  static async start(env, { timeoutMs = 15_000, port } = {}) {
+    port ??= await freePort();
+    const proc = spawn(process.execPath, [CLI, 'serve'], {
+      env: baseEnv({ MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: String(port), ...env }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const logs = { lines: [], stderr: '' };
+    let buf = '';
+    proc.stdout.on('data', (d) => {
+      buf += d.toString('utf8');
+      const parts = buf.split('\n');
+      buf = parts.pop();
+      for (const l of parts) {
+        try { logs.lines.push(JSON.parse(l)); } catch { logs.lines.push({ raw: l }); }
+      }
+    });
+    proc.stderr.on('data', (d) => { logs.stderr += d.toString('utf8'); });
+    const d = new Daemon(proc, port, logs);
+    await d.waitForLog((l) => l.msg === 'gRPC server listening', timeoutMs);
+    return d;
+  }
+
+  async waitForLog(pred, timeoutMs = 10_000) {
+    const deadline = Date.now() + timeoutMs;
+    let exited = false;
+    this.exited?.then(() => { exited = true; });
+    while (Date.now() < deadline) {
+      const hit = this.logs.lines.find(pred);
+      if (hit) return hit;
+      if (exited) throw new Error(`daemon exited; stderr: ${this.logs.stderr}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error(`log line not seen within ${timeoutMs} ms; stderr: ${this.logs.stderr}; last: ${JSON.stringify(this.logs.lines.slice(-5))}`);
+  }
+
+  client(creds = grpc.credentials.createInsecure(), options = {}) {
+    return new managerPkg.ManagerService(`127.0.0.1:${this.port}`, creds, options);
+  }
+
+  async stop(signal = 'SIGTERM', timeoutMs = 15_000) {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return this.exited;
+    this.proc.kill(signal);
+    const t = setTimeout(() => this.proc.kill('SIGKILL'), timeoutMs);
+    const r = await this.exited;
+    clearTimeout(t);
+    return r;
+  }
+
+  allLogText() {
+    return this.logs.lines.map((l) => JSON.stringify(l)).join('\n') + this.logs.stderr;
+  }
+}
+
+/** Promisified unary call with a deadline. */
+export function call(client, method, req, timeoutMs = 15_000) {
+  return new Promise((resolve, reject) => {
+    client[method](req, { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res)));
+  });
+}
+
+/** Reads what the stand-in agent reports on a forwarded port. */
+export function readAgent(port, timeoutMs = 5_000) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ port, host: '127.0.0.1' });
+    let data = '';
+    const t = setTimeout(() => { sock.destroy(); reject(new Error('agent read timed out')); }, timeoutMs);
+    sock.on('data', (d) => { data += d; });
+    sock.on('end', () => { clearTimeout(t); resolve(JSON.parse(data)); });
+    sock.on('error', (e) => { clearTimeout(t); reject(e); });
+  });
+}
+
+export function isAlive(pid) {
+  try { process.kill(pid, 0); return true; } catch { return false; }
+}
+
+export async function waitFor(pred, timeoutMs = 5_000, stepMs = 25) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await pred()) return true;
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+  return false;
+}
+
+export function portIsFree(port) {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(false));
+    s.listen({ port, host: '0.0.0.0', exclusive: true }, () => s.close(() => resolve(true)));
+  });
+}
