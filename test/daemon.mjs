@@ -135,8 +135,15 @@ export function readAgent(port, timeoutMs = 5_000) {
   });
 }
 
+/** Running (not a zombie: one whose parent died waits for init to reap it, which some sandboxes never do). */
 export function isAlive(pid) {
-  try { process.kill(pid, 0); return true; } catch { return false; }
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
 }
 
 export async function waitFor(pred, timeoutMs = 5_000, stepMs = 25) {

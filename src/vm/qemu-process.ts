@@ -82,7 +82,9 @@ export class QemuProcess {
     const pid = child.pid;
     if (pid === undefined) {
       const r = await child;
-      throw new Error(`could not start ${file}: ${r.shortMessage ?? r.message ?? 'spawn failed'}`);
+      const code = (r as { code?: string }).code;
+      const why = code === 'ENOENT' ? 'no such file (check MANAGER_QEMU_BIN_PATH)' : code === 'EACCES' ? 'permission denied' : (r.originalMessage ?? 'spawn failed');
+      throw new Error(`cannot run ${JSON.stringify(file)}: ${why}`);
     }
     const startTime = (await processStartTime(pid)) ?? '';
     const tails = QemuProcess.tails(out, log);

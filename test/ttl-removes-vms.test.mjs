@@ -1,0 +1,40 @@
+// A VM created with a ttl is removed when it expires, as RemoveVm would, and the removal is logged.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Daemon, call, fakeQemuEnv, isAlive, portIsFree, tmpDir, waitFor } from './daemon.mjs';
+import { TtlTimer } from '../dist/manager/ttl-timer.js';
+
+test('a VM with ttl=700ms is removed on time; one without ttl stays', async () => {
+  const state = tmpDir();
+  const d = await Daemon.start(fakeQemuEnv(state));
+  const client = d.client();
+  try {
+    const short = await call(client, 'CreateVm', { ttl: '700ms' });
+    const keep = await call(client, 'CreateVm', {});
+    const pid = JSON.parse(fs.readFileSync(path.join(state, 'vms', short.cvm_id, 'record.json'), 'utf8')).pid;
+    const expired = await d.waitForLog((l) => l.cvm_id === short.cvm_id && /TTL expired/.test(l.msg ?? ''), 3_000);
+    assert.equal(expired.level, 'info');
+    await d.waitForLog((l) => l.cvm_id === short.cvm_id && l.msg === 'VM removed', 3_000);
+    assert.equal(isAlive(pid), false);
+    assert.ok(await portIsFree(Number(short.forwarded_port)));
+    assert.deepEqual(fs.readdirSync(path.join(state, 'vms')), [keep.cvm_id]);
+    await assert.rejects(call(client, 'RemoveVm', { cvm_id: short.cvm_id }), (e) => e.code === 5);
+    await call(client, 'RemoveVm', { cvm_id: keep.cvm_id });
+  } finally {
+    client.close();
+    await d.stop();
+  }
+});
+
+test('a TTL longer than 24.8 days does not fire at once (Node timers overflow there)', async () => {
+  let fired = false;
+  const timer = new TtlTimer(Date.now() + 30 * 24 * 3600 * 1000, () => { fired = true; });
+  assert.equal(await waitFor(() => fired, 200), false);
+  timer.cancel();
+  let soon = false;
+  const t2 = new TtlTimer(Date.now() + 20, () => { soon = true; });
+  assert.ok(await waitFor(() => soon, 1_000));
+  t2.cancel();
+});
