@@ -71,10 +71,10 @@ async function listeningInodes(port: number): Promise<Set<string>> {
   return inodes;
 }
 
-/** True when `pid` (or one of its descendants) holds a socket listening on TCP `port`. */
-export async function isListeningOn(pid: number, port: number): Promise<boolean> {
+/** The process among `pid` and its descendants that holds a socket listening on TCP `port`. */
+export async function listeningOwner(pid: number, port: number): Promise<number | undefined> {
   const inodes = await listeningInodes(port);
-  if (inodes.size === 0) return false;
+  if (inodes.size === 0) return undefined;
   for (const p of await processTree(pid)) {
     let fds: string[];
     try {
@@ -85,13 +85,38 @@ export async function isListeningOn(pid: number, port: number): Promise<boolean>
     for (const fd of fds) {
       try {
         const m = /^socket:\[(\d+)\]$/.exec(await fs.readlink(`/proc/${p}/fd/${fd}`));
-        if (m && inodes.has(m[1]!)) return true;
+        if (m && inodes.has(m[1]!)) return p;
       } catch {
         /* fd closed meanwhile */
       }
     }
   }
-  return false;
+  return undefined;
+}
+
+/** Syscalls a main loop blocks in, by architecture (poll, select, ppoll, pselect6, epoll_wait, epoll_pwait, epoll_pwait2). */
+const POLL_SYSCALLS: Record<string, ReadonlySet<number>> = {
+  x64: new Set([7, 23, 232, 270, 271, 281, 441]),
+  arm64: new Set([22, 72, 73, 441]),
+};
+
+/**
+ * Whether the process's main thread is blocked waiting for events: QEMU gets there only once
+ * qemu_init() is done (files opened, kernel loaded, devices realized) and its main loop runs.
+ * undefined when the kernel will not tell us (no permission, unknown architecture).
+ */
+export async function mainThreadIsPolling(pid: number): Promise<boolean | undefined> {
+  const table = POLL_SYSCALLS[process.arch];
+  if (!table) return undefined;
+  let text: string;
+  try {
+    text = await fs.readFile(`/proc/${pid}/syscall`, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return code === 'EACCES' || code === 'EPERM' ? undefined : false;
+  }
+  const nr = Number(text.split(' ', 1)[0]);
+  return Number.isInteger(nr) && table.has(nr);
 }
 
 /** Processes whose command line mentions `needle` (a VM's directory): orphans of a crash mid-CreateVm. */

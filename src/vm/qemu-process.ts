@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import type { Logger } from 'pino';
 import { OutputTail } from './output-tail.js';
-import { isListeningOn, processStartTime } from './proc.js';
+import { listeningOwner, mainThreadIsPolling, processStartTime } from './proc.js';
 
 export interface ExitInfo {
   code: number | null;
@@ -23,6 +23,7 @@ export interface QemuOutput {
 const ERROR_LIKE = /\b(error|failed|fatal|cannot|could not|unable|not supported|invalid)\b/i;
 
 const ADOPTED_POLL_MS = 250;
+const FALLBACK_SETTLE_MS = 300;
 
 export class QemuProcess {
   readonly exited: Promise<ExitInfo>;
@@ -129,8 +130,10 @@ export class QemuProcess {
   }
 
   /**
-   * Resolves 'ready' once QEMU itself listens on the forwarded port, 'exited' if it dies first,
-   * 'timeout' after timeoutMs.
+   * Resolves 'ready' once QEMU itself listens on the forwarded port and has finished starting
+   * (its main loop waits for events), 'exited' if it dies first, 'timeout' after timeoutMs.
+   * The port alone is not enough: QEMU opens its network forwards before it loads the kernel,
+   * so a QEMU about to fail on a missing kernel would otherwise look ready.
    */
   async waitListening(port: number, timeoutMs: number): Promise<'ready' | 'exited' | 'timeout'> {
     const deadline = Date.now() + timeoutMs;
@@ -139,7 +142,8 @@ export class QemuProcess {
     const ready = (async () => {
       let delay = 5;
       while (!done && Date.now() < deadline) {
-        if (await isListeningOn(this.pid, port)) return 'ready' as const;
+        const owner = await listeningOwner(this.pid, port);
+        if (owner !== undefined && (await this.settled(owner))) return 'ready' as const;
         await sleep(Math.min(delay, Math.max(0, deadline - Date.now())));
         delay = Math.min(delay * 2, 50);
       }
@@ -152,6 +156,21 @@ export class QemuProcess {
     } finally {
       done = true;
     }
+  }
+
+  /**
+   * Two looks in a row at the main thread blocked in a poll-like call. Where /proc will not say
+   * (no permission), a fixed settle time stands in for it.
+   */
+  private async settled(qemuPid: number): Promise<boolean> {
+    const first = await mainThreadIsPolling(qemuPid);
+    if (first === undefined) {
+      await sleep(FALLBACK_SETTLE_MS);
+      return !this.hasExited;
+    }
+    if (!first) return false;
+    await sleep(2);
+    return (await mainThreadIsPolling(qemuPid)) === true;
   }
 
   /** SIGTERM, then SIGKILL after timeoutMs; resolves once the process is gone. */
