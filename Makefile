@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 NODE_DEPS := node_modules/.package-lock.json
 
-.PHONY: build deps system-deps test check-deps run clean
+.PHONY: build deps system-deps guest test check-deps run demo clean
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -22,13 +22,22 @@ build: deps
 check-deps: deps
 	npm run deps:check --silent
 
-test: build check-deps
+# The test guest: Debian's kernel and an initramfs of busybox-static and a few modules (build/guest/).
+guest:
+	@bash scripts/build-guest.sh
+
+test: build check-deps guest
 	npm test
 
 # The daemon in the foreground with the development profile (no KVM, no SEV-SNP/TDX).
-run: build
+run: build guest
 	@mkdir -p state
 	set -a && . profiles/dev.env && set +a && exec node dist/cli.js serve
+
+# Boots one CVM through the API, prints its agent's report, removes it.
+demo: build guest
+	@mkdir -p state
+	set -a && . profiles/dev.env && set +a && node scripts/demo.mjs
 
 clean:
 	rm -rf dist build src/api/grpc/generated

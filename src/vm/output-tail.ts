@@ -6,6 +6,8 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 
+const ANSI_ESCAPE = /\x1b\[[0-9;=?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1bc/g;
+
 export class OutputTail {
   private position = 0;
   private partial = '';
@@ -94,7 +96,9 @@ export class OutputTail {
       parts.push(this.partial);
       this.partial = '';
     }
-    for (const line of parts) {
+    for (const raw of parts) {
+      // The firmware paints the serial console with terminal escapes; the log gets the text.
+      const line = raw.replace(ANSI_ESCAPE, '');
       if (line.trim() === '') continue;
       this.recent.push(line);
       if (this.recent.length > this.keepRecent) this.recent.shift();
