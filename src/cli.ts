@@ -6,6 +6,7 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config/load.js';
 import { QEMU_ARGS_HELP, qemuArgsCommand } from './cli/qemu-args.js';
+import { POLICY_HELP, policyInspectCommand } from './cli/policy.js';
 import { SERVE_HELP, serveCommand } from './cli/serve.js';
 import { StartupError } from './util/startup-error.js';
 
@@ -17,6 +18,7 @@ Configuration comes from the environment (see README.md, "Configuration").
 Commands:
   serve        run the daemon (the default when no command is given)
   qemu-args    print the template QEMU command line for the current environment
+  policy       decode an attestation policy (policy inspect FILE [--key PUB.pem])
 
 Run 'cocos-manager <command> --help' for a command's options.
 `;
@@ -46,6 +48,22 @@ async function main(argv: string[]): Promise<void> {
       const { values } = parseArgs({ args, options: { help: { type: 'boolean', short: 'h' } } });
       if (values.help) return void process.stdout.write(SERVE_HELP);
       await serveCommand(loadConfig(process.env));
+      return;
+    }
+    case 'policy': {
+      const { values, positionals } = parseArgs({
+        args,
+        allowPositionals: true,
+        options: { key: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      });
+      if (values.help) return void process.stdout.write(POLICY_HELP);
+      if (positionals[0] !== 'inspect' || positionals.length !== 2) fail(`usage: cocos-manager policy inspect FILE [--key PUB.pem]`, 2);
+      try {
+        process.stdout.write(`${policyInspectCommand(positionals[1]!, values.key)}\n`);
+      } catch (err) {
+        if (err instanceof StartupError) fail(err.message, 2);
+        fail((err as Error).message, 1);
+      }
       return;
     }
     default:

@@ -8,6 +8,9 @@ import path from 'node:path';
 import { bindServer, createGrpcServer, serverCredentials } from '../api/grpc/server.js';
 import { loadTlsMaterial } from '../api/tls.js';
 import type { Config } from '../config/types.js';
+import { loadPcrValues, loadSigningKey } from '../manager/attestation-files.js';
+import { AttestationPolicies } from '../manager/attestation-policy.js';
+import { IgvmMeasurer } from '../manager/igvm-measurement.js';
 import { PortPool } from '../manager/port-pool.js';
 import { tcpPortIsFree } from '../manager/port-probe.js';
 import { VmManager } from '../manager/vm-manager.js';
@@ -34,13 +37,17 @@ async function prepareStateDir(dir: string): Promise<void> {
 
 export async function serveCommand(config: Config): Promise<void> {
   const tls = loadTlsMaterial('MANAGER_GRPC_', config.grpc);
+  const pcrs = loadPcrValues(config.pcrValuesFile);
+  const signingKey = loadSigningKey(config.corimSigningKey);
   await prepareStateDir(config.stateDir);
   const instanceId = config.instanceId || randomUUID();
   const log = createLogger(config.logLevel, instanceId);
 
   log.info({ command: templateCommandLine(config) }, 'QEMU template command line');
   const ports = new PortPool(config.qemu.hostFwdRange, tcpPortIsFree);
-  const manager = new VmManager(config, log, ports);
+  const measurer = new IgvmMeasurer(config.attestationPolicyBinaryPath, config.attestation.measureTimeoutMs);
+  const policies = new AttestationPolicies(config, measurer, pcrs, signingKey);
+  const manager = new VmManager(config, log, ports, policies);
   const recovered = await manager.recover();
   log.info(recovered, 'state recovered');
 

@@ -7,6 +7,7 @@ import type { Config, ServerConfig } from './types.js';
 import {
   boolean,
   count,
+  hexBytes,
   memorySize,
   oneOf,
   port,
@@ -16,6 +17,7 @@ import {
   ratio,
   text,
   uint32,
+  uint64,
 } from './validators.js';
 
 export class ConfigError extends Error {
@@ -102,6 +104,20 @@ export const SPECS = {
   MANAGER_QEMU_START_TIMEOUT: positiveDuration({ default: 10_000 }),
   MANAGER_QEMU_STOP_TIMEOUT: positiveDuration({ default: 30_000 }),
   MANAGER_ATTESTATION_POLICY_FORMAT: oneOf(['corim', 'json'] as const)({ default: 'corim' }),
+  MANAGER_IGVMMEASURE_TIMEOUT: positiveDuration({ default: 30_000 }),
+  MANAGER_SNP_PRODUCT: oneOf(['', 'Milan', 'Genoa', 'Turin'] as const)({ default: '' }),
+  MANAGER_SNP_GUEST_POLICY: uint64({ default: 0x30000n }),
+  MANAGER_SNP_VMPL: oneOf(['0', '1', '2', '3'] as const)({ default: '2' }),
+  MANAGER_SNP_MIN_LAUNCH_TCB: uint64({ default: 0n }),
+  MANAGER_TDX_MRTD: hexBytes(48)({ default: '' }),
+  MANAGER_TDX_RTMR0: hexBytes(48)({ default: '' }),
+  MANAGER_TDX_RTMR1: hexBytes(48)({ default: '' }),
+  MANAGER_TDX_RTMR2: hexBytes(48)({ default: '' }),
+  MANAGER_TDX_RTMR3: hexBytes(48)({ default: '' }),
+  MANAGER_TDX_MRSEAM: hexBytes(48)({ default: '' }),
+  MANAGER_TDX_TD_ATTRIBUTES: hexBytes(8)({ default: '' }),
+  MANAGER_TDX_XFAM: hexBytes(8)({ default: '' }),
+  MANAGER_TDX_MIN_TEE_TCB_SVN: hexBytes(16)({ default: '' }),
 };
 
 /** Variables whose value is not free text: for these an empty value means "unset", as in the Go manager. */
@@ -221,6 +237,21 @@ export function loadConfig(rawEnv: Readonly<Record<string, string | undefined>>)
     startTimeoutMs: e.MANAGER_QEMU_START_TIMEOUT,
     stopTimeoutMs: e.MANAGER_QEMU_STOP_TIMEOUT,
     attestationPolicyFormat: e.MANAGER_ATTESTATION_POLICY_FORMAT,
+    attestation: {
+      snpProduct: e.MANAGER_SNP_PRODUCT,
+      snpGuestPolicy: e.MANAGER_SNP_GUEST_POLICY,
+      snpVmpl: Number(e.MANAGER_SNP_VMPL),
+      snpMinLaunchTcb: e.MANAGER_SNP_MIN_LAUNCH_TCB,
+      measureTimeoutMs: e.MANAGER_IGVMMEASURE_TIMEOUT,
+      tdx: {
+        mrtd: e.MANAGER_TDX_MRTD,
+        rtmr: [e.MANAGER_TDX_RTMR0, e.MANAGER_TDX_RTMR1, e.MANAGER_TDX_RTMR2, e.MANAGER_TDX_RTMR3],
+        mrseam: e.MANAGER_TDX_MRSEAM,
+        tdAttributes: e.MANAGER_TDX_TD_ATTRIBUTES,
+        xfam: e.MANAGER_TDX_XFAM,
+        minTeeTcbSvn: e.MANAGER_TDX_MIN_TEE_TCB_SVN,
+      },
+    },
   };
   checkCombinations(config, env);
   return config;

@@ -54,6 +54,28 @@ export interface QemuConfig {
   monitor: string;
 }
 
+export type SnpProduct = 'Milan' | 'Genoa' | 'Turin';
+
+/** Reference values of attestation policies that the host cannot compute itself. */
+export interface AttestationConfig {
+  /** Empty: derived from MANAGER_QEMU_CPU (EPYC → Milan). */
+  snpProduct: SnpProduct | '';
+  snpGuestPolicy: bigint;
+  snpVmpl: number;
+  snpMinLaunchTcb: bigint;
+  /** How long igvmmeasure may run. */
+  measureTimeoutMs: number;
+  /** Hex, 48 bytes each; empty when not configured. */
+  tdx: {
+    mrtd: string;
+    rtmr: [string, string, string, string];
+    mrseam: string;
+    tdAttributes: string;
+    xfam: string;
+    minTeeTcbSvn: string;
+  };
+}
+
 export interface Config {
   logLevel: LogLevel;
   /** Empty: the daemon generates a UUID at start. */
@@ -73,6 +95,7 @@ export interface Config {
   startTimeoutMs: number;
   stopTimeoutMs: number;
   attestationPolicyFormat: PolicyFormat;
+  attestation: AttestationConfig;
 }
 
 /** Which confidential-computing technology a VM launched with this configuration uses. */

@@ -86,3 +86,22 @@ export function oneOf<T extends string>(choices: readonly T[]) {
 
 /** Strings are kept verbatim; an empty string is a value (e.g. an empty host means all interfaces). */
 export const text = makeValidator<string>((input) => input);
+
+/** Hex of exactly `bytes` bytes (e.g. a 48-byte TDX measurement), or empty for "not set". */
+export function hexBytes(bytes: number) {
+  return makeValidator<string>((input) => {
+    const v = input.trim().toLowerCase().replace(/^0x/, '');
+    if (v === '') return '';
+    if (!/^[0-9a-f]+$/.test(v) || v.length !== bytes * 2) throw new Error(`expected hex of exactly ${bytes} bytes (${bytes * 2} hex digits)`);
+    return v;
+  });
+}
+
+/** An unsigned 64-bit integer, decimal or 0x-hex, kept as a bigint. */
+export const uint64 = makeValidator<bigint>((input) => {
+  const v = input.trim();
+  if (!/^(0x[0-9a-fA-F]{1,16}|\d{1,20})$/.test(v)) throw new Error('expected an unsigned 64-bit integer, decimal or 0x-hex');
+  const n = BigInt(v);
+  if (n > 0xffffffffffffffffn) throw new Error('expected an unsigned 64-bit integer, decimal or 0x-hex');
+  return n;
+});

@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { Config } from '../config/types.js';
+import { type Config, cvmKind } from '../config/types.js';
 import { buildQemuArgs, kernelCommandLine, qemuCommand } from '../qemu/args.js';
 import { type CreateReqInput, RequestError, validateCreateReq, validateVmId } from '../request/create-request.js';
 import { shellCommandLine } from '../util/shell-quote.js';
@@ -14,6 +14,7 @@ import { processCmdline, processesMentioning, processStartTime } from '../vm/pro
 import { type ExitInfo, QemuProcess } from '../vm/qemu-process.js';
 import { createVmDir, listVmDirs, removeVmDir, type VmPaths, vmPaths } from '../vm/vm-dir.js';
 import { readRecord, type VmRecord, writeRecordAtomically } from '../vm/vm-record.js';
+import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
 import type { PortPool } from './port-pool.js';
 import { TtlTimer } from './ttl-timer.js';
@@ -49,6 +50,7 @@ export class VmManager {
     private readonly config: Config,
     private readonly log: Logger,
     private readonly ports: PortPool,
+    private readonly policies?: AttestationPolicies,
   ) {}
 
   /** VMs by state, for operators and metrics. */
@@ -141,6 +143,12 @@ export class VmManager {
         createdAt: new Date(now).toISOString(),
         expiresAt: req.ttlMs === undefined ? null : new Date(now + req.ttlMs).toISOString(),
         exit: null,
+        launch: {
+          kind: cvmKind(q),
+          cpu: q.cpu,
+          hostData: q.enableSevSnp && q.enableHostData ? q.hostData : null,
+          igvmFile: q.enableSevSnp ? q.igvmFile : null,
+        },
       };
       await this.persist(paths, record);
       log.info({ port, command: shellCommandLine(record.command) }, 'starting QEMU');
@@ -252,6 +260,13 @@ export class VmManager {
     const vm = this.vms.get(id);
     if (!vm) throw new ManagerError('not-found', `no VM with id ${JSON.stringify(id)} on this manager`);
     return vm.record;
+  }
+
+  /** The attestation policy of a VM, encoded as configured. */
+  async attestationPolicy(rawId: string): Promise<Uint8Array> {
+    const record = this.get(rawId);
+    if (!this.policies) throw new ManagerError('unimplemented', 'attestation policies are not configured on this manager');
+    return this.policies.policyFor(record);
   }
 
   /**

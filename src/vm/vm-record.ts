@@ -19,6 +19,13 @@ export const VmRecordSchema = z.object({
   createdAt: z.iso.datetime(),
   expiresAt: z.iso.datetime().nullable(),
   exit: z.object({ code: z.number().nullable(), signal: z.string().nullable(), at: z.iso.datetime() }).nullable(),
+  /** What the VM was launched as, for its attestation policy (the configuration may change across restarts). */
+  launch: z.object({
+    kind: z.enum(['sev-snp', 'tdx', 'plain']),
+    cpu: z.string(),
+    hostData: z.string().nullable(),
+    igvmFile: z.string().nullable(),
+  }),
 });
 
 export type VmRecord = z.infer<typeof VmRecordSchema>;

@@ -89,10 +89,10 @@ export function managerHandlers(manager: VmManager, log: Logger): ManagerService
         eos_version: i.eosVersion,
       };
     }),
-    AttestationPolicy: unary('AttestationPolicy', log, (req) => {
-      manager.get(req.id);
-      throw new ManagerError('unimplemented', 'attestation policies are not produced by this version of the manager yet');
-    }),
+    AttestationPolicy: unary('AttestationPolicy', log, async (req) => ({
+      info: Buffer.from(await manager.attestationPolicy(req.id)),
+      id: req.id,
+    })),
   };
 }
 
