@@ -6,7 +6,9 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config/load.js';
 import { QEMU_ARGS_HELP, qemuArgsCommand } from './cli/qemu-args.js';
+import { CHECK_HELP, checkCommand } from './cli/check.js';
 import { POLICY_HELP, policyInspectCommand } from './cli/policy.js';
+import { CallError, VM_HELP, vmCommand } from './cli/vm.js';
 import { SERVE_HELP, serveCommand } from './cli/serve.js';
 import { StartupError } from './util/startup-error.js';
 
@@ -18,6 +20,8 @@ Configuration comes from the environment (see README.md, "Configuration").
 Commands:
   serve        run the daemon (the default when no command is given)
   qemu-args    print the template QEMU command line for the current environment
+  check        preflight this host for the current configuration
+  vm           talk to a running daemon: vm create | rm | info | policy | ls
   policy       decode an attestation policy (policy inspect FILE [--key PUB.pem])
 
 Run 'cocos-manager <command> --help' for a command's options.
@@ -48,6 +52,24 @@ async function main(argv: string[]): Promise<void> {
       const { values } = parseArgs({ args, options: { help: { type: 'boolean', short: 'h' } } });
       if (values.help) return void process.stdout.write(SERVE_HELP);
       await serveCommand(loadConfig(process.env));
+      return;
+    }
+    case 'check': {
+      const { values } = parseArgs({ args, options: { help: { type: 'boolean', short: 'h' } } });
+      if (values.help) return void process.stdout.write(CHECK_HELP);
+      const { text, ok } = await checkCommand(loadConfig(process.env));
+      process.stdout.write(text);
+      if (!ok) process.exitCode = 1;
+      return;
+    }
+    case 'vm': {
+      if (args.includes('--help') || args.includes('-h') || args.length === 0) return void process.stdout.write(VM_HELP);
+      try {
+        process.stdout.write(`${await vmCommand(args)}\n`);
+      } catch (err) {
+        if (err instanceof CallError) fail(err.message, 1);
+        throw err;
+      }
       return;
     }
     case 'policy': {

@@ -63,10 +63,17 @@ export class Daemon {
   }
 
   /** Starts `cocos-manager serve` and waits (bounded) until its gRPC server listens. */
-  static async start(env, { timeoutMs = 15_000, port } = {}) {
+  static async start(env, { timeoutMs = 15_000, port, httpPort } = {}) {
     port ??= await freePort();
+    httpPort ??= await freePort();
     const proc = spawn(process.execPath, [CLI, 'serve'], {
-      env: baseEnv({ MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: String(port), ...env }),
+      env: baseEnv({
+        MANAGER_GRPC_HOST: '127.0.0.1',
+        MANAGER_GRPC_PORT: String(port),
+        MANAGER_HTTP_HOST: '127.0.0.1',
+        MANAGER_HTTP_PORT: String(httpPort),
+        ...env,
+      }),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const logs = { lines: [], stderr: '' };
@@ -81,6 +88,7 @@ export class Daemon {
     });
     proc.stderr.on('data', (d) => { logs.stderr += d.toString('utf8'); });
     const d = new Daemon(proc, port, logs);
+    d.httpPort = httpPort;
     await d.waitForLog((l) => l.msg === 'gRPC server listening', timeoutMs);
     return d;
   }

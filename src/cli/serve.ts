@@ -1,11 +1,12 @@
 /**
- * `cocos-manager serve`: wires configuration, logger, manager and gRPC server; handles signals.
- * SIGTERM/SIGINT stop the daemon, never the VMs: the next start re-adopts them.
+ * `cocos-manager serve`: wires configuration, logger, telemetry, manager and servers; handles
+ * signals. SIGTERM/SIGINT stop the daemon, never the VMs: the next start re-adopts them.
  */
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { bindServer, createGrpcServer, serverCredentials } from '../api/grpc/server.js';
+import { bindServer, createGrpcServer, serverCredentials, setServing } from '../api/grpc/server.js';
+import { createHttpServer, type Lifecycle, listen } from '../api/http/server.js';
 import { loadTlsMaterial } from '../api/tls.js';
 import type { Config } from '../config/types.js';
 import { loadPcrValues, loadSigningKey } from '../manager/attestation-files.js';
@@ -14,15 +15,20 @@ import { IgvmMeasurer } from '../manager/igvm-measurement.js';
 import { PortPool } from '../manager/port-pool.js';
 import { tcpPortIsFree } from '../manager/port-probe.js';
 import { VmManager } from '../manager/vm-manager.js';
+import { readBuildInfo } from '../telemetry/build-info.js';
 import { createLogger } from '../telemetry/logger.js';
+import { Metrics } from '../telemetry/metrics.js';
+import { startTracing } from '../telemetry/tracing.js';
 import { StartupError } from '../util/startup-error.js';
+import { logPreflight } from './check.js';
 import { templateCommandLine } from './qemu-args.js';
 
 export const SERVE_HELP = `Usage: cocos-manager serve
 
-Runs the daemon in the foreground: the gRPC ManagerService on
-MANAGER_GRPC_HOST:MANAGER_GRPC_PORT. Stops on SIGTERM or SIGINT, leaving VMs running;
-they are re-adopted at the next start. Exit status 2: bad configuration (one line on stderr).
+Runs the daemon in the foreground: the gRPC API (ManagerService, ManagerAdmin, health,
+reflection) on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT and /health and /metrics on
+MANAGER_HTTP_HOST:MANAGER_HTTP_PORT. Stops on SIGTERM or SIGINT, leaving VMs running; they
+are re-adopted at the next start. Exit status 2: bad configuration (one line on stderr).
 `;
 
 async function prepareStateDir(dir: string): Promise<void> {
@@ -36,46 +42,79 @@ async function prepareStateDir(dir: string): Promise<void> {
 }
 
 export async function serveCommand(config: Config): Promise<void> {
-  const tls = loadTlsMaterial('MANAGER_GRPC_', config.grpc);
+  // Everything an operator can get wrong in a file is checked before anything starts.
+  const grpcTls = loadTlsMaterial('MANAGER_GRPC_', config.grpc);
+  const httpTls = loadTlsMaterial('MANAGER_HTTP_', config.http);
   const pcrs = loadPcrValues(config.pcrValuesFile);
   const signingKey = loadSigningKey(config.corimSigningKey);
   await prepareStateDir(config.stateDir);
+
   const instanceId = config.instanceId || randomUUID();
   const log = createLogger(config.logLevel, instanceId);
+  const build = readBuildInfo();
+  const tracing = startTracing({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio, instanceId, version: build.version, log });
+  let lifecycle: Lifecycle = 'starting';
 
-  log.info({ command: templateCommandLine(config) }, 'QEMU template command line');
+  log.info({ command: templateCommandLine(config), version: build.version, commit: build.commit }, 'QEMU template command line');
   const ports = new PortPool(config.qemu.hostFwdRange, tcpPortIsFree);
   const measurer = new IgvmMeasurer(config.attestationPolicyBinaryPath, config.attestation.measureTimeoutMs);
   const policies = new AttestationPolicies(config, measurer, pcrs, signingKey);
-  const manager = new VmManager(config, log, ports, policies);
+  let manager: VmManager | undefined;
+  const metrics = new Metrics({
+    vmsByState: () => manager?.countByState() ?? { starting: 0, running: 0, exited: 0 },
+    portsFree: () => manager?.portsFree() ?? 0,
+  });
+  manager = new VmManager(config, log, ports, policies, metrics);
+
+  // Health answers (503) while the daemon recovers its VMs.
+  const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls);
+  try {
+    await listen(httpServer, config.http.host, config.http.port);
+  } catch (err) {
+    throw new StartupError(`cannot listen on MANAGER_HTTP_HOST:MANAGER_HTTP_PORT (${config.http.host || '*'}:${config.http.port}): ${(err as Error).message}`);
+  }
+  log.info({ host: config.http.host || '*', port: config.http.port, tls: httpTls !== undefined }, 'HTTP endpoint listening');
+
+  // Logged for the operator; never blocks the start (the host can be fixed while the daemon runs).
+  void logPreflight(config, log);
   const recovered = await manager.recover();
   log.info(recovered, 'state recovered');
 
-  const server = createGrpcServer(manager, log);
+  const { server, health } = createGrpcServer(manager, log, metrics);
   const host = config.grpc.host === '' ? '0.0.0.0' : config.grpc.host;
   const address = `${host.includes(':') ? `[${host}]` : host}:${config.grpc.port}`;
   try {
-    await bindServer(server, address, serverCredentials(tls));
+    await bindServer(server, address, serverCredentials(grpcTls));
   } catch (err) {
     throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${address}): ${(err as Error).message}`);
   }
-  log.info({ address, tls: tls !== undefined, mutual_tls: tls?.clientCa !== undefined }, 'gRPC server listening');
+  lifecycle = 'serving';
+  setServing(health, true);
+  log.info({ address, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined }, 'gRPC server listening');
 
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
+    lifecycle = 'stopping';
+    setServing(health, false);
     // CreateVm may legitimately take the whole start timeout; let it finish, then no longer.
     const graceMs = config.startTimeoutMs + 5_000;
     log.info({ signal, grace_ms: graceMs }, 'stopping: no new calls, VMs keep running');
     const force = setTimeout(() => server.forceShutdown(), graceMs);
     force.unref();
     server.tryShutdown(() => undefined);
-    void manager.shutdown(graceMs).then(() => {
-      server.forceShutdown();
-      log.info('stopped');
-      process.exit(0);
-    });
+    void manager
+      .shutdown(graceMs)
+      .then(() => {
+        server.forceShutdown();
+        httpServer.close();
+        return Promise.race([tracing.shutdown(), new Promise((r) => setTimeout(r, 2_000))]);
+      })
+      .finally(() => {
+        log.info('stopped');
+        process.exit(0);
+      });
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

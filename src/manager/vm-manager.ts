@@ -16,6 +16,8 @@ import { createVmDir, listVmDirs, removeVmDir, type VmPaths, vmPaths } from '../
 import { readRecord, type VmRecord, writeRecordAtomically } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
+import { type ManagerObserver, NO_OBSERVER, type QemuExitCause } from './observer.js';
+import { inSpan } from '../telemetry/spans.js';
 import type { PortPool } from './port-pool.js';
 import { TtlTimer } from './ttl-timer.js';
 
@@ -40,6 +42,9 @@ export interface CvmInfo {
 
 export type VmState = 'starting' | 'running' | 'exited';
 
+/** What an operator sees of one VM. */
+export type VmStatusView = Pick<VmRecord, 'id' | 'state' | 'pid' | 'hostPort' | 'createdAt' | 'expiresAt' | 'exit' | 'kernelCmdline'>;
+
 export class VmManager {
   private readonly vms = new Map<string, ManagedVm>();
   private slotsInUse = 0;
@@ -51,7 +56,13 @@ export class VmManager {
     private readonly log: Logger,
     private readonly ports: PortPool,
     private readonly policies?: AttestationPolicies,
+    private readonly observer: ManagerObserver = NO_OBSERVER,
   ) {}
+
+  /** Ports of the range no VM holds. */
+  portsFree(): number {
+    return this.ports.size - this.ports.heldCount;
+  }
 
   /** VMs by state, for operators and metrics. */
   countByState(): Record<VmState, number> {
@@ -109,7 +120,11 @@ export class VmManager {
     let dirMade = false;
     let proc: QemuProcess | undefined;
     try {
-      port = await this.ports.acquire();
+      port = await inSpan('allocate-port', async (span) => {
+        const p = await this.ports.acquire();
+        if (p !== undefined) span.setAttribute('cocos.host_port', p);
+        return p;
+      });
       if (port === undefined) {
         const r = q.hostFwdRange;
         throw new ManagerError('resource-exhausted', `no free host port left in MANAGER_QEMU_HOST_FWD_RANGE=${r.first}-${r.last}`);
@@ -117,11 +132,13 @@ export class VmManager {
       paths = vmPaths(this.config.stateDir, id);
       const plain = !q.enableSevSnp && !q.enableTdx;
       dirMade = true;
-      try {
-        await createVmDir(paths, id, req, plain ? q.ovmfVars.file : undefined);
-      } catch (err) {
-        throw fileError(err, paths.dir);
-      }
+      await inSpan('write-shares', async () => {
+        try {
+          await createVmDir(paths!, id, req, plain ? q.ovmfVars.file : undefined);
+        } catch (err) {
+          throw fileError(err, paths!.dir);
+        }
+      });
       const args = buildQemuArgs(q, {
         hostPort: port,
         ovmfVarsFile: paths.ovmfVars,
@@ -152,16 +169,26 @@ export class VmManager {
       };
       await this.persist(paths, record);
       log.info({ port, command: shellCommandLine(record.command) }, 'starting QEMU');
-      try {
-        proc = await QemuProcess.spawn(cmd.file, argv, paths, log);
-      } catch (err) {
-        throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
-      }
+      const spawnedAt = process.hrtime.bigint();
+      proc = await inSpan('spawn-qemu', async (span) => {
+        try {
+          const p = await QemuProcess.spawn(cmd.file, argv, paths!, log);
+          span.setAttribute('process.pid', p.pid);
+          return p;
+        } catch (err) {
+          throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
+        }
+      });
       record.pid = proc.pid;
       record.pidStartTime = proc.startTime;
       await this.persist(paths, record);
 
-      const outcome = await proc.waitListening(port, this.config.startTimeoutMs);
+      const started = proc;
+      const outcome = await inSpan('wait-qemu-ready', async (span) => {
+        const o = await started.waitListening(port!, this.config.startTimeoutMs);
+        span.setAttribute('cocos.outcome', o);
+        return o;
+      });
       if (outcome === 'exited') {
         const info = await proc.exited;
         throw new ManagerError(
@@ -175,6 +202,7 @@ export class VmManager {
           `QEMU did not listen on host port ${port} within MANAGER_QEMU_START_TIMEOUT (${this.config.startTimeoutMs} ms); last output: ${proc.lastOutput().join(' | ') || '(none)'}`,
         );
       }
+      this.observer.vmStarted(Number(process.hrtime.bigint() - spawnedAt) / 1e9);
       record.state = 'running';
       await this.persist(paths, record);
       const vm: ManagedVm = { record, paths, proc, holdsResources: true, ttl: undefined, removing: undefined };
@@ -184,7 +212,10 @@ export class VmManager {
       return { id, port };
     } catch (err) {
       // Undo in reverse: process, files, port, slot.
-      if (proc) await proc.kill();
+      if (proc) {
+        await proc.kill();
+        this.observer.qemuExited('start-failed');
+      }
       if (paths && dirMade) await removeVmDir(paths.dir).catch((e) => log.error({ err: String(e) }, 'could not remove VM directory'));
       if (port !== undefined) this.ports.release(port);
       this.slotsInUse--;
@@ -208,12 +239,13 @@ export class VmManager {
     if (record.expiresAt !== null) {
       vm.ttl = new TtlTimer(Date.parse(record.expiresAt), () => {
         log.info({ expires_at: record.expiresAt }, 'TTL expired: removing VM');
-        this.remove(record.id).catch((err) => log.error({ err: String(err) }, 'removal after TTL failed'));
+        this.track(this.removeVm(record.id, 'ttl')).catch((err) => log.error({ err: String(err) }, 'removal after TTL failed'));
       });
     }
     void vm.proc?.exited.then(async (info) => {
       if (vm.removing) return;
       log.warn({ exit_code: info.code, signal: info.signal, pid: record.pid }, `QEMU exited on its own (${describeExit(info)})`);
+      this.observer.qemuExited(info.signal ? 'killed' : info.code === 0 ? 'exited' : 'crashed');
       this.releaseResources(vm);
       record.state = 'exited';
       record.exit = { code: info.code, signal: info.signal, at: new Date().toISOString() };
@@ -221,7 +253,7 @@ export class VmManager {
     });
   }
 
-  private async removeVm(rawId: string): Promise<void> {
+  private async removeVm(rawId: string, cause: QemuExitCause = 'removed'): Promise<void> {
     const id = checkId('cvm_id', rawId);
     const vm = this.vms.get(id);
     if (!vm) throw new ManagerError('not-found', `no VM with cvm_id ${JSON.stringify(id)} on this manager`);
@@ -232,6 +264,7 @@ export class VmManager {
         const { info, killed } = await vm.proc.stop(this.config.stopTimeoutMs);
         if (killed) log.warn(`QEMU ignored SIGTERM for MANAGER_QEMU_STOP_TIMEOUT (${this.config.stopTimeoutMs} ms): killed`);
         log.info({ exit_code: info.code, signal: info.signal }, 'QEMU stopped');
+        this.observer.qemuExited(cause);
       }
       this.releaseResources(vm);
       await removeVmDir(vm.paths.dir);
@@ -252,6 +285,14 @@ export class VmManager {
       kernelCmd: this.vms.get(id)?.record.kernelCmdline ?? q.kernelCmdline,
       eosVersion: this.config.eosVersion,
     };
+  }
+
+  list(): VmStatusView[] {
+    return [...this.vms.values()].map((vm) => statusView(vm.record)).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+  }
+
+  status(rawId: string): VmStatusView {
+    return statusView(this.get(rawId));
   }
 
   /** The VM's record, or NOT_FOUND. */
@@ -356,6 +397,11 @@ export class VmManager {
     clearTimeout(timer);
     for (const vm of this.vms.values()) vm.ttl?.cancel();
   }
+}
+
+function statusView(r: VmRecord): VmStatusView {
+  const { id, state, pid, hostPort, createdAt, expiresAt, exit, kernelCmdline } = r;
+  return { id, state, pid, hostPort, createdAt, expiresAt, exit, kernelCmdline };
 }
 
 function checkId(field: string, id: string): string {

@@ -1,18 +1,27 @@
 /**
- * manager.ManagerService over gRPC, wire-compatible with the Go manager's proto.
- * Maps the manager's error kinds to gRPC status codes; logs one line per call.
+ * The gRPC server: manager.ManagerService (wire-compatible with the Go manager's proto),
+ * manager.ManagerAdmin (operator methods), grpc.health.v1.Health and server reflection.
+ * One span, one metric sample and one log line per call; errors mapped to gRPC status codes.
  */
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { context, propagation, SpanKind, SpanStatusCode, type TextMapGetter, trace } from '@opentelemetry/api';
+import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import { ManagerError, type ErrorKind } from '../../manager/errors.js';
-import type { VmManager } from '../../manager/vm-manager.js';
+import type { VmManager, VmStatusView } from '../../manager/vm-manager.js';
+import { tracer } from '../../telemetry/spans.js';
 import type { TlsMaterial } from '../tls.js';
-import type { ProtoGrpcType } from './generated/manager.js';
+import type { ProtoGrpcType as ManagerProto } from './generated/manager.js';
+import type { ProtoGrpcType as AdminProto } from './generated/manager-admin.js';
+import type { ManagerAdminHandlers } from './generated/manager/ManagerAdmin.js';
 import type { ManagerServiceHandlers } from './generated/manager/ManagerService.js';
+import type { VmStatus } from './generated/manager/VmStatus.js';
 
-export const PROTO_PATH = fileURLToPath(new URL('../../../proto/manager.proto', import.meta.url));
+const protoFile = (name: string) => fileURLToPath(new URL(`../../../proto/${name}`, import.meta.url));
+export const PROTO_FILES = [protoFile('manager.proto'), protoFile('manager-admin.proto')];
 
 export const LOADER_OPTIONS: protoLoader.Options = {
   keepCase: true,
@@ -22,9 +31,8 @@ export const LOADER_OPTIONS: protoLoader.Options = {
   oneofs: true,
 };
 
-export function loadManagerPackage(): ProtoGrpcType {
-  const def = protoLoader.loadSync(PROTO_PATH, LOADER_OPTIONS);
-  return grpc.loadPackageDefinition(def) as unknown as ProtoGrpcType;
+export function loadPackageDefinition(): protoLoader.PackageDefinition {
+  return protoLoader.loadSync(PROTO_FILES, LOADER_OPTIONS);
 }
 
 const STATUS: Record<ErrorKind, grpc.status> = {
@@ -37,48 +45,80 @@ const STATUS: Record<ErrorKind, grpc.status> = {
   internal: grpc.status.INTERNAL,
 };
 
-function toServiceError(err: unknown, log: Logger, method: string): Partial<grpc.ServiceError> {
+export interface CallRecorder {
+  rpc(method: string, code: string, seconds: number): void;
+}
+
+const metadataGetter: TextMapGetter<grpc.Metadata> = {
+  keys: (m) => Object.keys(m.getMap()),
+  get: (m, key) => {
+    const v = m.get(key);
+    return v.length === 0 ? undefined : v.map(String);
+  },
+};
+
+function toServiceError(err: unknown, log: Logger, method: string): { code: grpc.status; details: string } {
   if (err instanceof ManagerError) return { code: STATUS[err.kind], details: err.message };
   // Unexpected: log it whole here, tell the caller only that it happened.
   log.error({ method, err: err instanceof Error ? { message: err.message, stack: err.stack } : String(err) }, 'unexpected error');
   return { code: grpc.status.INTERNAL, details: `internal error in ${method}; see the manager's log` };
 }
 
-/** Wraps a handler: timing, status mapping, one log line per call (no request data in it). */
+/** Wraps a handler: span (continuing the caller's traceparent), timing, status mapping, log line. */
 function unary<Req, Res>(
+  service: string,
   method: string,
   log: Logger,
+  recorder: CallRecorder,
   handle: (req: Req) => Promise<Res> | Res,
 ): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     const started = process.hrtime.bigint();
-    Promise.resolve()
-      .then(() => handle(call.request))
-      .then(
-        (res) => {
-          log.info({ method, code: 'OK', ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'rpc');
-          callback(null, res);
-        },
-        (err: unknown) => {
-          const e = toServiceError(err, log, method);
-          log.info({ method, code: grpc.status[e.code!], ms: Number(process.hrtime.bigint() - started) / 1e6, details: e.details }, 'rpc');
-          callback(e as grpc.ServiceError);
-        },
-      );
+    const parent = propagation.extract(context.active(), call.metadata, metadataGetter);
+    const span = tracer.startSpan(
+      `${service}/${method}`,
+      { kind: SpanKind.SERVER, attributes: { 'rpc.system': 'grpc', 'rpc.service': service, 'rpc.method': method } },
+      parent,
+    );
+    const finish = (code: grpc.status, details?: string) => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const name = grpc.status[code];
+      span.setAttribute('rpc.grpc.status_code', code);
+      if (code !== grpc.status.OK) span.setStatus({ code: SpanStatusCode.ERROR, message: details ?? name });
+      span.end();
+      recorder.rpc(method, name ?? String(code), seconds);
+      log.info({ method, code: name, ms: seconds * 1000, ...(details ? { details } : {}) }, 'rpc');
+    };
+    context.with(trace.setSpan(parent, span), () => {
+      Promise.resolve()
+        .then(() => handle(call.request))
+        .then(
+          (res) => {
+            finish(grpc.status.OK);
+            callback(null, res);
+          },
+          (err: unknown) => {
+            const e = toServiceError(err, log, method);
+            finish(e.code, e.details);
+            callback(e as grpc.ServiceError);
+          },
+        );
+    });
   };
 }
 
-export function managerHandlers(manager: VmManager, log: Logger): ManagerServiceHandlers {
+export function managerHandlers(manager: VmManager, log: Logger, recorder: CallRecorder): ManagerServiceHandlers {
+  const S = 'manager.ManagerService';
   return {
-    CreateVm: unary('CreateVm', log, async (req) => {
+    CreateVm: unary(S, 'CreateVm', log, recorder, async (req) => {
       const { id, port } = await manager.create(req);
       return { forwarded_port: String(port), cvm_id: id };
     }),
-    RemoveVm: unary('RemoveVm', log, async (req) => {
+    RemoveVm: unary(S, 'RemoveVm', log, recorder, async (req) => {
       await manager.remove(req.cvm_id);
       return {};
     }),
-    CVMInfo: unary('CVMInfo', log, (req) => {
+    CVMInfo: unary(S, 'CVMInfo', log, recorder, (req) => {
       const i = manager.info(req.id);
       return {
         id: i.id,
@@ -89,10 +129,33 @@ export function managerHandlers(manager: VmManager, log: Logger): ManagerService
         eos_version: i.eosVersion,
       };
     }),
-    AttestationPolicy: unary('AttestationPolicy', log, async (req) => ({
+    AttestationPolicy: unary(S, 'AttestationPolicy', log, recorder, async (req) => ({
       info: Buffer.from(await manager.attestationPolicy(req.id)),
       id: req.id,
     })),
+  };
+}
+
+function toVmStatus(v: VmStatusView): VmStatus {
+  return {
+    id: v.id,
+    state: v.state,
+    pid: v.pid ?? 0,
+    forwarded_port: String(v.hostPort),
+    created_at: v.createdAt,
+    ttl_deadline: v.expiresAt ?? '',
+    has_exit: v.exit !== null,
+    exit_code: v.exit?.code ?? 0,
+    exit_signal: v.exit?.signal ?? '',
+    kernel_cmd: v.kernelCmdline,
+  };
+}
+
+export function adminHandlers(manager: VmManager, log: Logger, recorder: CallRecorder): ManagerAdminHandlers {
+  const S = 'manager.ManagerAdmin';
+  return {
+    ListVms: unary(S, 'ListVms', log, recorder, () => ({ vms: manager.list().map(toVmStatus) })),
+    GetVm: unary(S, 'GetVm', log, recorder, (req) => toVmStatus(manager.status(req.id))),
   };
 }
 
@@ -105,10 +168,32 @@ export function serverCredentials(tls: TlsMaterial | undefined): grpc.ServerCred
   );
 }
 
-export function createGrpcServer(manager: VmManager, log: Logger): grpc.Server {
+export interface GrpcServer {
+  server: grpc.Server;
+  health: HealthImplementation;
+}
+
+export function createGrpcServer(manager: VmManager, log: Logger, recorder: CallRecorder): GrpcServer {
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
-  server.addService(loadManagerPackage().manager.ManagerService.service, managerHandlers(manager, log));
-  return server;
+  const def = loadPackageDefinition();
+  const pkg = grpc.loadPackageDefinition(def) as unknown as ManagerProto & AdminProto;
+  server.addService(pkg.manager.ManagerService.service, managerHandlers(manager, log, recorder));
+  server.addService(pkg.manager.ManagerAdmin.service, adminHandlers(manager, log, recorder));
+  // Not serving until the daemon has recovered its VMs and says so.
+  const health = new HealthImplementation({
+    '': 'NOT_SERVING',
+    'manager.ManagerService': 'NOT_SERVING',
+    'manager.ManagerAdmin': 'NOT_SERVING',
+  });
+  health.addToServer(server);
+  // Reflection describes every service served here, health included, so grpcurl needs no .proto.
+  new ReflectionService(protoLoader.loadSync([...PROTO_FILES, healthProtoPath], LOADER_OPTIONS)).addToServer(server);
+  return { server, health };
+}
+
+export function setServing(health: HealthImplementation, serving: boolean): void {
+  const status = serving ? 'SERVING' : 'NOT_SERVING';
+  for (const name of ['', 'manager.ManagerService', 'manager.ManagerAdmin']) health.setStatus(name, status);
 }
 
 export function bindServer(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {

@@ -1,0 +1,78 @@
+/**
+ * The HTTP endpoint: GET /health (application/health+json) and GET /metrics (Prometheus text).
+ * TLS and mutual TLS from the MANAGER_HTTP_ settings, exactly as the gRPC server.
+ */
+import http from 'node:http';
+import https from 'node:https';
+import type { Registry } from 'prom-client';
+import type { BuildInfo } from '../../telemetry/build-info.js';
+import type { TlsMaterial } from '../tls.js';
+
+export type Lifecycle = 'starting' | 'serving' | 'stopping';
+
+export interface HttpEndpointDeps {
+  registry: Registry;
+  build: BuildInfo;
+  instanceId: string;
+  lifecycle: () => Lifecycle;
+}
+
+const ROUTES = new Set(['/health', '/metrics']);
+
+function send(res: http.ServerResponse, status: number, type: string, body: string, extra: http.OutgoingHttpHeaders = {}): void {
+  res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', ...extra });
+  res.end(body);
+}
+
+export function httpHandler(deps: HttpEndpointDeps): http.RequestListener {
+  return (req, res) => {
+    const path = (req.url ?? '/').split('?', 1)[0]!;
+    if (!ROUTES.has(path)) return send(res, 404, 'text/plain; charset=utf-8', `no such path: ${path}\n`);
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      return send(res, 405, 'text/plain; charset=utf-8', `method ${req.method} not allowed on ${path}\n`, { allow: 'GET, HEAD' });
+    }
+    if (path === '/health') {
+      const state = deps.lifecycle();
+      const ok = state === 'serving';
+      const body = {
+        status: ok ? 'pass' : 'fail',
+        version: deps.build.version,
+        commit: deps.build.commit,
+        description: deps.build.description,
+        build_time: deps.build.build_time,
+        instance_id: deps.instanceId,
+        ...(ok ? {} : { output: `the manager is ${state}` }),
+      };
+      return send(res, ok ? 200 : 503, 'application/health+json', `${JSON.stringify(body)}\n`);
+    }
+    deps.registry.metrics().then(
+      (text) => send(res, 200, deps.registry.contentType, text),
+      (err: Error) => send(res, 500, 'text/plain; charset=utf-8', `metrics unavailable: ${err.message}\n`),
+    );
+  };
+}
+
+export function createHttpServer(deps: HttpEndpointDeps, tls: TlsMaterial | undefined): http.Server {
+  const handler = httpHandler(deps);
+  if (!tls) return http.createServer(handler);
+  return https.createServer(
+    {
+      key: tls.key,
+      cert: tls.certChain,
+      ca: tls.clientCa,
+      requestCert: tls.clientCa !== undefined,
+      rejectUnauthorized: tls.clientCa !== undefined,
+    },
+    handler,
+  );
+}
+
+export function listen(server: http.Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host: host === '' ? undefined : host, port }, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}

@@ -1,0 +1,161 @@
+/**
+ * Preflight of this host for the current configuration: what QEMU, the kernel and the files the
+ * configuration names can and cannot do here. Each check says pass, warn or fail, and how to fix.
+ */
+import { constants } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import type { Config } from '../config/types.js';
+
+export type CheckStatus = 'pass' | 'warn' | 'fail';
+
+export interface CheckResult {
+  check: string;
+  status: CheckStatus;
+  detail: string;
+  remedy: string;
+}
+
+const pass = (check: string, detail: string): CheckResult => ({ check, status: 'pass', detail, remedy: '' });
+const fail = (check: string, detail: string, remedy: string): CheckResult => ({ check, status: 'fail', detail, remedy });
+const warn = (check: string, detail: string, remedy: string): CheckResult => ({ check, status: 'warn', detail, remedy });
+
+async function findOnPath(bin: string): Promise<string | undefined> {
+  const candidates = bin.includes('/') ? [bin] : (process.env.PATH ?? '').split(':').filter(Boolean).map((d) => path.join(d, bin));
+  for (const c of candidates) {
+    try {
+      await fs.access(c, constants.X_OK);
+      return path.resolve(c);
+    } catch {
+      /* next */
+    }
+  }
+  return undefined;
+}
+
+async function qemuHelp(bin: string, args: string[]): Promise<string> {
+  const r = await execa(bin, args, { reject: false, timeout: 10_000, stdin: 'ignore' });
+  return `${r.stdout ?? ''}\n${r.stderr ?? ''}`;
+}
+
+async function readText(file: string): Promise<string | undefined> {
+  try {
+    return await fs.readFile(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+async function readable(check: string, file: string, setting: string): Promise<CheckResult> {
+  try {
+    await fs.access(file, constants.R_OK);
+    return pass(check, file);
+  } catch (err) {
+    return fail(check, `${file}: ${(err as NodeJS.ErrnoException).code}`, `install it or point ${setting} at it`);
+  }
+}
+
+/** `portIsFree` undefined: skip the port scan (the running daemon must not bind ports QEMU may be taking). */
+export async function preflight(config: Config, portIsFree?: (port: number) => Promise<boolean>): Promise<CheckResult[]> {
+  const q = config.qemu;
+  const results: CheckResult[] = [];
+  const qemu = await findOnPath(q.binPath);
+  if (!qemu) {
+    results.push(fail('qemu binary', `${q.binPath} not found`, 'apt-get install qemu-system-x86, or set MANAGER_QEMU_BIN_PATH'));
+  } else {
+    const version = (await qemuHelp(qemu, ['--version'])).split('\n')[0]?.trim() ?? '';
+    results.push(pass('qemu binary', `${qemu} (${version})`));
+    const objects = await qemuHelp(qemu, ['-object', 'help']);
+    const devices = await qemuHelp(qemu, ['-device', 'help']);
+    const needObject = (name: string, remedy: string) =>
+      results.push(new RegExp(`^\\s*${name}\\s*$`, 'm').test(objects) ? pass(`qemu object ${name}`, 'supported') : fail(`qemu object ${name}`, 'not supported by this QEMU', remedy));
+    if (q.enableSevSnp) {
+      needObject('sev-snp-guest', 'SEV-SNP guests need QEMU 9.1 or later');
+      needObject('igvm-cfg', 'IGVM needs QEMU 10.1 or later built with IGVM support');
+      needObject('memory-backend-memfd', 'QEMU built without memfd support');
+      if (q.enableHostData && /^\s*sev-snp-guest\s*$/m.test(objects)) {
+        const props = await qemuHelp(qemu, ['-object', 'sev-snp-guest,help']);
+        results.push(props.includes('host-data') ? pass('sev-snp-guest host-data', 'supported') : fail('sev-snp-guest host-data', 'property missing', 'host-data needs QEMU 9.1 or later'));
+      }
+    }
+    if (q.enableTdx) {
+      needObject('tdx-guest', 'TDX guests with a quote-generation socket need QEMU 10.1 or later');
+      needObject('memory-backend-memfd', 'QEMU built without memfd support');
+    }
+    for (const dev of ['virtio-net-pci', 'virtio-9p-pci']) {
+      results.push(devices.includes(`"${dev}"`) ? pass(`qemu device ${dev}`, 'supported') : fail(`qemu device ${dev}`, 'not supported by this QEMU', 'use a QEMU built with virtio and 9P (virtfs) support'));
+    }
+  }
+
+  if (q.enableKvm) {
+    try {
+      // Opening it is what QEMU does; permission bits alone can mislead (device cgroups, containers).
+      await (await fs.open('/dev/kvm', 'r+')).close();
+      results.push(pass('/dev/kvm', 'present and usable'));
+    } catch (err) {
+      results.push(fail('/dev/kvm', `${(err as NodeJS.ErrnoException).code}`, 'enable virtualization in firmware and load kvm_amd/kvm_intel, or set MANAGER_QEMU_ENABLE_KVM=false'));
+    }
+  }
+
+  const cpuinfo = (await readText('/proc/cpuinfo')) ?? '';
+  const flags = new Set((/^flags\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? '').split(/\s+/));
+  const param = async (file: string) => (await readText(file))?.trim();
+  if (q.enableSevSnp) {
+    results.push(flags.has('sev_snp') ? pass('CPU SEV-SNP', 'sev_snp flag present') : fail('CPU SEV-SNP', 'no sev_snp CPU flag', 'an AMD EPYC (Milan or later) with SEV-SNP enabled in firmware is needed, or set MANAGER_QEMU_ENABLE_SEV_SNP=false'));
+    const p = await param('/sys/module/kvm_amd/parameters/sev_snp');
+    results.push(p === 'Y' || p === '1' ? pass('kvm_amd sev_snp', p) : fail('kvm_amd sev_snp', p === undefined ? 'kvm_amd not loaded' : `sev_snp=${p}`, 'load kvm_amd with sev_snp=1 on a host kernel with SNP support'));
+    const igvmmeasure = path.join(config.attestationPolicyBinaryPath, 'igvmmeasure');
+    try {
+      await fs.access(igvmmeasure, constants.X_OK);
+      results.push(pass('igvmmeasure', igvmmeasure));
+    } catch {
+      results.push(fail('igvmmeasure', `${igvmmeasure} not found`, 'install igvmmeasure (COCONUT-SVSM) or set MANAGER_ATTESTATION_POLICY_BINARY_PATH'));
+    }
+    results.push(await readable('IGVM file', q.igvmFile, 'MANAGER_QEMU_IGVM_FILE'));
+  }
+  if (q.enableTdx) {
+    results.push(flags.has('tdx_host_platform') ? pass('CPU TDX', 'tdx_host_platform flag present') : fail('CPU TDX', 'no tdx_host_platform CPU flag', 'an Intel Xeon with TDX enabled in firmware is needed, or set MANAGER_QEMU_ENABLE_TDX=false'));
+    const p = await param('/sys/module/kvm_intel/parameters/tdx');
+    results.push(p === 'Y' || p === '1' ? pass('kvm_intel tdx', p) : fail('kvm_intel tdx', p === undefined ? 'kvm_intel not loaded' : `tdx=${p}`, 'load kvm_intel with tdx=1 on a host kernel with TDX support'));
+    results.push(await readable('OVMF (TDX)', q.ovmfFile, 'MANAGER_QEMU_OVMF_FILE'));
+  }
+  if (!q.enableSevSnp && !q.enableTdx) {
+    results.push(await readable('OVMF code', q.ovmfCode.file, 'MANAGER_QEMU_OVMF_CODE_FILE'));
+    results.push(await readable('OVMF variables', q.ovmfVars.file, 'MANAGER_QEMU_OVMF_VARS_FILE'));
+  }
+  results.push(await readable('guest kernel', q.kernelFile, 'MANAGER_QEMU_DISK_IMG_KERNEL_FILE'));
+  results.push(await readable('guest initramfs', q.rootfsFile, 'MANAGER_QEMU_DISK_IMG_ROOTFS_FILE'));
+
+  if (portIsFree) await checkPorts(results, config, portIsFree);
+  results.push(await stateDirCheck(config.stateDir));
+  return results;
+}
+
+async function checkPorts(results: CheckResult[], config: Config, portIsFree: (port: number) => Promise<boolean>): Promise<void> {
+  const { first, last } = config.qemu.hostFwdRange;
+  let free = 0;
+  for (let p = first; p <= last; p++) if (await portIsFree(p)) free++;
+  const total = last - first + 1;
+  const range = `MANAGER_QEMU_HOST_FWD_RANGE=${first}-${last}`;
+  if (free === 0) results.push(fail('host ports', `none of ${total} free in ${range}`, 'free some ports or widen the range'));
+  else if (config.maxVms > 0 && free < config.maxVms) results.push(warn('host ports', `${free} of ${total} free, fewer than MANAGER_MAX_VMS=${config.maxVms}`, 'free some ports or widen the range'));
+  else results.push(pass('host ports', `${free} of ${total} free in ${range}`));
+}
+
+/** Writable, or creatable in the nearest existing parent; nothing is created here. */
+async function stateDirCheck(dir: string): Promise<CheckResult> {
+  let probe = path.resolve(dir);
+  while (true) {
+    try {
+      const st = await fs.stat(probe);
+      if (!st.isDirectory()) return fail('state directory', `${probe} is not a directory`, 'set MANAGER_STATE_DIR to a directory');
+      await fs.access(probe, constants.W_OK);
+      return pass('state directory', probe === path.resolve(dir) ? probe : `${path.resolve(dir)} (will be created)`);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' || probe === '/') return fail('state directory', `${probe}: ${code}`, 'make it writable by the daemon or set MANAGER_STATE_DIR');
+      probe = path.dirname(probe);
+    }
+  }
+}

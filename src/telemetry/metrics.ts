@@ -1,0 +1,79 @@
+/**
+ * Prometheus metrics (prom-client). Labels are bounded sets (method, gRPC code, VM state, exit
+ * cause): never a VM id.
+ */
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { ManagerObserver, QemuExitCause } from '../manager/observer.js';
+
+export interface MetricSources {
+  vmsByState(): Record<string, number>;
+  portsFree(): number;
+}
+
+export class Metrics implements ManagerObserver {
+  readonly registry = new Registry();
+  private readonly rpcRequests: Counter<'method' | 'code'>;
+  private readonly rpcDuration: Histogram<'method' | 'code'>;
+  private readonly startDuration: Histogram;
+  private readonly exits: Counter<'cause'>;
+
+  constructor(sources: MetricSources) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'cocos_manager_' });
+    this.rpcRequests = new Counter({
+      name: 'cocos_manager_rpc_requests_total',
+      help: 'gRPC calls handled, by method and status code',
+      labelNames: ['method', 'code'],
+      registers,
+    });
+    this.rpcDuration = new Histogram({
+      name: 'cocos_manager_rpc_duration_seconds',
+      help: 'gRPC call latency, by method and status code',
+      labelNames: ['method', 'code'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers,
+    });
+    this.startDuration = new Histogram({
+      name: 'cocos_manager_vm_start_duration_seconds',
+      help: 'From spawning QEMU to QEMU listening on the forwarded port',
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
+      registers,
+    });
+    this.exits = new Counter({
+      name: 'cocos_manager_qemu_exits_total',
+      help: 'QEMU processes that ended, by cause',
+      labelNames: ['cause'],
+      registers,
+    });
+    new Gauge({
+      name: 'cocos_manager_vms',
+      help: 'VMs known to the manager, by state',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        for (const [state, n] of Object.entries(sources.vmsByState())) this.set({ state }, n);
+      },
+    });
+    new Gauge({
+      name: 'cocos_manager_ports_free',
+      help: 'Ports of MANAGER_QEMU_HOST_FWD_RANGE not held by a VM',
+      registers,
+      collect() {
+        this.set(sources.portsFree());
+      },
+    });
+  }
+
+  rpc(method: string, code: string, seconds: number): void {
+    this.rpcRequests.inc({ method, code });
+    this.rpcDuration.observe({ method, code }, seconds);
+  }
+
+  vmStarted(seconds: number): void {
+    this.startDuration.observe(seconds);
+  }
+
+  qemuExited(cause: QemuExitCause): void {
+    this.exits.inc({ cause });
+  }
+}

@@ -1,0 +1,110 @@
+// /health and /metrics for Prometheus and load balancers: health fails while the daemon starts
+// or stops, metrics parse and move by exactly what the calls did, other paths and methods refused.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { CLI, baseEnv } from './helpers.mjs';
+import { Daemon, call, fakeQemuEnv, freePort, nextRange, tmpDir, waitFor } from './daemon.mjs';
+
+async function get(port, p, method = 'GET') {
+  const res = await fetch(`http://127.0.0.1:${port}${p}`, { method, signal: AbortSignal.timeout(5_000) });
+  return { status: res.status, type: res.headers.get('content-type'), body: await res.text(), allow: res.headers.get('allow') };
+}
+
+/** Prometheus text format → Map "name{labels}" → number (a parser of the test's own). */
+function parseMetrics(text) {
+  const out = new Map();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.eE+-]+|NaN|\+Inf|-Inf)$/.exec(line);
+    assert.ok(m, `unparseable metrics line: ${line}`);
+    out.set(`${m[1]}${m[2] ?? ''}`, Number(m[3]));
+  }
+  return out;
+}
+
+test('health: 200 pass with version, commit and instance id once serving; 404 and 405 elsewhere', async () => {
+  const d = await Daemon.start(fakeQemuEnv(tmpDir(), { MANAGER_INSTANCE_ID: 'host-7' }));
+  try {
+    const h = await get(d.httpPort, '/health');
+    assert.equal(h.status, 200);
+    assert.equal(h.type, 'application/health+json');
+    const body = JSON.parse(h.body);
+    assert.equal(body.status, 'pass');
+    assert.equal(body.instance_id, 'host-7');
+    assert.match(body.version, /^\d+\.\d+\.\d+/);
+    assert.match(body.commit, /^([0-9a-f]{12}|unknown)$/);
+    for (const k of ['description', 'build_time']) assert.equal(typeof body[k], 'string', k);
+    assert.equal((await get(d.httpPort, '/nope')).status, 404);
+    const post = await get(d.httpPort, '/metrics', 'POST');
+    assert.equal(post.status, 405);
+    assert.equal(post.allow, 'GET, HEAD');
+    assert.equal((await get(d.httpPort, '/health', 'DELETE')).status, 405);
+  } finally {
+    await d.stop();
+  }
+});
+
+test('health fails (503) while the daemon recovers its state, then passes', async () => {
+  // Many leftovers to clean: recovery takes a while, and health must say "not yet".
+  const state = tmpDir();
+  for (let i = 0; i < 300; i++) fs.mkdirSync(path.join(state, 'vms', randomUUID()), { recursive: true });
+  const httpPort = await freePort();
+  const grpcPort = await freePort();
+  const proc = spawn(process.execPath, [CLI, 'serve'], {
+    env: baseEnv({ ...fakeQemuEnv(state), MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: String(grpcPort), MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: String(httpPort) }),
+    stdio: 'ignore',
+  });
+  try {
+    const seen = [];
+    await waitFor(async () => {
+      try {
+        const h = await get(httpPort, '/health');
+        seen.push(h.status);
+        return h.status === 200;
+      } catch {
+        return false;
+      }
+    }, 30_000, 5);
+    assert.ok(seen.includes(503), `saw ${[...new Set(seen)]}`);
+    assert.equal(seen.at(-1), 200);
+    assert.equal(seen.indexOf(200), seen.length - 1, 'never 200 before the end of recovery');
+    assert.deepEqual(fs.readdirSync(path.join(state, 'vms')), []);
+  } finally {
+    proc.kill('SIGTERM');
+    await new Promise((r) => proc.once('exit', r));
+  }
+});
+
+test('metrics parse, and move by exactly what the calls did', async () => {
+  const range = nextRange(10);
+  const d = await Daemon.start(fakeQemuEnv(tmpDir(), { MANAGER_QEMU_HOST_FWD_RANGE: range }));
+  const client = d.client();
+  try {
+    const before = parseMetrics((await get(d.httpPort, '/metrics')).body);
+    const a = await call(client, 'CreateVm', {});
+    const b = await call(client, 'CreateVm', {});
+    await assert.rejects(call(client, 'CreateVm', { ttl: 'soon' }));
+    await call(client, 'RemoveVm', { cvm_id: a.cvm_id });
+    await call(client, 'CVMInfo', { id: b.cvm_id });
+    const m = parseMetrics((await get(d.httpPort, '/metrics')).body);
+    const delta = (k) => (m.get(k) ?? 0) - (before.get(k) ?? 0);
+    assert.equal(delta('cocos_manager_rpc_requests_total{method="CreateVm",code="OK"}'), 2);
+    assert.equal(delta('cocos_manager_rpc_requests_total{method="CreateVm",code="INVALID_ARGUMENT"}'), 1);
+    assert.equal(delta('cocos_manager_rpc_requests_total{method="RemoveVm",code="OK"}'), 1);
+    assert.equal(delta('cocos_manager_rpc_duration_seconds_count{method="CreateVm",code="OK"}'), 2);
+    assert.equal(delta('cocos_manager_vm_start_duration_seconds_count'), 2);
+    assert.equal(delta('cocos_manager_qemu_exits_total{cause="removed"}'), 1);
+    assert.equal(m.get('cocos_manager_vms{state="running"}'), 1);
+    assert.equal(m.get('cocos_manager_ports_free'), 9);
+    assert.ok(m.get('cocos_manager_process_resident_memory_bytes') > 0, 'default process metrics');
+    for (const key of m.keys()) assert.ok(!key.includes(b.cvm_id), `no VM id in labels: ${key}`);
+    await call(client, 'RemoveVm', { cvm_id: b.cvm_id });
+  } finally {
+    client.close();
+    await d.stop();
+  }
+});

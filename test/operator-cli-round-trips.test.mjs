@@ -1,0 +1,116 @@
+// The operator CLI: `vm` against a running daemon (create, ls, info, policy, rm; --json and
+// human output), and `check` telling what this host has and lacks.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { CLI, baseEnv, runCli } from './helpers.mjs';
+import { Daemon, fakeQemuEnv, tmpDir } from './daemon.mjs';
+
+let daemon;
+let dir;
+before(async () => {
+  dir = tmpDir('cocos-cli-');
+  daemon = await Daemon.start(fakeQemuEnv(tmpDir()));
+});
+after(async () => {
+  await daemon?.stop();
+});
+
+/** The CLI runs asynchronously here: the daemon under test lives in this process's event loop. */
+function cli(args, env = {}) {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [CLI, ...args], { env: baseEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => { stdout += d; });
+    p.stderr.on('data', (d) => { stderr += d; });
+    const t = setTimeout(() => p.kill('SIGKILL'), 30_000);
+    p.on('exit', (status) => { clearTimeout(t); resolve({ status, stdout, stderr }); });
+  });
+}
+
+test('vm create / ls / info / policy / rm round-trip, human and --json', async () => {
+  const addr = ['--addr', `127.0.0.1:${daemon.port}`];
+  const cert = path.join(dir, 'cert.pem');
+  fs.writeFileSync(cert, 'CERT');
+  const secret = path.join(dir, 'secret');
+  fs.writeFileSync(secret, 'from-a-file\n');
+  const created = await cli(['vm', 'create', ...addr, '--json', '--log-level', 'debug', '--ttl', '1h', '--client-cert', cert, '--aws-secret-access-key', `@${secret}`, '--kbs-params', 'kbs1']);
+  assert.equal(created.status, 0, created.stderr);
+  const { cvm_id: id, forwarded_port: port } = JSON.parse(created.stdout);
+  const env = fs.readFileSync(path.join(daemon.logs.lines.find((l) => l.msg === 'starting QEMU' && l.cvm_id === id).command.match(/path=([^,]+\/env),/)[1], 'environment'), 'utf8');
+  assert.ok(env.includes('AWS_SECRET_ACCESS_KEY=from-a-file\n'));
+  assert.ok(env.includes('AGENT_CVM_GRPC_CLIENT_CERT=/etc/certs/cert.pem\n'));
+
+  const ls = await cli(['vm', 'ls', ...addr, '--json']);
+  const vms = JSON.parse(ls.stdout);
+  assert.equal(vms.length, 1);
+  assert.equal(vms[0].id, id);
+  assert.equal(vms[0].state, 'running');
+  assert.equal(vms[0].forwarded_port, port);
+  assert.ok(vms[0].pid > 0);
+  assert.ok(Date.parse(vms[0].ttl_deadline) - Date.parse(vms[0].created_at) === 3_600_000);
+
+  const human = await cli(['vm', 'ls', ...addr]);
+  assert.match(human.stdout, /^ID\s+STATE\s+PID\s+PORT\s+CREATED\s+TTL DEADLINE\n/);
+  assert.ok(human.stdout.includes(id));
+
+  const info = await cli(['vm', 'info', id, ...addr]);
+  assert.equal(info.status, 0, info.stderr);
+  assert.match(info.stdout, /kernel command line\s+quiet console=null agent\.aa_kbc_params=kbs1/);
+  assert.match(info.stdout, /state\s+running/);
+
+  const policy = await cli(['vm', 'policy', id, ...addr]);
+  assert.equal(policy.status, 1);
+  assert.match(policy.stderr, /^cocos-manager: AttestationPolicy: FAILED_PRECONDITION: VM .* is neither SEV-SNP nor TDX/);
+
+  const rm = await cli(['vm', 'rm', id, ...addr]);
+  assert.equal(rm.status, 0);
+  assert.equal(rm.stdout.trim(), `removed ${id}`);
+  const gone = await cli(['vm', 'info', id, ...addr]);
+  assert.equal(gone.status, 1);
+  assert.match(gone.stderr, /GetVm: NOT_FOUND/);
+  assert.equal((await cli(['vm', 'ls', ...addr])).stdout.trim(), 'no VMs');
+});
+
+test('vm against no daemon fails with one line', async () => {
+  const r = await cli(['vm', 'ls', '--addr', '127.0.0.1:1', '--timeout', '2s']);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /^cocos-manager: ListVms: (UNAVAILABLE|DEADLINE_EXCEEDED): /);
+  assert.equal(r.stderr.trim().split('\n').length, 1);
+});
+
+test('check passes what this host has (plain OVMF under TCG) and exits 0', () => {
+  const kernel = path.join(dir, 'bzImage');
+  fs.writeFileSync(kernel, 'k');
+  const r = runCli(['check'], {
+    MANAGER_QEMU_ENABLE_KVM: 'false', MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
+    MANAGER_QEMU_DISK_IMG_KERNEL_FILE: kernel, MANAGER_QEMU_DISK_IMG_ROOTFS_FILE: kernel,
+    MANAGER_STATE_DIR: path.join(dir, 'state'), MANAGER_QEMU_HOST_FWD_RANGE: '47000-47009',
+  });
+  assert.equal(r.status, 0, r.stdout);
+  assert.match(r.stdout, /^PASS\s+qemu binary\s+\/usr\/bin\/qemu-system-x86_64 \(QEMU emulator version/m);
+  assert.match(r.stdout, /^PASS\s+qemu device virtio-9p-pci/m);
+  assert.match(r.stdout, /^PASS\s+OVMF variables\s+\/usr\/share\/OVMF\/OVMF_VARS.fd/m);
+  assert.match(r.stdout, /^PASS\s+host ports\s+10 of 10 free/m);
+  assert.match(r.stdout, /all checks passed/);
+  assert.equal(fs.existsSync(path.join(dir, 'state')), false, 'check creates nothing');
+});
+
+test('check fails what this host lacks for SEV-SNP, each with a remedy, and exits 1', () => {
+  const r = runCli(['check'], { MANAGER_QEMU_DISK_IMG_KERNEL_FILE: '/nonexistent/bzImage', MANAGER_QEMU_BIN_PATH: 'qemu-system-x86_64' });
+  assert.equal(r.status, 1);
+  assert.match(r.stdout, /^FAIL\s+qemu object sev-snp-guest\s+not supported by this QEMU\s+SEV-SNP guests need QEMU 9\.1 or later$/m);
+  assert.match(r.stdout, /^FAIL\s+CPU SEV-SNP\s+no sev_snp CPU flag\s+an AMD EPYC/m);
+  assert.match(r.stdout, /^FAIL\s+guest kernel\s+\/nonexistent\/bzImage: ENOENT\s+install it or point MANAGER_QEMU_DISK_IMG_KERNEL_FILE at it$/m);
+  assert.match(r.stdout, /^FAIL\s+igvmmeasure\s+/m);
+  assert.match(r.stdout, /check\(s\) failed/);
+});
+
+test('check reports a missing QEMU binary with its remedy', () => {
+  const r = runCli(['check'], { MANAGER_QEMU_BIN_PATH: '/nonexistent/qemu', MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_KVM: 'false' });
+  assert.equal(r.status, 1);
+  assert.match(r.stdout, /^FAIL\s+qemu binary\s+\/nonexistent\/qemu not found\s+apt-get install qemu-system-x86, or set MANAGER_QEMU_BIN_PATH$/m);
+});

@@ -1,0 +1,88 @@
+// Spans reach an OTLP/HTTP receiver (a plain HTTP server on loopback): one per RPC continuing the
+// caller's traceparent, with children for the steps of CreateVm; an unreachable collector costs
+// the RPCs nothing and is logged once.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { randomBytes } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { Daemon, call, fakeQemuEnv, freePort, tmpDir, waitFor } from './daemon.mjs';
+
+function otlpReceiver() {
+  const spans = [];
+  const resources = [];
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => { body += d; });
+    req.on('end', () => {
+      if (req.url === '/v1/traces' && req.method === 'POST') {
+        const doc = JSON.parse(body);
+        for (const rs of doc.resourceSpans ?? []) {
+          resources.push(Object.fromEntries(rs.resource.attributes.map((a) => [a.key, a.value.stringValue])));
+          for (const ss of rs.scopeSpans ?? []) spans.push(...ss.spans);
+        }
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+    });
+  });
+  return { server, spans, resources };
+}
+
+function callWithMetadata(client, method, req, metadata) {
+  return new Promise((resolve, reject) => {
+    client[method](req, metadata, { deadline: Date.now() + 10_000 }, (err, res) => (err ? reject(err) : resolve(res)));
+  });
+}
+
+test('CreateVm gives one server span continuing the traceparent, with the four step spans as children', async () => {
+  const rx = otlpReceiver();
+  const port = await freePort();
+  await new Promise((r) => rx.server.listen(port, '127.0.0.1', r));
+  const d = await Daemon.start(fakeQemuEnv(tmpDir(), { COCOS_JAEGER_URL: `http://127.0.0.1:${port}`, COCOS_JAEGER_TRACE_RATIO: '1', MANAGER_INSTANCE_ID: 'trace-host' }));
+  const client = d.client();
+  try {
+    const traceId = randomBytes(16).toString('hex');
+    const parentId = randomBytes(8).toString('hex');
+    const md = new grpc.Metadata();
+    md.set('traceparent', `00-${traceId}-${parentId}-01`);
+    const vm = await callWithMetadata(client, 'CreateVm', {}, md);
+    await call(client, 'RemoveVm', { cvm_id: vm.cvm_id });
+    assert.ok(await waitFor(() => rx.spans.some((s) => s.name === 'manager.ManagerService/RemoveVm'), 10_000), 'spans exported');
+    const rpc = rx.spans.find((s) => s.name === 'manager.ManagerService/CreateVm');
+    assert.equal(rpc.traceId, traceId);
+    assert.equal(rpc.parentSpanId, parentId);
+    assert.equal(rpc.kind, 2, 'SERVER');
+    for (const step of ['allocate-port', 'write-shares', 'spawn-qemu', 'wait-qemu-ready']) {
+      const s = rx.spans.find((x) => x.name === step);
+      assert.ok(s, `${step} span`);
+      assert.equal(s.traceId, traceId, step);
+      assert.equal(s.parentSpanId, rpc.spanId, `${step} is a child of the RPC span`);
+    }
+    assert.ok(rx.resources.some((r) => r['service.name'] === 'manager' && r['service.instance.id'] === 'trace-host'));
+  } finally {
+    client.close();
+    await d.stop();
+    rx.server.close();
+  }
+});
+
+test('an unreachable collector costs the calls nothing and is logged once', async () => {
+  const dead = await freePort();
+  const d = await Daemon.start(fakeQemuEnv(tmpDir(), { COCOS_JAEGER_URL: `http://127.0.0.1:${dead}`, COCOS_JAEGER_TRACE_RATIO: '1' }));
+  const client = d.client();
+  try {
+    for (let round = 0; round < 3; round++) {
+      const t0 = Date.now();
+      const info = await call(client, 'CVMInfo', { id: `x${round}` });
+      assert.equal(info.id, `x${round}`);
+      assert.ok(Date.now() - t0 < 1_000);
+      await new Promise((r) => setTimeout(r, 800)); // let a batch go out and fail
+    }
+    await d.waitForLog((l) => /trace collector unreachable/.test(l.msg ?? ''), 5_000);
+    assert.equal(d.logs.lines.filter((l) => /trace collector unreachable/.test(l.msg ?? '')).length, 1);
+  } finally {
+    client.close();
+    await d.stop();
+  }
+});
