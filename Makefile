@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 NODE_DEPS := node_modules/.package-lock.json
 
-.PHONY: build deps system-deps guest test check-deps run demo clean
+.PHONY: build deps system-deps guest test check-deps run demo install install-files clean
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -38,6 +38,24 @@ run: build guest
 demo: build guest
 	@mkdir -p state
 	set -a && . profiles/dev.env && set +a && node scripts/demo.mjs
+
+# Installs the build, its production dependencies, the systemd unit and the env file.
+# DESTDIR stages the whole tree elsewhere (packaging, tests). An existing env file is kept.
+PREFIX ?= /opt/cocos-manager
+install: build install-files
+
+install-files:
+	@test -f dist/cli.js || { echo "nothing built: run 'make install'" >&2; exit 1; }
+	install -d -m 0755 $(DESTDIR)$(PREFIX) $(DESTDIR)/etc/systemd/system $(DESTDIR)/usr/local/bin
+	install -d -m 0750 $(DESTDIR)/etc/cocos
+	rm -rf $(DESTDIR)$(PREFIX)/dist
+	cp -r dist proto package.json package-lock.json README.md $(DESTDIR)$(PREFIX)/
+	cd $(DESTDIR)$(PREFIX) && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error
+	sed 's|/opt/cocos-manager|$(PREFIX)|g' systemd/cocos-manager.service > $(DESTDIR)/etc/systemd/system/cocos-manager.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/cocos-manager.service
+	[ -e $(DESTDIR)/etc/cocos/cocos-manager.env ] || install -m 0640 cocos-manager.env $(DESTDIR)/etc/cocos/cocos-manager.env
+	ln -sf $(PREFIX)/dist/cli.js $(DESTDIR)/usr/local/bin/cocos-manager
+	@echo "installed; enable with: systemctl daemon-reload && systemctl enable --now cocos-manager"
 
 clean:
 	rm -rf dist build src/api/grpc/generated

@@ -101,16 +101,17 @@ export async function serveCommand(config: Config): Promise<void> {
     // CreateVm may legitimately take the whole start timeout; let it finish, then no longer.
     const graceMs = config.startTimeoutMs + 5_000;
     log.info({ signal, grace_ms: graceMs }, 'stopping: no new calls, VMs keep running');
-    const force = setTimeout(() => server.forceShutdown(), graceMs);
-    force.unref();
-    server.tryShutdown(() => undefined);
-    void manager
-      .shutdown(graceMs)
-      .then(() => {
-        server.forceShutdown();
-        httpServer.close();
-        return Promise.race([tracing.shutdown(), new Promise((r) => setTimeout(r, 2_000))]);
-      })
+    const callsDone = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+    const graceOver = new Promise<void>((resolve) => setTimeout(resolve, graceMs).unref());
+    void (async () => {
+      manager.beginShutdown();
+      await Promise.race([callsDone, graceOver]);
+      server.forceShutdown();
+      await manager.drain(5_000);
+      httpServer.close();
+      await Promise.race([tracing.shutdown(), new Promise((r) => setTimeout(r, 2_000))]);
+    })()
+      .catch((err) => log.error({ err: String(err) }, 'error while stopping'))
       .finally(() => {
         log.info('stopped');
         process.exit(0);

@@ -384,9 +384,14 @@ export class VmManager {
     log.info({ pid: record.pid, port: record.hostPort, expires_at: record.expiresAt }, 're-adopted a running VM');
   }
 
-  /** Stops taking calls and waits (bounded) for calls in flight; VMs keep running. */
-  async shutdown(graceMs: number): Promise<void> {
+  /** Refuses new VMs and stops TTL timers; VMs keep running (the next start re-adopts them). */
+  beginShutdown(): void {
     this.stopping = true;
+    for (const vm of this.vms.values()) vm.ttl?.cancel();
+  }
+
+  /** Waits, at most graceMs, for operations in flight (CreateVm, RemoveVm, TTL removals). */
+  async drain(graceMs: number): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       Promise.allSettled([...this.inflight]),
@@ -395,7 +400,6 @@ export class VmManager {
       }),
     ]);
     clearTimeout(timer);
-    for (const vm of this.vms.values()) vm.ttl?.cancel();
   }
 }
 

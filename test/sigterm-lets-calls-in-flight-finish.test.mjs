@@ -1,0 +1,42 @@
+// SIGTERM while CreateVm calls are in flight: health turns 503, new calls are refused, the calls
+// in flight finish with a usable VM, the daemon exits 0, and the VMs are re-adopted at next start.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Daemon, call, fakeQemuEnv, isAlive, readAgent, tmpDir, waitFor } from './daemon.mjs';
+
+test('SIGTERM during CreateVm: calls finish, daemon exits 0, VMs survive and are re-adopted', async () => {
+  const state = tmpDir();
+  const modeFile = path.join(tmpDir('cocos-mode-'), 'mode');
+  fs.writeFileSync(modeFile, 'slow-listen:1500');
+  const env = fakeQemuEnv(state, { FAKE_QEMU_MODE_FILE: modeFile });
+  const d = await Daemon.start(env);
+  const client = d.client();
+  const inflight = [call(client, 'CreateVm', {}), call(client, 'CreateVm', {})];
+  await d.waitForLog((l) => l.msg === 'starting QEMU', 3_000);
+  await new Promise((r) => setTimeout(r, 200));
+  d.proc.kill('SIGTERM');
+  const health = await fetch(`http://127.0.0.1:${d.httpPort}/health`, { signal: AbortSignal.timeout(2_000) });
+  assert.equal(health.status, 503);
+  assert.equal((await health.json()).status, 'fail');
+  const vms = await Promise.all(inflight);
+  client.close();
+  assert.deepEqual(await d.exited, { code: 0, signal: null });
+  for (const vm of vms) assert.match((await readAgent(Number(vm.forwarded_port))).environment, new RegExp(vm.cvm_id));
+
+  fs.writeFileSync(modeFile, 'normal');
+  const again = await Daemon.start(env);
+  const c2 = again.client();
+  try {
+    assert.equal(again.logs.lines.filter((l) => l.msg === 're-adopted a running VM').length, 2);
+    for (const vm of vms) {
+      const { pid } = JSON.parse(fs.readFileSync(path.join(state, 'vms', vm.cvm_id, 'record.json'), 'utf8'));
+      await call(c2, 'RemoveVm', { cvm_id: vm.cvm_id });
+      assert.ok(await waitFor(() => !isAlive(pid), 3_000));
+    }
+  } finally {
+    c2.close();
+    await again.stop();
+  }
+});

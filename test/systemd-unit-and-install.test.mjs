@@ -1,0 +1,70 @@
+// The systemd unit passes systemd-analyze verify with no warning, keeps VMs across restarts
+// (KillMode=process), the env file lists every setting with its default, and `make install`
+// stages a runnable daemon, the unit and the env file under DESTDIR.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { ROOT } from './helpers.mjs';
+import { tmpDir } from './daemon.mjs';
+import { SPECS, loadConfig } from '../dist/config/load.js';
+
+const UNIT = path.join(ROOT, 'systemd', 'cocos-manager.service');
+
+function parseEnvFile(text) {
+  const env = {};
+  for (const line of text.split('\n')) {
+    if (line.trim() === '' || line.startsWith('#')) continue;
+    const m = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(line);
+    assert.ok(m, `not KEY=VALUE: ${line}`);
+    env[m[1]] = m[2].startsWith('"') ? JSON.parse(m[2]) : m[2];
+  }
+  return env;
+}
+
+test('systemd-analyze verify accepts the unit with no warning', () => {
+  const r = spawnSync('systemd-analyze', ['verify', UNIT], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stderr.trim(), '', r.stderr);
+  const unit = fs.readFileSync(UNIT, 'utf8');
+  assert.match(unit, /^KillMode=process$/m);
+  assert.match(unit, /^EnvironmentFile=\/etc\/cocos\/cocos-manager.env$/m);
+  assert.match(unit, /^Restart=on-failure$/m);
+  assert.match(unit, /^StateDirectory=cocos-manager$/m);
+  assert.doesNotMatch(unit, /^(PrivateDevices|MemoryDenyWriteExecute|NoNewPrivileges)=(yes|true)$/m);
+});
+
+test('cocos-manager.env lists every setting, each with a comment, and its values are the defaults', () => {
+  const text = fs.readFileSync(path.join(ROOT, 'cocos-manager.env'), 'utf8');
+  const env = parseEnvFile(text);
+  assert.deepEqual(Object.keys(env).sort(), Object.keys(SPECS).sort());
+  const lines = text.split('\n');
+  for (const key of Object.keys(SPECS)) {
+    const i = lines.findIndex((l) => l.startsWith(`${key}=`));
+    assert.match(lines[i - 1], /^# \S/, `comment above ${key}`);
+  }
+  const fromFile = loadConfig(env);
+  const defaults = loadConfig({});
+  assert.deepEqual(fromFile, defaults);
+});
+
+test('make install (install-files, after the build) with DESTDIR stages the daemon, the unit and the env file', () => {
+  const dest = tmpDir('cocos-install-');
+  const r = spawnSync('make', ['-s', 'install-files', `DESTDIR=${dest}`], { cwd: ROOT, encoding: 'utf8', timeout: 300_000 });
+  assert.equal(r.status, 0, r.stderr + r.stdout);
+  const unit = path.join(dest, 'etc/systemd/system/cocos-manager.service');
+  assert.ok(fs.existsSync(unit));
+  assert.equal(fs.statSync(path.join(dest, 'etc/cocos/cocos-manager.env')).mode & 0o777, 0o640);
+  assert.equal(fs.readlinkSync(path.join(dest, 'usr/local/bin/cocos-manager')), '/opt/cocos-manager/dist/cli.js');
+  assert.equal(fs.existsSync(path.join(dest, 'opt/cocos-manager/node_modules/typescript')), false, 'no dev dependencies');
+  const run = spawnSync(process.execPath, [path.join(dest, 'opt/cocos-manager/dist/cli.js'), 'qemu-args'], {
+    encoding: 'utf8', timeout: 20_000, env: { PATH: process.env.PATH, MANAGER_QEMU_ENABLE_SEV_SNP: 'false' },
+  });
+  assert.equal(run.status, 0, run.stderr);
+  assert.equal(JSON.parse(run.stdout)[0], '-enable-kvm');
+  // A second install keeps the operator's env file.
+  fs.writeFileSync(path.join(dest, 'etc/cocos/cocos-manager.env'), 'MANAGER_MAX_VMS=3\n');
+  assert.equal(spawnSync('make', ['-s', 'install-files', `DESTDIR=${dest}`], { cwd: ROOT, timeout: 300_000 }).status, 0);
+  assert.equal(fs.readFileSync(path.join(dest, 'etc/cocos/cocos-manager.env'), 'utf8'), 'MANAGER_MAX_VMS=3\n');
+});
