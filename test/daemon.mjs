@@ -89,8 +89,32 @@ export class Daemon {
     proc.stderr.on('data', (d) => { logs.stderr += d.toString('utf8'); });
     const d = new Daemon(proc, port, logs);
     d.httpPort = httpPort;
-    await d.waitForLog((l) => l.msg === 'gRPC server listening', timeoutMs);
+    d.stateDir = env.MANAGER_STATE_DIR;
+    try {
+      await d.waitUntilServing(timeoutMs);
+    } catch (err) {
+      proc.kill('SIGKILL');
+      throw err;
+    }
     return d;
+  }
+
+  /** Ready means what a load balancer sees: /health answers 200 (the gRPC server is bound by then). */
+  async waitUntilServing(timeoutMs) {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (this.proc.exitCode !== null || this.proc.signalCode !== null) {
+        throw new Error(`daemon exited (${this.proc.exitCode ?? this.proc.signalCode}); stderr: ${this.logs.stderr}`);
+      }
+      try {
+        const res = await fetch(`http://127.0.0.1:${this.httpPort}/health`, { signal: AbortSignal.timeout(1_000) });
+        if (res.status === 200) return;
+      } catch {
+        /* not listening yet */
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error(`daemon not serving within ${timeoutMs} ms; stderr: ${this.logs.stderr}; last: ${JSON.stringify(this.logs.lines.slice(-3))}`);
   }
 
   async waitForLog(pred, timeoutMs = 10_000) {
@@ -110,13 +134,19 @@ export class Daemon {
     return new managerPkg.ManagerService(`127.0.0.1:${this.port}`, creds, options);
   }
 
-  async stop(signal = 'SIGTERM', timeoutMs = 15_000) {
-    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return this.exited;
-    this.proc.kill(signal);
-    const t = setTimeout(() => this.proc.kill('SIGKILL'), timeoutMs);
-    const r = await this.exited;
-    clearTimeout(t);
-    return r;
+  /**
+   * Stops the daemon. VMs outlive it by design; unless `keepVms`, the QEMUs it left (any process
+   * naming its state directory) are killed too, so a test never leaks processes.
+   */
+  async stop(signal = 'SIGTERM', { timeoutMs = 15_000, keepVms = false } = {}) {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) {
+      this.proc.kill(signal);
+      const t = setTimeout(() => this.proc.kill('SIGKILL'), timeoutMs);
+      await this.exited;
+      clearTimeout(t);
+    }
+    if (!keepVms && this.stateDir) killProcessesMentioning(path.resolve(this.stateDir));
+    return this.exited;
   }
 
   allLogText() {
@@ -169,4 +199,16 @@ export function portIsFree(port) {
     s.once('error', () => resolve(false));
     s.listen({ port, host: '0.0.0.0', exclusive: true }, () => s.close(() => resolve(true)));
   });
+}
+
+/** SIGKILLs every process whose command line mentions `needle` (test clean-up only). */
+export function killProcessesMentioning(needle) {
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      if (fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(needle)) process.kill(Number(e), 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
 }

@@ -21,7 +21,7 @@ test('daemon killed -9 with VMs up: restarted, it re-adopts all of them with por
   const short = await call(client, 'CreateVm', { ttl: '2s' });
   const pids = [...vms, short].map((v) => readRecord(state, v.cvm_id).pid);
   client.close();
-  await first.stop('SIGKILL');
+  await first.stop('SIGKILL', { keepVms: true });
   for (const pid of pids) assert.ok(isAlive(pid), 'QEMU survives the daemon');
 
   const second = await Daemon.start(env, { port: first.port });
@@ -62,7 +62,7 @@ test('SIGTERM stops the daemon with exit 0 and leaves the VMs running', async ()
   const vm = await call(client, 'CreateVm', {});
   const { pid } = readRecord(state, vm.cvm_id);
   client.close();
-  const r = await d.stop('SIGTERM');
+  const r = await d.stop('SIGTERM', { keepVms: true });
   assert.deepEqual(r, { code: 0, signal: null });
   assert.ok(isAlive(pid));
   const again = await Daemon.start(env);
@@ -81,7 +81,7 @@ test('a PID reused by an unrelated process is never adopted nor signalled', asyn
   const a = await call(client, 'CreateVm', {});
   const b = await call(client, 'CreateVm', {});
   client.close();
-  await d.stop('SIGKILL');
+  await d.stop('SIGKILL', { keepVms: true });
   // Both QEMUs die while the daemon is down; unrelated processes take "their" PIDs.
   for (const v of [a, b]) process.kill(readRecord(state, v.cvm_id).pid, 'SIGKILL');
   const strangers = [spawn('sleep', ['30']), spawn('sleep', ['30'])];
@@ -116,7 +116,7 @@ test('a corrupt record is reported and skipped; the other VMs load and nothing o
   const good = await call(client, 'CreateVm', {});
   const bad = await call(client, 'CreateVm', {});
   client.close();
-  await d.stop('SIGTERM');
+  await d.stop('SIGTERM', { keepVms: true });
   const badPid = readRecord(state, bad.cvm_id).pid;
   const text = fs.readFileSync(recordPath(state, bad.cvm_id), 'utf8');
   fs.writeFileSync(recordPath(state, bad.cvm_id), text.slice(0, text.length / 2));
@@ -144,7 +144,7 @@ test('a VM caught mid-CreateVm (record "starting") has its QEMU killed and its f
   let client = d.client();
   const vm = await call(client, 'CreateVm', {});
   client.close();
-  await d.stop('SIGKILL');
+  await d.stop('SIGKILL', { keepVms: true });
   const rec = readRecord(state, vm.cvm_id);
   rec.state = 'starting';
   fs.writeFileSync(recordPath(state, vm.cvm_id), JSON.stringify(rec));

@@ -267,10 +267,18 @@ export class VmManager {
         this.observer.qemuExited(cause);
       }
       this.releaseResources(vm);
-      await removeVmDir(vm.paths.dir);
+      try {
+        await removeVmDir(vm.paths.dir);
+      } catch (err) {
+        throw new ManagerError('internal', `QEMU is stopped but the VM's directory ${vm.paths.dir} could not be removed (${(err as NodeJS.ErrnoException).code ?? String(err)}); call RemoveVm again once the state directory is writable`);
+      }
       this.vms.delete(id);
       log.info('VM removed');
     })();
+    // A failed removal can be tried again (e.g. once the state directory is writable again).
+    vm.removing.catch(() => {
+      vm.removing = undefined;
+    });
     return vm.removing;
   }
 

@@ -85,7 +85,8 @@ export function parseTtl(ttl: string): number | undefined {
   try {
     ms = parseGoDuration(ttl);
   } catch (err) {
-    const why = err instanceof DurationError ? err.message : 'invalid duration';
+    // The value itself is not echoed: it is caller-controlled text headed for logs.
+    const why = err instanceof DurationError && err.message.includes('out of range') ? 'out of range' : 'not a Go duration';
     throw new RequestError('ttl', `${why}; expected a positive Go duration like 90s or 1h30m, or empty`);
   }
   if (!(ms >= 1)) throw new RequestError('ttl', 'must be positive (at least 1ms), or empty for no TTL');
