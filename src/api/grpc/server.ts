@@ -87,7 +87,11 @@ function unary<Req, Res>(
       if (code !== grpc.status.OK) span.setStatus({ code: SpanStatusCode.ERROR, message: details ?? name });
       span.end();
       recorder.rpc(method, name ?? String(code), seconds);
-      log.info({ method, code: name, ms: seconds * 1000, ...(details ? { details } : {}) }, 'rpc');
+      // Successful calls at debug (CreateVm and RemoveVm log their own lines); failures at info.
+      const line = { method, code: name, ms: seconds * 1000, ...(details ? { details } : {}) };
+      if (code === grpc.status.OK) log.debug(line, 'rpc');
+      else if (code === grpc.status.INTERNAL) log.warn(line, 'rpc');
+      else log.info(line, 'rpc');
     };
     context.with(trace.setSpan(parent, span), () => {
       Promise.resolve()

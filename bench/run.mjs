@@ -1,0 +1,232 @@
+#!/usr/bin/env node
+// `make bench`: what the manager's own work costs on the path of a CVM launch, each figure next
+// to its floor measured in the same run (this machine is shared and noisy), as a ratio and in ms.
+// Runs the built daemon over loopback with the stand-in QEMU of the tests.
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { Daemon, FAKE_QEMU, call, fakeQemuEnv, freePort, managerPkg, nextRange, tmpDir } from '../test/daemon.mjs';
+import { CLI } from '../test/helpers.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const quick = process.env.BENCH_QUICK === '1';
+const N_SEQ = quick ? 40 : 200;
+const BACKGROUND = quick ? 20 : 100; // VMs added per step of the scaling figure
+const log = (s) => process.stderr.write(`bench: ${s}\n`);
+
+const pct = (xs, p) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+};
+const ms = (t0) => Number(process.hrtime.bigint() - t0) / 1e6;
+const sleep = (t) => new Promise((r) => setTimeout(r, t));
+
+/** Waits until something listens on the port (1 ms polling: the floor must not be slow). */
+async function waitPort(port, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const ok = await new Promise((resolve) => {
+      const s = net.connect({ port, host: '127.0.0.1' });
+      s.once('connect', () => { s.destroy(); resolve(true); });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(1);
+  }
+  throw new Error(`port ${port} not listening`);
+}
+
+/** A VM directory like the daemon's, for the stand-in started directly. */
+function directVmDir(root, i) {
+  const dir = path.join(root, `direct-${i}`);
+  fs.mkdirSync(path.join(dir, 'env'), { recursive: true });
+  fs.mkdirSync(path.join(dir, 'certs'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'env', 'environment'), 'AGENT_LOG_LEVEL=info\n');
+  fs.copyFileSync('/usr/share/OVMF/OVMF_VARS.fd', path.join(dir, 'OVMF_VARS.fd'));
+  return dir;
+}
+
+function directArgv(template, dir, port) {
+  return template.map((a) =>
+    a.replace(/hostfwd=tcp::\d+-/, `hostfwd=tcp::${port}-`).replace(/file=\/usr\/share\/OVMF\/OVMF_VARS\.fd$/, `file=${dir}/OVMF_VARS.fd`),
+  ).concat([
+    '-fsdev', `local,id=cert_fs,path=${dir}/certs,security_model=mapped`, '-device', 'virtio-9p-pci,fsdev=cert_fs,mount_tag=certs_share',
+    '-fsdev', `local,id=env_fs,path=${dir}/env,security_model=mapped`, '-device', 'virtio-9p-pci,fsdev=env_fs,mount_tag=env_share',
+  ]);
+}
+
+/** The floor of a launch: spawn the stand-in from Node with the same argv, wait for its port. */
+async function directLaunch(template, root, i, port) {
+  const dir = directVmDir(root, i);
+  const t0 = process.hrtime.bigint();
+  const child = spawn(FAKE_QEMU, directArgv(template, dir, port), { stdio: 'ignore', detached: true });
+  await waitPort(port);
+  const launchMs = ms(t0);
+  return { child, launchMs };
+}
+
+async function directStop(child) {
+  const t0 = process.hrtime.bigint();
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await exited;
+  return ms(t0);
+}
+
+function rssMiB(pid) {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m[1]) / 1024;
+}
+
+async function throughput(client, seconds, callers = 64) {
+  let count = 0;
+  const until = Date.now() + seconds * 1000;
+  await Promise.all(Array.from({ length: callers }, async () => {
+    while (Date.now() < until) {
+      await call(client, 'CVMInfo', { id: 'bench' }, 10_000);
+      count++;
+    }
+  }));
+  return count / seconds;
+}
+
+const results = { machine: {}, figures: [] };
+const figure = (f) => {
+  results.figures.push(f);
+  log(`${f.figure}: ${f.value} (floor ${f.floor}) ratio ${f.ratio ?? '-'} ${f.ok === undefined ? '' : f.ok ? 'OK' : 'MISSED'}`);
+};
+
+async function main() {
+  results.machine = {
+    cpu: os.cpus()[0]?.model ?? 'unknown',
+    cores: os.cpus().length,
+    memory_gib: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+    kernel: os.release(),
+    date: new Date().toISOString(),
+    commit: (() => { try { return execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { encoding: 'utf8' }).trim(); } catch { return 'unknown'; } })(),
+    quick,
+  };
+  const root = tmpDir('cocos-bench-');
+  const range = nextRange(600);
+  const [first] = range.split('-').map(Number);
+  const env = fakeQemuEnv(path.join(root, 'state'), {
+    MANAGER_MAX_VMS: '0', MANAGER_QEMU_HOST_FWD_RANGE: range, MANAGER_LOG_LEVEL: 'warn', MANAGER_QEMU_START_TIMEOUT: '30s',
+  });
+  const template = JSON.parse(execFileSync(process.execPath, [CLI, 'qemu-args'], { env: { PATH: process.env.PATH, ...env }, encoding: 'utf8' }));
+
+  // Start to serving, against `node -e ''`.
+  const starts = [];
+  const nodeStarts = [];
+  for (let i = 0; i < 5; i++) {
+    let t0 = process.hrtime.bigint();
+    execFileSync(process.execPath, ['-e', '']);
+    nodeStarts.push(ms(t0));
+    const port = await freePort();
+    const httpPort = await freePort();
+    t0 = process.hrtime.bigint();
+    const p = spawn(process.execPath, [CLI, 'serve'], { env: { PATH: process.env.PATH, ...env, MANAGER_STATE_DIR: path.join(root, `start-${i}`), MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: String(httpPort) }, stdio: 'ignore' });
+    const c = new managerPkg.ManagerService(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    for (;;) {
+      try { await call(c, 'CVMInfo', { id: 'x' }, 200); break; } catch { await sleep(2); }
+    }
+    starts.push(ms(t0));
+    c.close();
+    p.kill('SIGTERM');
+    await new Promise((r) => p.once('exit', r));
+  }
+  const startOver = pct(starts, 50) - pct(nodeStarts, 50);
+  figure({ figure: 'start to serving (ms, p50 of 5)', value: pct(starts, 50).toFixed(0), floor: pct(nodeStarts, 50).toFixed(0), over_ms: startOver.toFixed(0), target: '<= 400 ms over the floor', ok: startOver <= 400 });
+
+  const daemon = await Daemon.start(env);
+  const client = daemon.client();
+  await sleep(2000);
+  const idleRss = rssMiB(daemon.proc.pid);
+  figure({ figure: 'daemon RSS idle (MiB)', value: idleRss.toFixed(1), floor: 'none', target: '<= 80 MiB', ok: idleRss <= 80 });
+
+  // Sequential CreateVm and RemoveVm, interleaved with their floors so drift hits both alike.
+  const create = [];
+  const createFloor = [];
+  const remove = [];
+  const removeFloor = [];
+  for (let i = 0; i < 10; i++) await call(client, 'RemoveVm', { cvm_id: (await call(client, 'CreateVm', {})).cvm_id }); // warm-up
+  for (let i = 0; i < N_SEQ; i++) {
+    const port = first + 500 + (i % 50);
+    const d = await directLaunch(template, root, i, port);
+    createFloor.push(d.launchMs);
+    removeFloor.push(await directStop(d.child));
+    let t0 = process.hrtime.bigint();
+    const vm = await call(client, 'CreateVm', {});
+    create.push(ms(t0));
+    t0 = process.hrtime.bigint();
+    await call(client, 'RemoveVm', { cvm_id: vm.cvm_id });
+    remove.push(ms(t0));
+  }
+  const over = (a, b, p) => pct(a, p) - pct(b, p);
+  figure({ figure: `CreateVm latency p50/p99 (ms, ${N_SEQ} sequential)`, value: `${pct(create, 50).toFixed(1)}/${pct(create, 99).toFixed(1)}`, floor: `${pct(createFloor, 50).toFixed(1)}/${pct(createFloor, 99).toFixed(1)}`, over_ms: over(create, createFloor, 50).toFixed(1), ratio: (pct(create, 50) / pct(createFloor, 50)).toFixed(2), target: '<= 5 ms over the floor at p50', ok: over(create, createFloor, 50) <= 5 });
+  figure({ figure: 'RemoveVm latency p50/p99 (ms)', value: `${pct(remove, 50).toFixed(1)}/${pct(remove, 99).toFixed(1)}`, floor: `${pct(removeFloor, 50).toFixed(1)}/${pct(removeFloor, 99).toFixed(1)}`, over_ms: over(remove, removeFloor, 50).toFixed(1), ratio: (pct(remove, 50) / pct(removeFloor, 50)).toFixed(2), target: '<= 5 ms over the floor at p50', ok: over(remove, removeFloor, 50) <= 5 });
+
+  // CreateVm p50 as the host fills up.
+  const background = [];
+  const p50At = {};
+  for (const level of [0, BACKGROUND, 2 * BACKGROUND]) {
+    while (background.length < level) background.push(await call(client, 'CreateVm', {}));
+    const xs = [];
+    for (let i = 0; i < 30; i++) {
+      const t0 = process.hrtime.bigint();
+      const vm = await call(client, 'CreateVm', {});
+      xs.push(ms(t0));
+      await call(client, 'RemoveVm', { cvm_id: vm.cvm_id });
+    }
+    p50At[level] = pct(xs, 50);
+  }
+  const scale = p50At[2 * BACKGROUND] / p50At[0];
+  figure({ figure: `CreateVm p50 with 0/${BACKGROUND}/${2 * BACKGROUND} VMs running (ms)`, value: `${p50At[0].toFixed(1)}/${p50At[BACKGROUND].toFixed(1)}/${p50At[2 * BACKGROUND].toFixed(1)}`, floor: `${p50At[0].toFixed(1)} (at 0)`, ratio: scale.toFixed(2), target: `ratio ${2 * BACKGROUND}/0 <= 1.2`, ok: scale <= 1.2 });
+  const fullRss = rssMiB(daemon.proc.pid);
+  figure({ figure: `daemon RSS with ${background.length} VMs (MiB)`, value: fullRss.toFixed(1), floor: 'none', target: '<= 120 MiB', ok: fullRss <= 120 });
+  await Promise.all(background.map((vm) => call(client, 'RemoveVm', { cvm_id: vm.cvm_id })));
+
+  // 50 concurrent launches.
+  let t0 = process.hrtime.bigint();
+  const launched = await Promise.all(Array.from({ length: 50 }, (_, i) => directLaunch(template, root, 1000 + i, first + 500 + i)));
+  const floorWall = ms(t0);
+  await Promise.all(launched.map((d) => directStop(d.child)));
+  t0 = process.hrtime.bigint();
+  const vms = await Promise.all(Array.from({ length: 50 }, () => call(client, 'CreateVm', {}, 60_000)));
+  const wall = ms(t0);
+  await Promise.all(vms.map((vm) => call(client, 'RemoveVm', { cvm_id: vm.cvm_id })));
+  figure({ figure: '50 concurrent CreateVm, wall (ms)', value: wall.toFixed(0), floor: floorWall.toFixed(0), ratio: (wall / floorWall).toFixed(2), target: 'ratio <= 1.5', ok: wall / floorWall <= 1.5 });
+
+  // CVMInfo throughput against a bare grpc-js server.
+  const barePort = await freePort();
+  const bare = spawn(process.execPath, [path.join(here, 'bare-server.mjs'), String(barePort)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise((r) => bare.stdout.once('data', r));
+  const bareClient = new managerPkg.ManagerService(`127.0.0.1:${barePort}`, grpc.credentials.createInsecure());
+  await throughput(bareClient, 1);
+  await throughput(client, 1);
+  const bareRps = await throughput(bareClient, quick ? 2 : 4);
+  const ourRps = await throughput(client, quick ? 2 : 4);
+  bareClient.close();
+  bare.kill('SIGTERM');
+  figure({ figure: 'CVMInfo calls/s, 64 concurrent callers', value: ourRps.toFixed(0), floor: bareRps.toFixed(0), ratio: (ourRps / bareRps).toFixed(2), target: '>= 0.8 of the bare server', ok: ourRps / bareRps >= 0.8 });
+
+  client.close();
+  await daemon.stop();
+  fs.rmSync(root, { recursive: true, force: true });
+
+  const rows = [['figure', 'value', 'floor', 'ratio', 'target', 'met'], ...results.figures.map((f) => [f.figure, String(f.value), String(f.floor), f.ratio ?? (f.over_ms ? `+${f.over_ms} ms` : '-'), f.target, f.ok ? 'yes' : 'NO'])];
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  process.stdout.write(`${rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ')).join('\n')}\n`);
+  fs.mkdirSync(path.join(here, 'results'), { recursive: true });
+  fs.writeFileSync(path.join(here, 'results', 'latest.json'), `${JSON.stringify(results, null, 2)}\n`);
+  process.stdout.write(`\nmachine: ${results.machine.cpu}, ${results.machine.cores} cores, ${results.machine.memory_gib} GiB, node ${results.machine.node}\nwritten: bench/results/latest.json\n`);
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench failed: ${err.stack ?? err}\n`);
+  process.exit(1);
+});
