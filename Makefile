@@ -3,8 +3,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
 NODE_DEPS := node_modules/.package-lock.json
+# The node flags of the systemd unit's ExecStart, so `make run` and `make bench` run the daemon as installed.
+NODE_FLAGS := $(shell sed -n 's|^ExecStart=/usr/bin/node \(.*\) /opt/cocos-manager/dist/cli.js serve$$|\1|p' systemd/cocos-manager.service)
 
-.PHONY: build deps system-deps guest test check-deps run demo install install-files clean
+.PHONY: build deps system-deps guest test check-deps run demo bench install install-files clean
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -32,12 +34,16 @@ test: build check-deps guest
 # The daemon in the foreground with the development profile (no KVM, no SEV-SNP/TDX).
 run: build guest
 	@mkdir -p state
-	set -a && . profiles/dev.env && set +a && exec node dist/cli.js serve
+	set -a && . profiles/dev.env && set +a && exec node $(NODE_FLAGS) dist/cli.js serve
 
 # Boots one CVM through the API, prints its agent's report, removes it.
 demo: build guest
 	@mkdir -p state
 	set -a && . profiles/dev.env && set +a && node scripts/demo.mjs
+
+# Benchmarks (not part of `make test`): figures against floors measured in the same run.
+bench: build
+	COCOS_NODE_FLAGS="$(NODE_FLAGS)" node bench/run.mjs
 
 # Installs the build, its production dependencies, the systemd unit and the env file.
 # DESTDIR stages the whole tree elsewhere (packaging, tests). An existing env file is kept.

@@ -5,11 +5,9 @@
  */
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config/load.js';
+// Each command's module is loaded only when that command runs: `serve` starts faster, and
+// `qemu-args` does not load the gRPC stack.
 import { QEMU_ARGS_HELP, qemuArgsCommand } from './cli/qemu-args.js';
-import { CHECK_HELP, checkCommand } from './cli/check.js';
-import { POLICY_HELP, policyInspectCommand } from './cli/policy.js';
-import { CallError, VM_HELP, vmCommand } from './cli/vm.js';
-import { SERVE_HELP, serveCommand } from './cli/serve.js';
 import { StartupError } from './util/startup-error.js';
 
 const MAIN_HELP = `Usage: cocos-manager [command] [--help]
@@ -50,12 +48,14 @@ async function main(argv: string[]): Promise<void> {
     }
     case 'serve': {
       const { values } = parseArgs({ args, options: { help: { type: 'boolean', short: 'h' } } });
+      const { SERVE_HELP, serveCommand } = await import('./cli/serve.js');
       if (values.help) return void process.stdout.write(SERVE_HELP);
       await serveCommand(loadConfig(process.env));
       return;
     }
     case 'check': {
       const { values } = parseArgs({ args, options: { help: { type: 'boolean', short: 'h' } } });
+      const { CHECK_HELP, checkCommand } = await import('./cli/check.js');
       if (values.help) return void process.stdout.write(CHECK_HELP);
       const { text, ok } = await checkCommand(loadConfig(process.env));
       process.stdout.write(text);
@@ -63,6 +63,7 @@ async function main(argv: string[]): Promise<void> {
       return;
     }
     case 'vm': {
+      const { CallError, VM_HELP, vmCommand } = await import('./cli/vm.js');
       if (args.includes('--help') || args.includes('-h') || args.length === 0) return void process.stdout.write(VM_HELP);
       try {
         process.stdout.write(`${await vmCommand(args)}\n`);
@@ -78,6 +79,7 @@ async function main(argv: string[]): Promise<void> {
         allowPositionals: true,
         options: { key: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
       });
+      const { POLICY_HELP, policyInspectCommand } = await import('./cli/policy.js');
       if (values.help) return void process.stdout.write(POLICY_HELP);
       if (positionals[0] !== 'inspect' || positionals.length !== 2) fail(`usage: cocos-manager policy inspect FILE [--key PUB.pem]`, 2);
       try {

@@ -63,10 +63,10 @@ export class Daemon {
   }
 
   /** Starts `cocos-manager serve` and waits (bounded) until its gRPC server listens. */
-  static async start(env, { timeoutMs = 15_000, port, httpPort } = {}) {
+  static async start(env, { timeoutMs = 15_000, port, httpPort, nodeFlags = [] } = {}) {
     port ??= await freePort();
     httpPort ??= await freePort();
-    const proc = spawn(process.execPath, [CLI, 'serve'], {
+    const proc = spawn(process.execPath, [...nodeFlags, CLI, 'serve'], {
       env: baseEnv({
         MANAGER_GRPC_HOST: '127.0.0.1',
         MANAGER_GRPC_PORT: String(port),

@@ -13,6 +13,7 @@ import { loadPcrValues, loadSigningKey } from '../manager/attestation-files.js';
 import { AttestationPolicies } from '../manager/attestation-policy.js';
 import { IgvmMeasurer } from '../manager/igvm-measurement.js';
 import { PortPool } from '../manager/port-pool.js';
+import { preloadSpawner } from '../vm/spawner.js';
 import { tcpPortIsFree } from '../manager/port-probe.js';
 import { VmManager } from '../manager/vm-manager.js';
 import { readBuildInfo } from '../telemetry/build-info.js';
@@ -42,6 +43,8 @@ async function prepareStateDir(dir: string): Promise<void> {
 }
 
 export async function serveCommand(config: Config): Promise<void> {
+  const mark = (what: string) => process.env.COCOS_STARTUP_TRACE && process.stderr.write(`${what} ${performance.now().toFixed(0)}\n`);
+  mark('serve');
   // Everything an operator can get wrong in a file is checked before anything starts.
   const grpcTls = loadTlsMaterial('MANAGER_GRPC_', config.grpc);
   const httpTls = loadTlsMaterial('MANAGER_HTTP_', config.http);
@@ -52,7 +55,7 @@ export async function serveCommand(config: Config): Promise<void> {
   const instanceId = config.instanceId || randomUUID();
   const log = createLogger(config.logLevel, instanceId);
   const build = readBuildInfo();
-  const tracing = startTracing({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio, instanceId, version: build.version, log });
+  const tracing = await startTracing({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio, instanceId, version: build.version, log });
   let lifecycle: Lifecycle = 'starting';
 
   log.info({ command: templateCommandLine(config), version: build.version, commit: build.commit }, 'QEMU template command line');
@@ -75,8 +78,6 @@ export async function serveCommand(config: Config): Promise<void> {
   }
   log.info({ host: config.http.host || '*', port: config.http.port, tls: httpTls !== undefined }, 'HTTP endpoint listening');
 
-  // Logged for the operator; never blocks the start (the host can be fixed while the daemon runs).
-  void logPreflight(config, log);
   const recovered = await manager.recover();
   log.info(recovered, 'state recovered');
 
@@ -90,7 +91,14 @@ export async function serveCommand(config: Config): Promise<void> {
   }
   lifecycle = 'serving';
   setServing(health, true);
-  log.info({ address, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined }, 'gRPC server listening');
+  log.info({ address, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, startup_ms: Math.round(performance.now()) }, 'gRPC server listening');
+  // After serving, so neither slows the start: the preflight is logged for the operator (the
+  // host can be fixed while the daemon runs), and the process spawner is loaded ahead of the
+  // first CreateVm.
+  setImmediate(() => {
+    void logPreflight(config, log);
+    void preloadSpawner();
+  });
 
   let stopping = false;
   const stop = (signal: string) => {

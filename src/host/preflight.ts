@@ -5,7 +5,7 @@
 import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
+import { loadExeca } from '../vm/spawner.js';
 import type { Config } from '../config/types.js';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail';
@@ -35,6 +35,7 @@ async function findOnPath(bin: string): Promise<string | undefined> {
 }
 
 async function qemuHelp(bin: string, args: string[]): Promise<string> {
+  const { execa } = await loadExeca();
   const r = await execa(bin, args, { reject: false, timeout: 10_000, stdin: 'ignore' });
   return `${r.stdout ?? ''}\n${r.stderr ?? ''}`;
 }

@@ -1,8 +1,5 @@
 /** AttestationPolicy: the reference values of one VM, encoded as configured (CoRIM, signed or not, or JSON). */
 import type { KeyObject } from 'node:crypto';
-import { signCorim } from '../attestation/cose.js';
-import { encodeUnsignedCorim } from '../attestation/corim.js';
-import { encodeJsonPolicy } from '../attestation/json-policy.js';
 import type { PcrValues } from '../attestation/pcr-values.js';
 import { type ReferenceValues, snpReferenceValues, tdxReferenceValues } from '../attestation/reference-values.js';
 import type { Config } from '../config/types.js';
@@ -33,8 +30,10 @@ export class AttestationPolicies {
 
   async policyFor(record: VmRecord): Promise<Uint8Array> {
     const rv = await this.referenceValues(record);
-    if (this.config.attestationPolicyFormat === 'json') return encodeJsonPolicy(rv);
+    // The encoders (and the CBOR library) load on the first policy asked for, not at start.
+    if (this.config.attestationPolicyFormat === 'json') return (await import('../attestation/json-policy.js')).encodeJsonPolicy(rv);
+    const { encodeUnsignedCorim } = await import('../attestation/corim.js');
     const corim = encodeUnsignedCorim(record.id, rv);
-    return this.signingKey ? signCorim(corim, this.signingKey) : corim;
+    return this.signingKey ? (await import('../attestation/cose.js')).signCorim(corim, this.signingKey) : corim;
   }
 }

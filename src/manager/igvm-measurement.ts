@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
+import { loadExeca } from '../vm/spawner.js';
 import { ManagerError } from './errors.js';
 
 export class IgvmMeasurer {
@@ -41,6 +41,7 @@ export class IgvmMeasurer {
 
   private async run(igvmFile: string): Promise<Uint8Array> {
     this.runs++;
+    const { execa } = await loadExeca();
     const r = await execa(this.binary, [igvmFile, 'measure', '-b'], {
       timeout: this.timeoutMs,
       reject: false,

@@ -119,6 +119,10 @@ export class VmManager {
     let paths: VmPaths | undefined;
     let dirMade = false;
     let proc: QemuProcess | undefined;
+    // Where a launch spends its time, in the 'VM started' line (ms since the call began).
+    const t0 = process.hrtime.bigint();
+    const at = () => Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100;
+    const timings: Record<string, number> = {};
     try {
       port = await inSpan('allocate-port', async (span) => {
         const p = await this.ports.acquire();
@@ -132,6 +136,7 @@ export class VmManager {
       paths = vmPaths(this.config.stateDir, id);
       const plain = !q.enableSevSnp && !q.enableTdx;
       dirMade = true;
+      timings.port = at();
       await inSpan('write-shares', async () => {
         try {
           await createVmDir(paths!, id, req, plain ? q.ovmfVars.file : undefined);
@@ -170,6 +175,7 @@ export class VmManager {
       // No record is written before QEMU is up: a daemon that dies in between leaves a directory
       // without one, and the next start kills the QEMU that names it and removes it (recover()).
       log.info({ port, command: shellCommandLine(record.command) }, 'starting QEMU');
+      timings.files = at();
       const spawnedAt = process.hrtime.bigint();
       proc = await inSpan('spawn-qemu', async (span) => {
         try {
@@ -183,6 +189,7 @@ export class VmManager {
       record.pid = proc.pid;
       record.pidStartTime = proc.startTime;
 
+      timings.spawned = at();
       const started = proc;
       const outcome = await inSpan('wait-qemu-ready', async (span) => {
         const o = await started.waitListening(port!, this.config.startTimeoutMs);
@@ -202,13 +209,15 @@ export class VmManager {
           `QEMU did not listen on host port ${port} within MANAGER_QEMU_START_TIMEOUT (${this.config.startTimeoutMs} ms); last output: ${proc.lastOutput().join(' | ') || '(none)'}`,
         );
       }
+      timings.ready = at();
       this.observer.vmStarted(Number(process.hrtime.bigint() - spawnedAt) / 1e9);
       record.state = 'running';
       await this.persist(paths, record);
+      timings.recorded = at();
       const vm: ManagedVm = { record, paths, proc, holdsResources: true, ttl: undefined, removing: undefined };
       this.vms.set(id, vm);
       this.watch(vm, log);
-      log.info({ port, pid: proc.pid, ttl_ms: req.ttlMs ?? null }, 'VM started');
+      log.info({ port, pid: proc.pid, ttl_ms: req.ttlMs ?? null, timings_ms: timings }, 'VM started');
       return { id, port };
     } catch (err) {
       // Undo in reverse: process, files, port, slot.

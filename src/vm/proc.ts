@@ -55,7 +55,8 @@ async function processTree(pid: number): Promise<number[]> {
 async function listeningInodes(port: number): Promise<Set<string>> {
   const inodes = new Set<string>();
   const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
-  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+  // QEMU's `hostfwd=tcp::PORT-:...` listens on IPv4 (INADDR_ANY): /proc/net/tcp is where it shows.
+  for (const table of ['/proc/net/tcp']) {
     let text: string;
     try {
       text = await fs.readFile(table, 'utf8');

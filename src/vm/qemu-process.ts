@@ -5,9 +5,9 @@
  */
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { execa } from 'execa';
 import type { Logger } from 'pino';
 import { OutputTail } from './output-tail.js';
+import { loadExeca } from './spawner.js';
 import { listeningOwner, mainThreadIsPolling, processStartTime } from './proc.js';
 
 export interface ExitInfo {
@@ -56,6 +56,7 @@ export class QemuProcess {
   }
 
   static async spawn(file: string, args: string[], out: QemuOutput, log: Logger): Promise<QemuProcess> {
+    const { execa } = await loadExeca();
     const stdout = fs.openSync(out.consoleLog, 'a', 0o600);
     const stderr = fs.openSync(out.qemuLog, 'a', 0o600);
     const spawnWith = (stdoutFd: number, stderrFd: number) =>
@@ -76,10 +77,12 @@ export class QemuProcess {
       fs.closeSync(stdout);
       fs.closeSync(stderr);
     }
-    const exited = child.then(
-      (r) => ({ code: r.exitCode ?? null, signal: r.signal ?? null }),
-      (err: unknown) => ({ code: null, signal: null, error: String(err) }),
-    );
+    // The 'exit' event itself, not execa's result promise: it comes a few ticks sooner.
+    const exited = new Promise<ExitInfo>((resolve) => {
+      child.once('exit', (code, signal) => resolve({ code, signal }));
+      child.once('error', () => resolve({ code: null, signal: null }));
+    });
+    void child.catch(() => undefined);
     const pid = child.pid;
     if (pid === undefined) {
       const r = await child;
@@ -87,11 +90,11 @@ export class QemuProcess {
       const why = code === 'ENOENT' ? 'no such file (check MANAGER_QEMU_BIN_PATH)' : code === 'EACCES' ? 'permission denied' : (r.originalMessage ?? 'spawn failed');
       throw new Error(`cannot run ${JSON.stringify(file)}: ${why}`);
     }
-    const startTime = (await processStartTime(pid)) ?? '';
     const tails = QemuProcess.tails(out, log);
-    const proc = new QemuProcess(pid, startTime, exited, tails);
-    await Promise.all(tails.map((t) => t.start(false)));
-    return proc;
+    // Following the output needs no waiting for; the start time is needed before any signal.
+    for (const t of tails) void t.start(false);
+    const startTime = (await processStartTime(pid)) ?? '';
+    return new QemuProcess(pid, startTime, exited, tails);
   }
 
   /**
@@ -141,8 +144,10 @@ export class QemuProcess {
     const exited = this.exited.then(() => 'exited' as const);
     const ready = (async () => {
       const started = Date.now();
+      let owner: number | undefined;
       while (!done && Date.now() < deadline) {
-        const owner = await listeningOwner(this.pid, port);
+        // Once QEMU is seen holding the port, only its settling is left to watch.
+        owner ??= await listeningOwner(this.pid, port);
         if (owner !== undefined && (await this.settled(owner))) return 'ready' as const;
         // Fine-grained while a launch is typically finishing, coarser for slow starts (TCG).
         const elapsed = Date.now() - started;

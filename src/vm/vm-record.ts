@@ -4,31 +4,55 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import type { z as Z } from 'zod';
 
-export const VmRecordSchema = z.object({
-  version: z.literal(1),
-  id: z.uuid(),
-  state: z.enum(['starting', 'running', 'exited']),
-  pid: z.number().int().positive().nullable(),
+/** A VM's record as written by this daemon. */
+export interface VmRecord {
+  version: 1;
+  id: string;
+  state: 'starting' | 'running' | 'exited';
+  pid: number | null;
   /** /proc/<pid>/stat start time, so a reused PID is never taken for this VM's QEMU. */
-  pidStartTime: z.string().nullable(),
-  command: z.array(z.string()).min(1),
-  hostPort: z.number().int().min(1).max(65535),
-  kernelCmdline: z.string(),
-  createdAt: z.iso.datetime(),
-  expiresAt: z.iso.datetime().nullable(),
-  exit: z.object({ code: z.number().nullable(), signal: z.string().nullable(), at: z.iso.datetime() }).nullable(),
+  pidStartTime: string | null;
+  command: string[];
+  hostPort: number;
+  kernelCmdline: string;
+  createdAt: string;
+  expiresAt: string | null;
+  exit: { code: number | null; signal: string | null; at: string } | null;
   /** What the VM was launched as, for its attestation policy (the configuration may change across restarts). */
-  launch: z.object({
-    kind: z.enum(['sev-snp', 'tdx', 'plain']),
-    cpu: z.string(),
-    hostData: z.string().nullable(),
-    igvmFile: z.string().nullable(),
-  }),
-});
+  launch: { kind: 'sev-snp' | 'tdx' | 'plain'; cpu: string; hostData: string | null; igvmFile: string | null };
+}
 
-export type VmRecord = z.infer<typeof VmRecordSchema>;
+/**
+ * The schema records are checked against when read back. zod is loaded on first use: it costs
+ * ~100 ms and ~10 MiB, and a daemon with no VM to re-adopt never needs it.
+ */
+let schema: Promise<Z.ZodType<VmRecord>> | undefined;
+function recordSchema(): Promise<Z.ZodType<VmRecord>> {
+  schema ??= import('zod').then(({ z }) =>
+    z.object({
+      version: z.literal(1),
+      id: z.uuid(),
+      state: z.enum(['starting', 'running', 'exited']),
+      pid: z.number().int().positive().nullable(),
+      pidStartTime: z.string().nullable(),
+      command: z.array(z.string()).min(1),
+      hostPort: z.number().int().min(1).max(65535),
+      kernelCmdline: z.string(),
+      createdAt: z.iso.datetime(),
+      expiresAt: z.iso.datetime().nullable(),
+      exit: z.object({ code: z.number().nullable(), signal: z.string().nullable(), at: z.iso.datetime() }).nullable(),
+      launch: z.object({
+        kind: z.enum(['sev-snp', 'tdx', 'plain']),
+        cpu: z.string(),
+        hostData: z.string().nullable(),
+        igvmFile: z.string().nullable(),
+      }),
+    }),
+  );
+  return schema;
+}
 
 export const RECORD_FILE = 'record.json';
 
@@ -61,7 +85,7 @@ export async function readRecord(dir: string): Promise<RecordReadResult> {
   } catch {
     return { ok: false, reason: 'record is not valid JSON (truncated or corrupt)' };
   }
-  const parsed = VmRecordSchema.safeParse(json);
+  const parsed = (await recordSchema()).safeParse(json);
   if (!parsed.success) return { ok: false, reason: `record does not match its schema: ${parsed.error.issues[0]?.message ?? ''}` };
   return { ok: true, record: parsed.data };
 }

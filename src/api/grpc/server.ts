@@ -179,7 +179,8 @@ export interface GrpcServer {
 
 export function createGrpcServer(manager: VmManager, log: Logger, recorder: CallRecorder): GrpcServer {
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
-  const def = loadPackageDefinition();
+  // One load for the services and for reflection, which describes health too so grpcurl needs no .proto.
+  const def = protoLoader.loadSync([...PROTO_FILES, healthProtoPath], LOADER_OPTIONS);
   const pkg = grpc.loadPackageDefinition(def) as unknown as ManagerProto & AdminProto;
   server.addService(pkg.manager.ManagerService.service, managerHandlers(manager, log, recorder));
   server.addService(pkg.manager.ManagerAdmin.service, adminHandlers(manager, log, recorder));
@@ -190,8 +191,7 @@ export function createGrpcServer(manager: VmManager, log: Logger, recorder: Call
     'manager.ManagerAdmin': 'NOT_SERVING',
   });
   health.addToServer(server);
-  // Reflection describes every service served here, health included, so grpcurl needs no .proto.
-  new ReflectionService(protoLoader.loadSync([...PROTO_FILES, healthProtoPath], LOADER_OPTIONS)).addToServer(server);
+  new ReflectionService(def).addToServer(server);
   return { server, health };
 }
 
