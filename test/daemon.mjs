@@ -54,6 +54,24 @@ export function fakeQemuEnv(stateDir, extra = {}) {
   };
 }
 
+/** A daemon running the real QEMU under software emulation (TCG), a small VM, plain OVMF. */
+export function tcgEnv(stateDir, extra = {}) {
+  return {
+    MANAGER_STATE_DIR: stateDir,
+    MANAGER_QEMU_ENABLE_KVM: 'false',
+    MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
+    MANAGER_QEMU_CPU: 'max',
+    MANAGER_QEMU_SMP_COUNT: '1',
+    MANAGER_QEMU_MEMORY_SIZE: '512M',
+    MANAGER_QEMU_MAX_MEMORY: '4G',
+    MANAGER_QEMU_HOST_FWD_RANGE: nextRange(),
+    MANAGER_QEMU_START_TIMEOUT: '30s',
+    MANAGER_QEMU_STOP_TIMEOUT: '5s',
+    COCOS_JAEGER_TRACE_RATIO: '0',
+    ...extra,
+  };
+}
+
 export class Daemon {
   constructor(proc, port, logs) {
     this.proc = proc;

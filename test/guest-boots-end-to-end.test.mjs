@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Daemon, call, isAlive, nextRange, portIsFree, tmpDir, waitFor } from './daemon.mjs';
+import { Daemon, call, isAlive, portIsFree, tcgEnv, tmpDir, waitFor } from './daemon.mjs';
 import { GUEST_INITRD, GUEST_KERNEL, consoleTail, waitForAgentReport } from './guest.mjs';
 import { makePki } from './pki.mjs';
 
@@ -19,23 +19,12 @@ before(async () => {
   assert.ok(fs.existsSync(GUEST_KERNEL) && fs.existsSync(GUEST_INITRD), 'run `make guest` first (make test does)');
   pki = makePki(tmpDir('cocos-e2e-pki-'));
   state = tmpDir('cocos-e2e-');
-  daemon = await Daemon.start({
-    MANAGER_STATE_DIR: state,
-    // The development profile's changes for a host without KVM or SEV-SNP...
-    MANAGER_QEMU_ENABLE_KVM: 'false',
-    MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
+  // The development profile's changes for a host without KVM or SEV-SNP, and a smaller VM so
+  // two boot quickly on a 2-core machine.
+  daemon = await Daemon.start(tcgEnv(state, {
     MANAGER_QEMU_DISK_IMG_KERNEL_FILE: GUEST_KERNEL,
     MANAGER_QEMU_DISK_IMG_ROOTFS_FILE: GUEST_INITRD,
-    // ...and a smaller VM, so two boot quickly on a 2-core machine.
-    MANAGER_QEMU_CPU: 'max',
-    MANAGER_QEMU_SMP_COUNT: '1',
-    MANAGER_QEMU_MEMORY_SIZE: '512M',
-    MANAGER_QEMU_MAX_MEMORY: '4G',
-    MANAGER_QEMU_HOST_FWD_RANGE: nextRange(),
-    MANAGER_QEMU_START_TIMEOUT: '30s',
-    MANAGER_QEMU_STOP_TIMEOUT: '5s',
-    COCOS_JAEGER_TRACE_RATIO: '0',
-  });
+  }));
   client = daemon.client();
 });
 after(async () => {

@@ -108,3 +108,34 @@ test('metrics parse, and move by exactly what the calls did', async () => {
     await d.stop();
   }
 });
+
+test('the HTTP endpoint does TLS and mutual TLS from the MANAGER_HTTP_ settings', async () => {
+  const https = await import('node:https');
+  const { makePki } = await import('./pki.mjs');
+  const pki = makePki(tmpDir('cocos-http-pki-'));
+  const httpPort = await freePort();
+  const grpcPort = await freePort();
+  const proc = spawn(process.execPath, [CLI, 'serve'], {
+    env: baseEnv({ ...fakeQemuEnv(tmpDir()), MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: String(grpcPort), MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: String(httpPort), MANAGER_HTTP_SERVER_CERT: pki.file('server.pem'), MANAGER_HTTP_SERVER_KEY: pki.file('server.key'), MANAGER_HTTP_CLIENT_CA_CERTS: pki.file('ca.pem') }),
+    stdio: 'ignore',
+  });
+  const get = (opts) => new Promise((resolve) => {
+    const req = https.request({ host: '127.0.0.1', port: httpPort, path: '/health', servername: 'localhost', ca: pki.read('ca.pem'), timeout: 2_000, ...opts }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode));
+    });
+    req.on('error', (e) => resolve(e.code ?? 'error'));
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.end();
+  });
+  try {
+    assert.ok(await waitFor(async () => (await get({ cert: pki.read('client.pem'), key: pki.read('client.key') })) === 200, 15_000), 'a client with a certificate of the CA gets 200');
+    assert.notEqual(await get({}), 200, 'no client certificate: refused');
+    assert.notEqual(await get({ cert: pki.read('stranger.pem'), key: pki.read('stranger.key') }), 200, 'another CA: refused');
+    const plain = await fetch(`http://127.0.0.1:${httpPort}/health`, { signal: AbortSignal.timeout(2_000) }).then((r) => r.status, () => 'refused');
+    assert.notEqual(plain, 200, 'plain HTTP: refused');
+  } finally {
+    proc.kill('SIGTERM');
+    await new Promise((r) => proc.once('exit', r));
+  }
+});

@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Daemon, call, isAlive, nextRange, portIsFree, tmpDir, waitFor } from './daemon.mjs';
+import { Daemon, call, isAlive, portIsFree, tcgEnv, tmpDir, waitFor } from './daemon.mjs';
 
 function writeStubKernel(file) {
   const b = Buffer.alloc(16 * 1024);
@@ -30,22 +30,12 @@ before(async () => {
   state = path.join(dir, 'state');
   writeStubKernel(path.join(dir, 'bzImage'));
   fs.writeFileSync(path.join(dir, 'initrd'), Buffer.alloc(512));
-  daemon = await Daemon.start({
-    MANAGER_STATE_DIR: state,
-    MANAGER_QEMU_ENABLE_KVM: 'false',
-    MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
-    MANAGER_QEMU_CPU: 'max',
-    MANAGER_QEMU_SMP_COUNT: '1',
+  daemon = await Daemon.start(tcgEnv(state, {
     MANAGER_QEMU_MEMORY_SIZE: '256M',
-    MANAGER_QEMU_MAX_MEMORY: '1G',
     MANAGER_QEMU_DISK_IMG_KERNEL_FILE: path.join(dir, 'bzImage'),
     MANAGER_QEMU_DISK_IMG_ROOTFS_FILE: path.join(dir, 'initrd'),
     MANAGER_QEMU_KERNEL_CMDLINE: 'console=ttyS0',
-    MANAGER_QEMU_HOST_FWD_RANGE: nextRange(),
-    MANAGER_QEMU_START_TIMEOUT: '20s',
-    MANAGER_QEMU_STOP_TIMEOUT: '5s',
-    COCOS_JAEGER_TRACE_RATIO: '0',
-  });
+  }));
   client = daemon.client();
 });
 after(async () => {

@@ -4,20 +4,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Daemon, call, nextRange, tmpDir } from './daemon.mjs';
+import { Daemon, call, tcgEnv, tmpDir } from './daemon.mjs';
 
 test('a missing kernel: FAILED_PRECONDITION with QEMU\'s message, rolled back', async () => {
   const state = tmpDir();
-  const daemon = await Daemon.start({
-    MANAGER_STATE_DIR: state,
-    MANAGER_QEMU_ENABLE_KVM: 'false',
-    MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
-    MANAGER_QEMU_CPU: 'max',
-    MANAGER_QEMU_MEMORY_SIZE: '128M',
-    MANAGER_QEMU_DISK_IMG_KERNEL_FILE: '/nonexistent/bzImage',
-    MANAGER_QEMU_HOST_FWD_RANGE: nextRange(),
-    COCOS_JAEGER_TRACE_RATIO: '0',
-  });
+  const daemon = await Daemon.start(tcgEnv(state, { MANAGER_QEMU_MEMORY_SIZE: '128M', MANAGER_QEMU_DISK_IMG_KERNEL_FILE: '/nonexistent/bzImage' }));
   const client = daemon.client();
   try {
     await assert.rejects(call(client, 'CreateVm', {}, 30_000), (e) => {
