@@ -4,10 +4,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Daemon, call, fakeQemuEnv, isAlive, readAgent, tmpDir, waitFor } from './daemon.mjs';
+import { Daemon, call, fakeQemuEnv, isAlive, killProcessesMentioning, readAgent, tmpDir, waitFor } from './daemon.mjs';
 
-test('SIGTERM during CreateVm: calls finish, daemon exits 0, VMs survive and are re-adopted', async () => {
+test('SIGTERM during CreateVm: calls finish, daemon exits 0, VMs survive and are re-adopted', async (t) => {
   const state = tmpDir();
+  // Whatever happens below, no VM of this test outlives it.
+  t.after(() => killProcessesMentioning(state));
   const modeFile = path.join(tmpDir('cocos-mode-'), 'mode');
   fs.writeFileSync(modeFile, 'slow-listen:1500');
   const env = fakeQemuEnv(state, { FAKE_QEMU_MODE_FILE: modeFile });
