@@ -4,21 +4,20 @@
  * VMs whose QEMU still runs and cleans up the rest.
  */
 import { randomUUID } from 'node:crypto';
-import path from 'node:path';
 import type { Logger } from 'pino';
 import { type Config, cvmKind } from '../config/types.js';
 import { buildQemuArgs, kernelCommandLine, qemuCommand } from '../qemu/args.js';
 import { type CreateReqInput, RequestError, validateCreateReq, validateVmId } from '../request/create-request.js';
 import { shellCommandLine } from '../util/shell-quote.js';
-import { processCmdline, processesMentioning, processStartTime } from '../vm/proc.js';
 import { type ExitInfo, QemuProcess } from '../vm/qemu-process.js';
-import { createVmDir, listVmDirs, removeVmDir, type VmPaths, vmPaths } from '../vm/vm-dir.js';
-import { readRecord, type VmRecord, writeRecordAtomically } from '../vm/vm-record.js';
+import { createVmDir, removeVmDir, type VmPaths, vmPaths } from '../vm/vm-dir.js';
+import { type VmRecord, writeRecordAtomically } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
+import { inSpan } from '../telemetry/spans.js';
 import { ManagerError } from './errors.js';
 import { type ManagerObserver, NO_OBSERVER, type QemuExitCause } from './observer.js';
-import { inSpan } from '../telemetry/spans.js';
 import type { PortPool } from './port-pool.js';
+import { planRecovery } from './recovery.js';
 import { TtlTimer } from './ttl-timer.js';
 
 interface ManagedVm {
@@ -333,62 +332,33 @@ export class VmManager {
    */
   async recover(): Promise<{ adopted: number; cleaned: number; skipped: number }> {
     const result = { adopted: 0, cleaned: 0, skipped: 0 };
-    for (const name of await listVmDirs(this.config.stateDir)) {
-      const paths = vmPaths(this.config.stateDir, name);
-      const log = this.log.child({ cvm_id: name });
-      const read = await readRecord(paths.dir);
-      if (!read.ok && read.reason !== 'no record file') {
-        log.error({ dir: paths.dir }, `VM record unreadable, VM skipped (fix or remove the directory by hand): ${read.reason}`);
-        result.skipped++;
-        continue;
+    for (const action of await planRecovery(this.config.stateDir, this.config.qemu.binPath)) {
+      const log = this.log.child({ cvm_id: action.name });
+      switch (action.kind) {
+        case 'adopt':
+          await this.adopt(action.record, action.paths, log);
+          result.adopted++;
+          break;
+        case 'skip':
+          log.error({ dir: action.paths.dir }, `VM record unreadable, VM skipped (fix or remove the directory by hand): ${action.reason}`);
+          result.skipped++;
+          break;
+        case 'clean':
+          for (const pid of action.orphans) {
+            log.warn({ pid }, 'killing a QEMU of a VM that never finished starting');
+            try {
+              process.kill(pid, 'SIGKILL');
+            } catch {
+              /* gone */
+            }
+          }
+          await removeVmDir(action.paths.dir);
+          log.info({ state: action.state }, 'cleaned up a VM that is no longer running');
+          result.cleaned++;
+          break;
       }
-      const record = read.ok ? read.record : undefined;
-      if (record && record.id !== name) {
-        log.error({ dir: paths.dir }, `VM record names another id (${record.id}), VM skipped`);
-        result.skipped++;
-        continue;
-      }
-      if (record && record.state === 'running' && (await this.isOurQemu(record, paths))) {
-        await this.adopt(record, paths, log);
-        result.adopted++;
-        continue;
-      }
-      // Gone, or caught mid-CreateVm (its caller never got an answer): nothing may be left of it.
-      for (const pid of await this.orphanQemus(paths)) {
-        log.warn({ pid }, 'killing a QEMU of a VM that never finished starting');
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
-      await removeVmDir(paths.dir);
-      log.info({ state: record?.state ?? 'no record' }, 'cleaned up a VM that is no longer running');
-      result.cleaned++;
     }
     return result;
-  }
-
-  private async isOurQemu(record: VmRecord, paths: VmPaths): Promise<boolean> {
-    if (record.pid === null || record.pidStartTime === null) return false;
-    if ((await processStartTime(record.pid)) !== record.pidStartTime) return false;
-    const cmd = await processCmdline(record.pid);
-    return cmd !== undefined && cmd.some((arg) => arg.includes(paths.dir));
-  }
-
-  /** Processes started as this VM's QEMU (binary or sudo first, the VM's directory in the arguments). */
-  private async orphanQemus(paths: VmPaths): Promise<number[]> {
-    const qemuName = path.basename(this.config.qemu.binPath);
-    const found: number[] = [];
-    for (const pid of await processesMentioning(`${paths.dir}/`)) {
-      const cmd = await processCmdline(pid);
-      const first = cmd?.[0] ? path.basename(cmd[0]) : '';
-      const second = cmd?.[1] ? path.basename(cmd[1]) : '';
-      if (first === qemuName || (first === 'sudo' && second === qemuName) || (cmd ?? []).some((a) => path.basename(a) === qemuName)) {
-        found.push(pid);
-      }
-    }
-    return found;
   }
 
   private async adopt(record: VmRecord, paths: VmPaths, log: Logger): Promise<void> {

@@ -183,7 +183,12 @@ export class QemuProcess {
   /** SIGTERM, then SIGKILL after timeoutMs; resolves once the process is gone. */
   async stop(timeoutMs: number): Promise<{ info: ExitInfo; killed: boolean }> {
     await this.signal('SIGTERM');
-    const graceful = await Promise.race([this.exited, sleep(timeoutMs).then(() => undefined)]);
+    const timer = new AbortController();
+    const graceful = await Promise.race([
+      this.exited,
+      sleep(timeoutMs, undefined, { signal: timer.signal }).catch(() => undefined),
+    ]);
+    timer.abort(); // no stop timeout left pending once QEMU is gone
     if (graceful) return { info: graceful, killed: false };
     await this.signal('SIGKILL');
     return { info: await this.exited, killed: true };
