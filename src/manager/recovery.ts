@@ -5,7 +5,7 @@
  * or skipped (the record cannot be read: nothing of it is touched).
  */
 import path from 'node:path';
-import { processCmdline, processesMentioning, processStartTime } from '../vm/proc.js';
+import { allCommandLines, processCmdline, processStartTime } from '../vm/proc.js';
 import { listVmDirs, type VmPaths, vmPaths } from '../vm/vm-dir.js';
 import { readRecord, type VmRecord } from '../vm/vm-record.js';
 
@@ -25,18 +25,21 @@ async function isOurQemu(record: VmRecord, paths: VmPaths): Promise<boolean> {
  * Processes started as this VM's QEMU: the binary first, or second behind sudo or an
  * interpreter, and the VM's directory in the arguments (so an operator's `tail -f` is spared).
  */
-async function orphanQemus(paths: VmPaths, qemuBinPath: string): Promise<number[]> {
+function orphanQemus(paths: VmPaths, qemuBinPath: string, commandLines: Map<number, string[]>): number[] {
   const qemuName = path.basename(qemuBinPath);
+  const needle = `${paths.dir}/`;
   const found: number[] = [];
-  for (const pid of await processesMentioning(`${paths.dir}/`)) {
-    const cmd = (await processCmdline(pid)) ?? [];
-    if (cmd.slice(0, 2).some((a) => path.basename(a) === qemuName)) found.push(pid);
+  for (const [pid, cmd] of commandLines) {
+    if (cmd.some((a) => a.includes(needle)) && cmd.slice(0, 2).some((a) => path.basename(a) === qemuName)) found.push(pid);
   }
   return found;
 }
 
 export async function planRecovery(stateDir: string, qemuBinPath: string): Promise<RecoveryAction[]> {
   const actions: RecoveryAction[] = [];
+  // /proc is read once, however many VM directories there are (a host back from a reboot has
+  // one per VM it ran, all to clean).
+  let commandLines: Map<number, string[]> | undefined;
   for (const name of await listVmDirs(stateDir)) {
     const paths = vmPaths(stateDir, name);
     const read = await readRecord(paths.dir);
@@ -53,7 +56,8 @@ export async function planRecovery(stateDir: string, qemuBinPath: string): Promi
       actions.push({ kind: 'adopt', name, paths, record });
       continue;
     }
-    actions.push({ kind: 'clean', name, paths, state: record?.state ?? 'no record', orphans: await orphanQemus(paths, qemuBinPath) });
+    commandLines ??= await allCommandLines();
+    actions.push({ kind: 'clean', name, paths, state: record?.state ?? 'no record', orphans: orphanQemus(paths, qemuBinPath, commandLines) });
   }
   return actions;
 }

@@ -120,15 +120,15 @@ export async function mainThreadIsPolling(pid: number): Promise<boolean | undefi
   return Number.isInteger(nr) && table.has(nr);
 }
 
-/** Processes whose command line mentions `needle` (a VM's directory): orphans of a crash mid-CreateVm. */
-export async function processesMentioning(needle: string): Promise<number[]> {
-  const found: number[] = [];
+/** Every process's command line, read once (recovery matches many VM directories against it). */
+export async function allCommandLines(): Promise<Map<number, string[]>> {
+  const out = new Map<number, string[]>();
   for (const entry of await fs.readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const pid = Number(entry);
     if (pid === process.pid) continue;
     const cmd = await processCmdline(pid);
-    if (cmd?.some((a) => a.includes(needle))) found.push(pid);
+    if (cmd) out.set(pid, cmd);
   }
-  return found;
+  return out;
 }
