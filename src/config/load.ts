@@ -121,11 +121,8 @@ export const SPECS = {
 };
 
 /** Variables whose value is not free text: for these an empty value means "unset", as in the Go manager. */
-const TYPED = new Set(
-  Object.entries(SPECS)
-    .filter(([, spec]) => spec !== undefined && (spec as { _parse: unknown })._parse !== text({})._parse)
-    .map(([k]) => k),
-);
+const TEXT_PARSER = text({})._parse;
+const TYPED = new Set(Object.entries(SPECS).filter(([, spec]) => spec._parse !== TEXT_PARSER).map(([k]) => k));
 
 function describe(variable: string, value: string | undefined, expected: string): ConfigError {
   return new ConfigError(variable, `invalid ${variable}=${JSON.stringify(value ?? '')}: ${expected}`);

@@ -31,8 +31,9 @@ export const LOADER_OPTIONS: protoLoader.Options = {
   oneofs: true,
 };
 
+/** Every service this daemon serves (health included, for reflection); loaded once per process. */
 export function loadPackageDefinition(): protoLoader.PackageDefinition {
-  return protoLoader.loadSync(PROTO_FILES, LOADER_OPTIONS);
+  return protoLoader.loadSync([...PROTO_FILES, healthProtoPath], LOADER_OPTIONS);
 }
 
 const STATUS: Record<ErrorKind, grpc.status> = {
@@ -180,7 +181,7 @@ export interface GrpcServer {
 export function createGrpcServer(manager: VmManager, log: Logger, recorder: CallRecorder): GrpcServer {
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
   // One load for the services and for reflection, which describes health too so grpcurl needs no .proto.
-  const def = protoLoader.loadSync([...PROTO_FILES, healthProtoPath], LOADER_OPTIONS);
+  const def = loadPackageDefinition();
   const pkg = grpc.loadPackageDefinition(def) as unknown as ManagerProto & AdminProto;
   server.addService(pkg.manager.ManagerService.service, managerHandlers(manager, log, recorder));
   server.addService(pkg.manager.ManagerAdmin.service, adminHandlers(manager, log, recorder));
