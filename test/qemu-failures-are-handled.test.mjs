@@ -45,7 +45,7 @@ test('QEMU exiting during start: FAILED_PRECONDITION with its last lines, everyt
 test('QEMU never listening: UNAVAILABLE after MANAGER_QEMU_START_TIMEOUT, process killed, rolled back', async () => {
   setMode('no-listen');
   const t0 = Date.now();
-  await assert.rejects(call(client, 'CreateVm', {}), (e) => e.code === 14 && /did not listen on host port \d+ within/.test(e.details));
+  await assert.rejects(call(client, 'CreateVm', {}), (e) => e.code === 14 && /did not finish starting .* within/.test(e.details));
   assert.ok(Date.now() - t0 >= 1400);
   assert.deepEqual(vmDirs(), []);
   setMode('normal');
@@ -77,7 +77,7 @@ test('QEMU ignoring SIGTERM is killed after MANAGER_QEMU_STOP_TIMEOUT', async ()
   const took = Date.now() - t0;
   assert.ok(took >= 450, `waited the stop timeout (${took} ms)`);
   assert.equal(isAlive(pid), false);
-  await daemon.waitForLog((l) => l.cvm_id === vm.cvm_id && /ignored SIGTERM/.test(l.msg ?? ''), 1_000);
+  await daemon.waitForLog((l) => l.cvm_id === vm.cvm_id && /ignored (SIGTERM|QMP quit)/.test(l.msg ?? ''), 1_000);
   setMode('normal');
 });
 

@@ -98,6 +98,11 @@ export async function serveCommand(config: Config): Promise<void> {
   setImmediate(() => {
     void logPreflight(config, log);
     void preloadSpawner();
+    // The binary's version picks the QMP option forms of each VM's argv (read once).
+    manager
+      .probeQemu()
+      .then((f) => log.info({ qemu_version: f.text, qmp_reconnect: f.form.reconnect }, 'QEMU version read'))
+      .catch((err) => log.warn(`could not read the QEMU version (retried at the next CreateVm): ${(err as Error).message}`));
   });
 
   let stopping = false;

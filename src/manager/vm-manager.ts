@@ -9,7 +9,10 @@ import { type Config, cvmKind } from '../config/types.js';
 import { buildQemuArgs, kernelCommandLine, qemuCommand } from '../qemu/args.js';
 import { type CreateReqInput, RequestError, validateCreateReq, validateVmId } from '../request/create-request.js';
 import { shellCommandLine } from '../util/shell-quote.js';
+import { portIsListening } from '../vm/proc.js';
 import { type ExitInfo, QemuProcess } from '../vm/qemu-process.js';
+import { type QemuFlavor, QemuFlavorCache } from '../vm/qemu-version.js';
+import { QmpChannel } from '../vm/qmp.js';
 import { createVmDir, removeVmDir, type VmPaths, vmPaths } from '../vm/vm-dir.js';
 import { type VmRecord, writeRecordAtomically } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
@@ -24,6 +27,7 @@ interface ManagedVm {
   record: VmRecord;
   paths: VmPaths;
   proc: QemuProcess | undefined;
+  qmp: QmpChannel | undefined;
   /** True while the VM holds a slot and its port (starting or running). */
   holdsResources: boolean;
   ttl: TtlTimer | undefined;
@@ -49,6 +53,7 @@ export class VmManager {
   private slotsInUse = 0;
   private stopping = false;
   private readonly inflight = new Set<Promise<unknown>>();
+  private readonly flavor: QemuFlavorCache;
 
   constructor(
     private readonly config: Config,
@@ -56,7 +61,14 @@ export class VmManager {
     private readonly ports: PortPool,
     private readonly policies?: AttestationPolicies,
     private readonly observer: ManagerObserver = NO_OBSERVER,
-  ) {}
+  ) {
+    this.flavor = new QemuFlavorCache(config.qemu);
+  }
+
+  /** Reads the QEMU binary's version (once; retried at the next CreateVm if it fails). */
+  probeQemu(): Promise<QemuFlavor> {
+    return this.flavor.get();
+  }
 
   /** Ports of the range no VM holds. */
   portsFree(): number {
@@ -118,6 +130,7 @@ export class VmManager {
     let paths: VmPaths | undefined;
     let dirMade = false;
     let proc: QemuProcess | undefined;
+    let qmp: QmpChannel | undefined;
     // Where a launch spends its time, in the 'VM started' line (ms since the call began).
     const t0 = process.hrtime.bigint();
     const at = () => Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100;
@@ -143,11 +156,24 @@ export class VmManager {
           throw fileError(err, paths!.dir);
         }
       });
+      let flavor: QemuFlavor;
+      try {
+        flavor = await this.flavor.get();
+      } catch (err) {
+        throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
+      }
+      qmp = new QmpChannel(paths.qmpSocket);
+      try {
+        await qmp.listen();
+      } catch (err) {
+        throw new ManagerError('internal', `could not open the VM's QMP socket: ${(err as Error).message}`);
+      }
       const args = buildQemuArgs(q, {
         hostPort: port,
         ovmfVarsFile: paths.ovmfVars,
         aaKbsParams: req.aaKbsParams,
         shares: { certsDir: paths.certsDir, envDir: paths.envDir },
+        qmp: { socketPath: paths.qmpSocket, form: flavor.form },
       });
       const cmd = qemuCommand(q);
       const argv = [...cmd.prefix, ...args];
@@ -178,7 +204,7 @@ export class VmManager {
       const spawnedAt = process.hrtime.bigint();
       proc = await inSpan('spawn-qemu', async (span) => {
         try {
-          const p = await QemuProcess.spawn(cmd.file, argv, paths!, log);
+          const p = await QemuProcess.spawn(cmd.file, argv, paths!, qmp!, log);
           span.setAttribute('process.pid', p.pid);
           return p;
         } catch (err) {
@@ -190,30 +216,37 @@ export class VmManager {
 
       timings.spawned = at();
       const started = proc;
-      const outcome = await inSpan('wait-qemu-ready', async (span) => {
-        const o = await started.waitListening(port!, this.config.startTimeoutMs);
-        span.setAttribute('cocos.outcome', o);
-        return o;
+      const ready = await inSpan('wait-qemu-ready', async (span) => {
+        const r = await started.waitReady(this.config.startTimeoutMs);
+        span.setAttribute('cocos.outcome', r.outcome);
+        return r;
       });
-      if (outcome === 'exited') {
+      if (ready.outcome === 'exited') {
         const info = await proc.exited;
         throw new ManagerError(
           'failed-precondition',
           `QEMU exited during start (${describeExit(info)}); last output: ${proc.lastOutput().join(' | ') || '(none)'}`,
         );
       }
-      if (outcome === 'timeout') {
+      if (ready.outcome === 'timeout') {
         throw new ManagerError(
           'unavailable',
-          `QEMU did not listen on host port ${port} within MANAGER_QEMU_START_TIMEOUT (${this.config.startTimeoutMs} ms); last output: ${proc.lastOutput().join(' | ') || '(none)'}`,
+          `QEMU did not finish starting (its QMP channel did not answer) within MANAGER_QEMU_START_TIMEOUT (${this.config.startTimeoutMs} ms); last output: ${proc.lastOutput().join(' | ') || '(none)'}`,
         );
+      }
+      if (ready.status !== 'running') {
+        throw new ManagerError('failed-precondition', `QEMU started but its VM is ${JSON.stringify(ready.status ?? 'unknown')}, not running`);
+      }
+      // QEMU binds its forwards during qemu_init, before it answers QMP; one look confirms it.
+      if (!(await portIsListening(port))) {
+        throw new ManagerError('unavailable', `QEMU is running but nothing listens on host port ${port}; last output: ${proc.lastOutput().join(' | ') || '(none)'}`);
       }
       timings.ready = at();
       this.observer.vmStarted(Number(process.hrtime.bigint() - spawnedAt) / 1e9);
       record.state = 'running';
       await this.persist(paths, record);
       timings.recorded = at();
-      const vm: ManagedVm = { record, paths, proc, holdsResources: true, ttl: undefined, removing: undefined };
+      const vm: ManagedVm = { record, paths, proc, qmp, holdsResources: true, ttl: undefined, removing: undefined };
       this.vms.set(id, vm);
       this.watch(vm, log);
       log.info({ port, pid: proc.pid, ttl_ms: req.ttlMs ?? null, timings_ms: timings }, 'VM started');
@@ -221,9 +254,14 @@ export class VmManager {
     } catch (err) {
       // Undo in reverse: process, files, port, slot.
       if (proc) {
-        await proc.kill();
+        try {
+          await proc.kill();
+        } catch (e) {
+          log.error({ pid: proc.pid }, `rollback could not stop QEMU: ${(e as Error).message}`);
+        }
         this.observer.qemuExited('start-failed');
       }
+      qmp?.close();
       if (paths && dirMade) await removeVmDir(paths.dir).catch((e) => log.error({ err: String(e) }, 'could not remove VM directory'));
       if (port !== undefined) this.ports.release(port);
       this.slotsInUse--;
@@ -269,12 +307,19 @@ export class VmManager {
       const log = this.log.child({ cvm_id: id });
       vm.ttl?.cancel();
       if (vm.proc && !vm.proc.hasExited) {
-        const { info, killed } = await vm.proc.stop(this.config.stopTimeoutMs);
-        if (killed) log.warn(`QEMU ignored SIGTERM for MANAGER_QEMU_STOP_TIMEOUT (${this.config.stopTimeoutMs} ms): killed`);
+        let stopped;
+        try {
+          stopped = await vm.proc.stop(this.config.stopTimeoutMs);
+        } catch (err) {
+          throw new ManagerError('internal', `QEMU could not be stopped: ${(err as Error).message}`);
+        }
+        const { info, killed, via } = stopped;
+        if (killed) log.warn(`QEMU ignored ${via === 'qmp' ? 'QMP quit' : 'SIGTERM'} for MANAGER_QEMU_STOP_TIMEOUT (${this.config.stopTimeoutMs} ms): killed`);
         log.info({ exit_code: info.code, signal: info.signal }, 'QEMU stopped');
         this.observer.qemuExited(cause);
       }
       this.releaseResources(vm);
+      vm.qmp?.close();
       try {
         await removeVmDir(vm.paths.dir);
       } catch (err) {
@@ -362,10 +407,13 @@ export class VmManager {
   }
 
   private async adopt(record: VmRecord, paths: VmPaths, log: Logger): Promise<void> {
-    const proc = await QemuProcess.adopt(record.pid!, record.pidStartTime!, paths, log);
+    // QEMU reconnects to the new listener by itself (chardev reconnect).
+    const qmp = new QmpChannel(paths.qmpSocket);
+    await qmp.listen().catch((err) => log.error({ err: String(err) }, 'could not reopen the VM\'s QMP socket'));
+    const proc = await QemuProcess.adopt(record.pid!, record.pidStartTime!, paths, qmp, log);
     this.ports.hold(record.hostPort);
     this.slotsInUse++;
-    const vm: ManagedVm = { record, paths, proc, holdsResources: true, ttl: undefined, removing: undefined };
+    const vm: ManagedVm = { record, paths, proc, qmp, holdsResources: true, ttl: undefined, removing: undefined };
     this.vms.set(record.id, vm);
     this.watch(vm, log);
     log.info({ pid: record.pid, port: record.hostPort, expires_at: record.expiresAt }, 're-adopted a running VM');

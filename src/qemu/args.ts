@@ -3,6 +3,7 @@
  * Pure: configuration and per-VM values in, argv out. The binary is kept apart.
  */
 import type { QemuConfig } from '../config/types.js';
+import { type QmpForm, qmpChannelArgs } from './qmp-args.js';
 
 /** What differs between two VMs started from the same configuration. */
 export interface VmLaunch {
@@ -14,6 +15,8 @@ export interface VmLaunch {
   aaKbsParams?: string;
   /** The two 9P shares; absent in the template. */
   shares?: { certsDir: string; envDir: string };
+  /** The VM's QMP channel (QEMU connects to the daemon's socket); absent in the template. */
+  qmp?: { socketPath: string; form: QmpForm };
 }
 
 /**
@@ -95,6 +98,7 @@ export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
     args.push('-fsdev', `local,id=env_fs,path=${e(vm.shares.envDir)},security_model=mapped`);
     args.push('-device', 'virtio-9p-pci,fsdev=env_fs,mount_tag=env_share');
   }
+  if (vm.qmp) args.push(...qmpChannelArgs(vm.qmp.form, vm.qmp.socketPath));
   return args;
 }
 

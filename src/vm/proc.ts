@@ -1,7 +1,8 @@
 /**
- * What Linux's /proc says about a process: identity (start time, command line), liveness,
- * and which TCP ports it listens on. Used to adopt only our own QEMU after a restart and to
- * know that QEMU itself (not some other process) holds a VM's forwarded port.
+ * What Linux's /proc says about a process: identity (start time, command line) and liveness,
+ * and whether a TCP port is listened on. Used to adopt only our own QEMU after a restart and to
+ * confirm, once, that a VM's forwarded port is bound. Everything read here is world-readable,
+ * so it also works for a root QEMU under sudo. (QEMU's own state comes from QMP.)
  */
 import fs from 'node:fs/promises';
 
@@ -29,29 +30,6 @@ export async function processCmdline(pid: number): Promise<string[] | undefined>
   }
 }
 
-/** The process and all its descendants (QEMU under sudo is a child of sudo). */
-async function processTree(pid: number): Promise<number[]> {
-  const out = [pid];
-  for (let i = 0; i < out.length && out.length < 64; i++) {
-    const p = out[i]!;
-    let tasks: string[] = [];
-    try {
-      tasks = await fs.readdir(`/proc/${p}/task`);
-    } catch {
-      continue;
-    }
-    for (const t of tasks) {
-      try {
-        const children = (await fs.readFile(`/proc/${p}/task/${t}/children`, 'utf8')).trim();
-        if (children) out.push(...children.split(/\s+/).map(Number));
-      } catch {
-        /* task gone */
-      }
-    }
-  }
-  return out;
-}
-
 async function listeningInodes(port: number): Promise<Set<string>> {
   const inodes = new Set<string>();
   const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
@@ -72,52 +50,12 @@ async function listeningInodes(port: number): Promise<Set<string>> {
   return inodes;
 }
 
-/** The process among `pid` and its descendants that holds a socket listening on TCP `port`. */
-export async function listeningOwner(pid: number, port: number): Promise<number | undefined> {
-  const inodes = await listeningInodes(port);
-  if (inodes.size === 0) return undefined;
-  for (const p of await processTree(pid)) {
-    let fds: string[];
-    try {
-      fds = await fs.readdir(`/proc/${p}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
-      try {
-        const m = /^socket:\[(\d+)\]$/.exec(await fs.readlink(`/proc/${p}/fd/${fd}`));
-        if (m && inodes.has(m[1]!)) return p;
-      } catch {
-        /* fd closed meanwhile */
-      }
-    }
-  }
-  return undefined;
-}
-
-/** Syscalls a main loop blocks in, by architecture (poll, select, ppoll, pselect6, epoll_wait, epoll_pwait, epoll_pwait2). */
-const POLL_SYSCALLS: Record<string, ReadonlySet<number>> = {
-  x64: new Set([7, 23, 232, 270, 271, 281, 441]),
-  arm64: new Set([22, 72, 73, 441]),
-};
-
 /**
- * Whether the process's main thread is blocked waiting for events: QEMU gets there only once
- * qemu_init() is done (files opened, kernel loaded, devices realized) and its main loop runs.
- * undefined when the kernel will not tell us (no permission, unknown architecture).
+ * Whether some socket listens on TCP `port` (IPv4, where QEMU's hostfwd binds). One read of
+ * /proc/net/tcp, which any user may read: it also works for a root QEMU under sudo.
  */
-export async function mainThreadIsPolling(pid: number): Promise<boolean | undefined> {
-  const table = POLL_SYSCALLS[process.arch];
-  if (!table) return undefined;
-  let text: string;
-  try {
-    text = await fs.readFile(`/proc/${pid}/syscall`, 'utf8');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    return code === 'EACCES' || code === 'EPERM' ? undefined : false;
-  }
-  const nr = Number(text.split(' ', 1)[0]);
-  return Number.isInteger(nr) && table.has(nr);
+export async function portIsListening(port: number): Promise<boolean> {
+  return (await listeningInodes(port)).size > 0;
 }
 
 /** Every process's command line, read once (recovery matches many VM directories against it). */

@@ -8,7 +8,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { OutputTail } from './output-tail.js';
 import { loadExeca } from './spawner.js';
-import { listeningOwner, mainThreadIsPolling, processStartTime } from './proc.js';
+import { processStartTime } from './proc.js';
+import type { QmpChannel } from './qmp.js';
 
 export interface ExitInfo {
   code: number | null;
@@ -23,7 +24,8 @@ export interface QemuOutput {
 const ERROR_LIKE = /\b(error|failed|fatal|cannot|could not|unable|not supported|invalid)\b/i;
 
 const ADOPTED_POLL_MS = 250;
-const FALLBACK_SETTLE_MS = 300;
+/** How long a SIGKILLed QEMU may take to be reaped before the stop is reported as failed. */
+const KILL_WAIT_MS = 5_000;
 
 export class QemuProcess {
   readonly exited: Promise<ExitInfo>;
@@ -35,6 +37,8 @@ export class QemuProcess {
     readonly startTime: string,
     exited: Promise<ExitInfo>,
     tails: OutputTail[],
+    /** QEMU's QMP channel; its owner closes it. */
+    readonly qmp: QmpChannel | undefined,
   ) {
     this.tails = tails;
     this.exited = exited.then(async (info) => {
@@ -55,7 +59,7 @@ export class QemuProcess {
     return lines.slice(-max);
   }
 
-  static async spawn(file: string, args: string[], out: QemuOutput, log: Logger): Promise<QemuProcess> {
+  static async spawn(file: string, args: string[], out: QemuOutput, qmp: QmpChannel, log: Logger): Promise<QemuProcess> {
     const { execa } = await loadExeca();
     const stdout = fs.openSync(out.consoleLog, 'a', 0o600);
     const stderr = fs.openSync(out.qemuLog, 'a', 0o600);
@@ -94,20 +98,20 @@ export class QemuProcess {
     // Following the output needs no waiting for; the start time is needed before any signal.
     for (const t of tails) void t.start(false);
     const startTime = (await processStartTime(pid)) ?? '';
-    return new QemuProcess(pid, startTime, exited, tails);
+    return new QemuProcess(pid, startTime, exited, tails, qmp);
   }
 
   /**
    * Takes over a QEMU started by an earlier run of the daemon. Its exit is noticed by polling
    * /proc (it is not our child), comparing the start time so a reused PID reads as "exited".
    */
-  static async adopt(pid: number, startTime: string, out: QemuOutput, log: Logger): Promise<QemuProcess> {
+  static async adopt(pid: number, startTime: string, out: QemuOutput, qmp: QmpChannel, log: Logger): Promise<QemuProcess> {
     const exited = (async (): Promise<ExitInfo> => {
       while ((await processStartTime(pid)) === startTime) await sleep(ADOPTED_POLL_MS);
       return { code: null, signal: null };
     })();
     const tails = QemuProcess.tails(out, log);
-    const proc = new QemuProcess(pid, startTime, exited, tails);
+    const proc = new QemuProcess(pid, startTime, exited, tails, qmp);
     await Promise.all(tails.map((t) => t.start(true)));
     return proc;
   }
@@ -127,75 +131,95 @@ export class QemuProcess {
     if ((await processStartTime(this.pid)) !== this.startTime) return;
     try {
       process.kill(this.pid, sig);
-    } catch {
-      /* already gone */
+    } catch (err) {
+      // ESRCH: gone meanwhile. EPERM (a root QEMU under sudo) is not "gone": say so.
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') {
+        throw new Error(`cannot send ${sig} to QEMU (pid ${this.pid}): ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+      }
     }
   }
 
   /**
-   * Resolves 'ready' once QEMU itself listens on the forwarded port and has finished starting
-   * (its main loop waits for events), 'exited' if it dies first, 'timeout' after timeoutMs.
-   * The port alone is not enough: QEMU opens its network forwards before it loads the kernel,
-   * so a QEMU about to fail on a missing kernel would otherwise look ready.
+   * Resolves 'ready' once QEMU has finished starting, as QEMU itself says: QMP has greeted, our
+   * capabilities are accepted and query-status answers "running". QEMU connects its QMP
+   * channel and answers commands only from its main loop, i.e. after qemu_init() (firmware
+   * and kernel loaded, devices realized, host forwards bound). 'exited' if it dies first,
+   * 'timeout' after timeoutMs; `status` is QEMU's answer when it is up but not running.
    */
-  async waitListening(port: number, timeoutMs: number): Promise<'ready' | 'exited' | 'timeout'> {
-    const deadline = Date.now() + timeoutMs;
-    let done = false;
-    const exited = this.exited.then(() => 'exited' as const);
+  async waitReady(timeoutMs: number): Promise<{ outcome: 'ready' | 'exited' | 'timeout'; status?: string }> {
+    const qmp = this.qmp;
+    if (!qmp) throw new Error('no QMP channel');
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<{ outcome: 'timeout' }>((resolve) => {
+      timer = setTimeout(() => resolve({ outcome: 'timeout' }), timeoutMs);
+    });
+    const exited = this.exited.then(() => ({ outcome: 'exited' as const }));
     const ready = (async () => {
-      const started = Date.now();
-      let owner: number | undefined;
-      while (!done && Date.now() < deadline) {
-        // Once QEMU is seen holding the port, only its settling is left to watch.
-        owner ??= await listeningOwner(this.pid, port);
-        if (owner !== undefined && (await this.settled(owner))) return 'ready' as const;
-        // Fine-grained while a launch is typically finishing, coarser for slow starts (TCG).
-        const elapsed = Date.now() - started;
-        const step = elapsed < 500 ? 2 : elapsed < 5_000 ? 10 : 50;
-        await sleep(Math.min(step, Math.max(0, deadline - Date.now())));
+      // A connection that drops before answering (QEMU dying) is retried until exit or timeout.
+      for (;;) {
+        try {
+          await qmp.whenConnected();
+          const st = await qmp.execute<{ status?: string; running?: boolean }>('query-status', undefined, timeoutMs);
+          return { outcome: 'ready' as const, status: st.status };
+        } catch {
+          if (this.hasExited) return { outcome: 'exited' as const };
+          await sleep(5);
+        }
       }
-      return 'timeout' as const;
     })();
     try {
-      const result = await Promise.race([ready, exited]);
-      // QEMU may have exited in the same instant its port was seen: trust the exit.
-      return result === 'ready' && this.hasExited ? 'exited' : result;
+      const r = await Promise.race([ready, exited, timeout]);
+      // QEMU may have exited in the same instant it answered: trust the exit.
+      if (r.outcome === 'ready' && this.hasExited) return { outcome: 'exited' };
+      return r;
     } finally {
-      done = true;
+      clearTimeout(timer);
     }
+  }
+
+  /** Waits up to timeoutMs for the process to end; true if it did. */
+  async waitExit(timeoutMs: number): Promise<boolean> {
+    if (this.hasExited) return true;
+    const timer = new AbortController();
+    const done = await Promise.race([
+      this.exited.then(() => true),
+      sleep(timeoutMs, false, { signal: timer.signal }).catch(() => false),
+    ]);
+    timer.abort();
+    return done;
   }
 
   /**
-   * Two looks in a row at the main thread blocked in a poll-like call. Where /proc will not say
-   * (no permission), a fixed settle time stands in for it.
+   * Stops QEMU: QMP `quit` where QMP is up (it also reaches a root QEMU the daemon cannot
+   * signal), else SIGTERM; SIGKILL after timeoutMs. Every wait is bounded: rejects if QEMU is
+   * still there after the kill (a signal refused with EPERM, a process in uninterruptible sleep).
    */
-  private async settled(qemuPid: number): Promise<boolean> {
-    const first = await mainThreadIsPolling(qemuPid);
-    if (first === undefined) {
-      await sleep(FALLBACK_SETTLE_MS);
-      return !this.hasExited;
+  async stop(timeoutMs: number): Promise<{ info: ExitInfo; killed: boolean; via: 'qmp' | 'signal' }> {
+    const deadline = Date.now() + timeoutMs;
+    let via: 'qmp' | 'signal' = 'signal';
+    if (this.qmp?.isConnected) {
+      // QEMU answers quit and then exits; it may also exit before the answer is read.
+      const asked = this.qmp.execute('quit', undefined, timeoutMs).then(
+        () => true,
+        () => false,
+      );
+      if ((await Promise.race([asked, this.exited.then(() => true)])) || this.hasExited) via = 'qmp';
     }
-    if (!first) return false;
-    await sleep(1);
-    return (await mainThreadIsPolling(qemuPid)) === true;
-  }
-
-  /** SIGTERM, then SIGKILL after timeoutMs; resolves once the process is gone. */
-  async stop(timeoutMs: number): Promise<{ info: ExitInfo; killed: boolean }> {
-    await this.signal('SIGTERM');
-    const timer = new AbortController();
-    const graceful = await Promise.race([
-      this.exited,
-      sleep(timeoutMs, undefined, { signal: timer.signal }).catch(() => undefined),
-    ]);
-    timer.abort(); // no stop timeout left pending once QEMU is gone
-    if (graceful) return { info: graceful, killed: false };
+    if (via === 'signal' && !this.hasExited) await this.signal('SIGTERM');
+    if (await this.waitExit(Math.max(0, deadline - Date.now()))) return { info: await this.exited, killed: false, via };
     await this.signal('SIGKILL');
-    return { info: await this.exited, killed: true };
+    if (await this.waitExit(KILL_WAIT_MS)) return { info: await this.exited, killed: true, via };
+    throw new Error(`QEMU (pid ${this.pid}) is still running ${KILL_WAIT_MS} ms after SIGKILL`);
   }
 
+  /** Ends QEMU at once (rollback): QMP quit where it is up, SIGKILL otherwise; bounded. */
   async kill(): Promise<ExitInfo> {
+    if (this.qmp?.isConnected) {
+      await this.qmp.execute('quit', undefined, 1_000).catch(() => undefined);
+      if (await this.waitExit(1_000)) return this.exited;
+    }
     await this.signal('SIGKILL');
-    return this.exited;
+    if (await this.waitExit(KILL_WAIT_MS)) return this.exited;
+    throw new Error(`QEMU (pid ${this.pid}) is still running ${KILL_WAIT_MS} ms after SIGKILL`);
   }
 }

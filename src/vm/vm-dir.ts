@@ -14,6 +14,8 @@ export interface VmPaths {
   ovmfVars: string;
   consoleLog: string;
   qemuLog: string;
+  /** The VM's QMP socket: the daemon listens, QEMU connects. */
+  qmpSocket: string;
 }
 
 export function vmsRoot(stateDir: string): string {
@@ -29,6 +31,7 @@ export function vmPaths(stateDir: string, id: string): VmPaths {
     ovmfVars: path.join(dir, 'OVMF_VARS.fd'),
     consoleLog: path.join(dir, 'console.log'),
     qemuLog: path.join(dir, 'qemu.log'),
+    qmpSocket: path.join(dir, 'qmp.sock'),
   };
 }
 
