@@ -15,6 +15,8 @@ export interface QemuVersion {
 export interface QmpForm {
   /** QEMU < 9.2 takes `reconnect=<seconds>`; 9.2 deprecated it for `reconnect-ms=`, 10.x+ rejects it. */
   reconnect: 'seconds' | 'ms';
+  /** `-mon chardev=...,mode=control`, or `-object monitor-qmp,...` (11.1 warns that -mon is deprecated). */
+  monitor: 'mon' | 'object';
 }
 
 /** "QEMU emulator version 7.2.22 (Debian ...)" → 7.2.22; undefined when not recognised. */
@@ -30,7 +32,11 @@ export function formatQemuVersion(v: QemuVersion): string {
 
 export function qmpFormFor(v: QemuVersion): QmpForm {
   const atLeast = (major: number, minor: number) => v.major > major || (v.major === major && v.minor >= minor);
-  return { reconnect: atLeast(9, 2) ? 'ms' : 'seconds' };
+  // 7.2 (Debian 12) takes reconnect= and -mon; 11.1 (trixie-backports) rejects reconnect=
+  // ("Invalid parameter 'reconnect'"), takes reconnect-ms= and -object monitor-qmp, and warns
+  // on -mon. reconnect-ms exists since 9.2; the object form is used from 11.1, the release it
+  // was verified on.
+  return { reconnect: atLeast(9, 2) ? 'ms' : 'seconds', monitor: atLeast(11, 1) ? 'object' : 'mon' };
 }
 
 /** How often QEMU retries the daemon's socket once the connection is lost (daemon restart). */
@@ -41,5 +47,6 @@ export const QMP_RECONNECT_MS = 1_000;
 
 export function qmpChannelArgs(form: QmpForm, socketPath: string): string[] {
   const reconnect = form.reconnect === 'ms' ? `reconnect-ms=${QMP_RECONNECT_MS}` : `reconnect=${Math.ceil(QMP_RECONNECT_MS / 1000)}`;
-  return ['-chardev', `socket,id=qmp,path=${e(socketPath)},${reconnect}`, '-mon', 'chardev=qmp,mode=control'];
+  const monitor = form.monitor === 'object' ? ['-object', 'monitor-qmp,id=qmp-monitor,chardev=qmp'] : ['-mon', 'chardev=qmp,mode=control'];
+  return ['-chardev', `socket,id=qmp,path=${e(socketPath)},${reconnect}`, ...monitor];
 }
