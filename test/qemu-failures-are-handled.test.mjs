@@ -58,7 +58,8 @@ test('QEMU killed -9 while running: noticed within a second, port and slot freed
   process.kill(pid, 'SIGKILL');
   const seen = await daemon.waitForLog((l) => l.cvm_id === vm.cvm_id && /QEMU exited on its own/.test(l.msg ?? ''), 1_500);
   assert.equal(seen.signal, 'SIGKILL');
-  assert.ok(await waitFor(() => record(vm.cvm_id).state === 'exited', 1_000));
+  assert.ok(await waitFor(() => record(vm.cvm_id).state === 'crashed', 1_000));
+  assert.equal(record(vm.cvm_id).exit.cause, 'host signal');
   assert.ok(await portIsFree(Number(vm.forwarded_port)));
   // The slot is free (MAX_VMS=1): another VM starts while the dead one's record stays.
   const other = await call(client, 'CreateVm', {});

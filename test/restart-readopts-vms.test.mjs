@@ -18,7 +18,7 @@ test('daemon killed -9 with VMs up: restarted, it re-adopts all of them with por
   let client = first.client();
   const vms = [];
   for (let i = 0; i < 2; i++) vms.push(await call(client, 'CreateVm', { agent_log_level: `vm${i}` }));
-  const short = await call(client, 'CreateVm', { ttl: '2s' });
+  const short = await call(client, 'CreateVm', { ttl: '4s' }); // long enough to outlast the restart on a loaded machine
   const pids = [...vms, short].map((v) => readRecord(state, v.cvm_id).pid);
   client.close();
   await first.stop('SIGKILL', { keepVms: true });
@@ -36,7 +36,7 @@ test('daemon killed -9 with VMs up: restarted, it re-adopts all of them with por
     assert.equal(new Set([...vms, short, extra].map((v) => v.forwarded_port)).size, 4, 'no adopted port handed out again');
     await assert.rejects(call(client, 'CreateVm', {}), (e) => e.code === 8);
     // The TTL set before the restart still fires.
-    await second.waitForLog((l) => l.cvm_id === short.cvm_id && l.msg === 'VM removed', 5_000);
+    await second.waitForLog((l) => l.cvm_id === short.cvm_id && l.msg === 'VM removed', 8_000);
     assert.equal(isAlive(pids[2]), false);
     assert.equal(fs.existsSync(path.join(state, 'vms', short.cvm_id)), false);
     // Adopted VMs can be removed.

@@ -64,7 +64,7 @@ export async function serveCommand(config: Config): Promise<void> {
   const policies = new AttestationPolicies(config, measurer, pcrs, signingKey);
   let manager: VmManager | undefined;
   const metrics = new Metrics({
-    vmsByState: () => manager?.countByState() ?? { starting: 0, running: 0, exited: 0 },
+    vmsByState: () => manager?.countByState() ?? {},
     portsFree: () => manager?.portsFree() ?? 0,
   });
   manager = new VmManager(config, log, ports, policies, metrics);

@@ -14,6 +14,7 @@ import {
   portRange,
   positiveCount,
   positiveDuration,
+  nonNegativeDuration,
   ratio,
   text,
   uint32,
@@ -103,6 +104,7 @@ export const SPECS = {
   MANAGER_STATE_DIR: text({ default: '/var/lib/cocos-manager' }),
   MANAGER_QEMU_START_TIMEOUT: positiveDuration({ default: 10_000 }),
   MANAGER_QEMU_STOP_TIMEOUT: positiveDuration({ default: 30_000 }),
+  MANAGER_QEMU_POWERDOWN_TIMEOUT: nonNegativeDuration({ default: 0 }),
   MANAGER_ATTESTATION_POLICY_FORMAT: oneOf(['corim', 'json'] as const)({ default: 'corim' }),
   MANAGER_IGVMMEASURE_TIMEOUT: positiveDuration({ default: 30_000 }),
   MANAGER_SNP_PRODUCT: oneOf(['', 'Milan', 'Genoa', 'Turin'] as const)({ default: '' }),
@@ -233,6 +235,7 @@ export function loadConfig(rawEnv: Readonly<Record<string, string | undefined>>)
     stateDir: e.MANAGER_STATE_DIR,
     startTimeoutMs: e.MANAGER_QEMU_START_TIMEOUT,
     stopTimeoutMs: e.MANAGER_QEMU_STOP_TIMEOUT,
+    powerdownTimeoutMs: e.MANAGER_QEMU_POWERDOWN_TIMEOUT,
     attestationPolicyFormat: e.MANAGER_ATTESTATION_POLICY_FORMAT,
     attestation: {
       snpProduct: e.MANAGER_SNP_PRODUCT,

@@ -94,6 +94,8 @@ export interface Config {
   stateDir: string;
   startTimeoutMs: number;
   stopTimeoutMs: number;
+  /** RemoveVm and TTL first ask the guest to power down (QMP system_powerdown) and wait this long; 0: off. */
+  powerdownTimeoutMs: number;
   attestationPolicyFormat: PolicyFormat;
   attestation: AttestationConfig;
 }

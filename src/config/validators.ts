@@ -76,6 +76,18 @@ export const positiveDuration = makeValidator<number>((input) => {
   return ms;
 });
 
+/** A Go duration that may be 0 ("off"); parsed to milliseconds. */
+export const nonNegativeDuration = makeValidator<number>((input) => {
+  let ms: number;
+  try {
+    ms = parseGoDuration(input.trim());
+  } catch {
+    throw new Error('expected a Go duration like 0 (off), 300ms, 10s or 1m30s');
+  }
+  if (!(ms >= 0)) throw new Error('expected a Go duration like 0 (off), 300ms, 10s or 1m30s');
+  return ms;
+});
+
 export function oneOf<T extends string>(choices: readonly T[]) {
   return makeValidator<T>((input) => {
     const v = input.trim();

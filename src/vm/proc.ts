@@ -70,3 +70,13 @@ export async function allCommandLines(): Promise<Map<number, string[]>> {
   }
   return out;
 }
+
+/** The direct children of a process (QEMU below sudo), from the world-readable /proc/<pid>/task/<pid>/children. */
+export async function childPids(pid: number): Promise<number[]> {
+  try {
+    const text = (await fs.readFile(`/proc/${pid}/task/${pid}/children`, 'utf8')).trim();
+    return text === '' ? [] : text.split(/\s+/).map(Number).filter((n) => Number.isInteger(n) && n > 0);
+  } catch {
+    return [];
+  }
+}

@@ -119,6 +119,21 @@ export class QmpChannel {
     });
   }
 
+  /** Resolves once the current connection has ended (all QEMU sent is read), or after ms. */
+  whenDisconnected(ms: number): Promise<void> {
+    const sock = this.sock;
+    if (!sock || sock.destroyed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        sock!.off('close', done);
+        resolve();
+      }
+      sock.once('close', done);
+    });
+  }
+
   /** Runs one command; rejects on a QMP error, on timeout or if the connection drops. */
   execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = 5_000): Promise<T> {
     if (!this.isConnected) return Promise.reject(new QmpError(`QMP is not connected (${command})`));

@@ -6,11 +6,15 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { z as Z } from 'zod';
 
+export const RECORD_STATES = ['starting', 'running', 'paused', 'stopping', 'stopped', 'crashed', 'failed', 'exited'] as const;
+export type RecordState = (typeof RECORD_STATES)[number];
+
 /** A VM's record as written by this daemon. */
 export interface VmRecord {
   version: 1;
   id: string;
-  state: 'starting' | 'running' | 'exited';
+  /** The VM's state (src/manager/vm-state.ts) when last written; 'exited' in records of earlier versions. */
+  state: RecordState;
   pid: number | null;
   /** /proc/<pid>/stat start time, so a reused PID is never taken for this VM's QEMU. */
   pidStartTime: string | null;
@@ -19,7 +23,7 @@ export interface VmRecord {
   kernelCmdline: string;
   createdAt: string;
   expiresAt: string | null;
-  exit: { code: number | null; signal: string | null; at: string } | null;
+  exit: { code: number | null; signal: string | null; at: string; cause?: string } | null;
   /** What the VM was launched as, for its attestation policy (the configuration may change across restarts). */
   launch: { kind: 'sev-snp' | 'tdx' | 'plain'; cpu: string; hostData: string | null; igvmFile: string | null };
 }
@@ -34,7 +38,7 @@ function recordSchema(): Promise<Z.ZodType<VmRecord>> {
     z.object({
       version: z.literal(1),
       id: z.uuid(),
-      state: z.enum(['starting', 'running', 'exited']),
+      state: z.enum(RECORD_STATES),
       pid: z.number().int().positive().nullable(),
       pidStartTime: z.string().nullable(),
       command: z.array(z.string()).min(1),
@@ -42,7 +46,7 @@ function recordSchema(): Promise<Z.ZodType<VmRecord>> {
       kernelCmdline: z.string(),
       createdAt: z.iso.datetime(),
       expiresAt: z.iso.datetime().nullable(),
-      exit: z.object({ code: z.number().nullable(), signal: z.string().nullable(), at: z.iso.datetime() }).nullable(),
+      exit: z.object({ code: z.number().nullable(), signal: z.string().nullable(), at: z.iso.datetime(), cause: z.string().optional() }).nullable(),
       launch: z.object({
         kind: z.enum(['sev-snp', 'tdx', 'plain']),
         cpu: z.string(),

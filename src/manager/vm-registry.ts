@@ -1,0 +1,346 @@
+/**
+ * The VMs this manager knows, each with its state machine (vm-state.ts), and the one place
+ * where their state changes: QMP events, process exits, RemoveVm, TTL, recovery. Slots and
+ * ports are accounted from the states: a VM holds them while its QEMU may run.
+ * Watchers (WatchVms) see every transition as it happens.
+ */
+import type { Logger } from 'pino';
+import type { Config } from '../config/types.js';
+import { validateVmId } from '../request/create-request.js';
+import type { ExitInfo, QemuProcess } from '../vm/qemu-process.js';
+import type { QmpChannel } from '../vm/qmp.js';
+import { removeVmDir, type VmPaths } from '../vm/vm-dir.js';
+import { type VmRecord, writeRecordAtomically } from '../vm/vm-record.js';
+import { ManagerError } from './errors.js';
+import { type ManagerObserver, NO_OBSERVER, type QemuExitCause } from './observer.js';
+import type { PortPool } from './port-pool.js';
+import { TtlTimer } from './ttl-timer.js';
+import { type ExitCause, type Transition, VM_STATES, type VmInput, type VmState, VmStateMachine } from './vm-state.js';
+
+export interface Vm {
+  readonly id: string;
+  readonly machine: VmStateMachine;
+  readonly createdAt: string;
+  readonly log: Logger;
+  hostPort: number | undefined;
+  /** Written once QEMU is up; undefined while the VM starts. */
+  record: VmRecord | undefined;
+  paths: VmPaths | undefined;
+  proc: QemuProcess | undefined;
+  qmp: QmpChannel | undefined;
+  /** QEMU's PID and, under sudo, the PIDs below sudo (QEMU itself). */
+  qemuPids: number[];
+  ttl: TtlTimer | undefined;
+  removing: Promise<void> | undefined;
+}
+
+/** What an operator sees of one VM. */
+export interface VmStatusView {
+  id: string;
+  state: VmState;
+  pid: number | null;
+  hostPort: number;
+  createdAt: string;
+  expiresAt: string | null;
+  exit: { code: number | null; signal: string | null; at: string; cause: string } | null;
+  kernelCmdline: string;
+}
+
+/** One transition, for watchers; `to: 'removed'` when the VM leaves the manager. */
+export interface VmEvent {
+  id: string;
+  from: VmState | 'new';
+  to: VmState | 'removed';
+  reason: string;
+  at: string;
+  vm: VmStatusView;
+}
+
+export type StopCause = 'removed' | 'ttl';
+
+export class VmRegistry {
+  private readonly vms = new Map<string, Vm>();
+  private readonly watchers = new Set<(e: VmEvent) => void>();
+
+  constructor(
+    private readonly config: Config,
+    private readonly log: Logger,
+    private readonly ports: PortPool,
+    private readonly observer: ManagerObserver = NO_OBSERVER,
+    /** Runs a background operation (a TTL removal) so a stopping daemon waits for it. */
+    private readonly track: <T>(p: Promise<T>) => Promise<T> = (p) => p,
+  ) {}
+
+  /** VMs holding a slot of MANAGER_MAX_VMS: those whose QEMU may run. */
+  get slotsInUse(): number {
+    let n = 0;
+    for (const vm of this.vms.values()) if (vm.machine.holdsResources) n++;
+    return n;
+  }
+
+  /** A new VM in 'starting', holding a slot; undefined when MANAGER_MAX_VMS are taken. */
+  reserve(id: string, log: Logger): Vm | undefined {
+    if (this.config.maxVms > 0 && this.slotsInUse >= this.config.maxVms) return undefined;
+    const vm: Vm = {
+      id,
+      machine: new VmStateMachine('starting'),
+      createdAt: new Date().toISOString(),
+      log,
+      hostPort: undefined,
+      record: undefined,
+      paths: undefined,
+      proc: undefined,
+      qmp: undefined,
+      qemuPids: [],
+      ttl: undefined,
+      removing: undefined,
+    };
+    this.vms.set(id, vm);
+    this.notify(vm, { from: 'new', to: 'starting', reason: 'CreateVm' });
+    return vm;
+  }
+
+  /** The one place a VM's state changes. Resources are released when it leaves the holding states. */
+  apply(vm: Vm, input: VmInput): Transition | undefined {
+    const t = vm.machine.apply(input);
+    if (!t) return undefined;
+    if (!vm.machine.holdsResources) this.releasePort(vm);
+    if (vm.record) vm.record.state = t.to;
+    vm.log.info({ from: t.from, to: t.to, reason: t.reason, cause: vm.machine.cause }, `VM ${t.to}`);
+    this.notify(vm, t);
+    return t;
+  }
+
+  private releasePort(vm: Vm): void {
+    if (vm.hostPort !== undefined && this.ports.isHeld(vm.hostPort)) this.ports.release(vm.hostPort);
+  }
+
+  /** Drops a VM that never came up (its start was rolled back). */
+  discard(vm: Vm, reason: string): void {
+    if (vm.machine.holdsResources) this.apply(vm, { kind: 'start-failed' });
+    this.releasePort(vm);
+    if (this.vms.get(vm.id) === vm) this.vms.delete(vm.id);
+    this.notify(vm, { from: vm.machine.state, to: 'removed', reason });
+  }
+
+  /** Registers a VM an earlier run of the daemon started (recovery). */
+  adopt(vm: Vm): void {
+    this.vms.set(vm.id, vm);
+    if (vm.hostPort !== undefined) this.ports.hold(vm.hostPort);
+    this.notify(vm, { from: 'new', to: vm.machine.state, reason: 're-adopted after a restart' });
+  }
+
+  /**
+   * Follows a VM whose QEMU is up: QMP events and (re)connections, the process's exit, its TTL.
+   */
+  supervise(vm: Vm): void {
+    const { qmp, proc } = vm;
+    qmp?.onEvent((e) => {
+      if (e.event === 'SHUTDOWN' || e.event === 'STOP' || e.event === 'RESUME' || e.event === 'GUEST_PANICKED' || e.event === 'POWERDOWN') {
+        vm.log.info({ event: e.event, data: e.data }, `QMP event ${e.event}`);
+      }
+      this.apply(vm, { kind: 'event', event: e.event, data: e.data });
+    });
+    // After a reconnection (a restarted daemon), QEMU is asked where it stands.
+    qmp?.onReady(() => {
+      qmp
+        .execute<{ status?: string }>('query-status')
+        .then((st) => st.status && this.apply(vm, { kind: 'status', status: st.status }))
+        .catch(() => undefined);
+    });
+    if (vm.record?.expiresAt) {
+      const expiresAt = vm.record.expiresAt;
+      vm.ttl = new TtlTimer(Date.parse(expiresAt), () => {
+        vm.log.info({ expires_at: expiresAt }, 'TTL expired: removing VM');
+        this.track(this.remove(vm.id, 'ttl')).catch((err) => vm.log.error({ err: String(err) }, 'removal after TTL failed'));
+      });
+    }
+    void proc?.exited.then(async (info) => {
+      // QEMU writes SHUTDOWN before it exits; let its QMP connection drain so the cause is known.
+      if (qmp?.isConnected) await qmp.whenDisconnected(200);
+      const stopping = vm.removing !== undefined;
+      const t = this.apply(vm, { kind: 'exited', exit: readableExit(info) });
+      vm.qmp?.close();
+      if (!t || stopping) return;
+      const cause = vm.machine.cause ?? 'unknown';
+      vm.log.warn({ exit_code: info.code, signal: info.signal, pid: proc.pid, cause }, `QEMU exited on its own (${cause})`);
+      this.observer.qemuExited(metricCause(cause, vm.machine.state));
+      if (vm.record) {
+        vm.record.exit = { code: info.code, signal: info.signal, at: new Date().toISOString(), cause };
+        await this.persist(vm).catch((err) => vm.log.error({ err: String(err) }, 'could not update the VM record'));
+      }
+    });
+  }
+
+  async persist(vm: Vm): Promise<void> {
+    if (!vm.record || !vm.paths) return;
+    try {
+      await writeRecordAtomically(vm.paths.dir, vm.record);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      throw new ManagerError('internal', `could not write the VM's files in ${vm.paths.dir}: ${e.code ?? ''} ${e.message ?? String(err)}`.trim());
+    }
+  }
+
+  /**
+   * RemoveVm and TTL: optionally the guest's power button first (MANAGER_QEMU_POWERDOWN_TIMEOUT),
+   * then QMP quit / SIGTERM, then SIGKILL; every wait bounded. Then its files go.
+   */
+  remove(rawId: string, cause: StopCause = 'removed'): Promise<void> {
+    const vm = this.find('cvm_id', rawId);
+    if (vm.machine.state === 'starting') {
+      return Promise.reject(new ManagerError('failed-precondition', `VM ${vm.id} is still starting; remove it once CreateVm has answered`));
+    }
+    vm.removing ??= (async () => {
+      vm.ttl?.cancel();
+      const proc = vm.proc;
+      if (proc && !proc.hasExited) {
+        this.apply(vm, { kind: 'stop-requested' });
+        await this.powerDown(vm, proc);
+        if (!proc.hasExited) {
+          let stopped;
+          try {
+            stopped = await proc.stop(this.config.stopTimeoutMs);
+          } catch (err) {
+            throw new ManagerError('internal', `QEMU could not be stopped: ${(err as Error).message}`);
+          }
+          const { info, killed, via } = stopped;
+          if (killed) vm.log.warn(`QEMU ignored ${via === 'qmp' ? 'QMP quit' : 'SIGTERM'} for MANAGER_QEMU_STOP_TIMEOUT (${this.config.stopTimeoutMs} ms): killed`);
+          vm.log.info({ exit_code: info.code, signal: info.signal, via }, 'QEMU stopped');
+        }
+        // The exit goes through the state machine here, whatever the order of the callbacks.
+        if (vm.qmp?.isConnected) await vm.qmp.whenDisconnected(200);
+        this.apply(vm, { kind: 'exited', exit: readableExit(await proc.exited) });
+        this.observer.qemuExited(cause);
+      } else if (vm.machine.holdsResources) {
+        // A VM with no process (cannot happen once started; kept total).
+        this.apply(vm, { kind: 'exited', exit: null });
+      }
+      this.releasePort(vm);
+      vm.qmp?.close();
+      if (vm.paths) {
+        try {
+          await removeVmDir(vm.paths.dir);
+        } catch (err) {
+          throw new ManagerError(
+            'internal',
+            `QEMU is stopped but the VM's directory ${vm.paths.dir} could not be removed (${(err as NodeJS.ErrnoException).code ?? String(err)}); call RemoveVm again once the state directory is writable`,
+          );
+        }
+      }
+      this.vms.delete(vm.id);
+      this.notify(vm, { from: vm.machine.state, to: 'removed', reason: cause === 'ttl' ? 'TTL expired' : 'RemoveVm' });
+      vm.log.info({ cause: vm.machine.cause }, 'VM removed');
+    })();
+    // A failed removal can be tried again (e.g. once the state directory is writable again).
+    vm.removing.catch(() => {
+      vm.removing = undefined;
+    });
+    return vm.removing;
+  }
+
+  private async powerDown(vm: Vm, proc: QemuProcess): Promise<void> {
+    const waitMs = this.config.powerdownTimeoutMs;
+    if (waitMs <= 0 || !vm.qmp?.isConnected) return;
+    try {
+      await vm.qmp.execute('system_powerdown', undefined, Math.min(waitMs, 5_000));
+    } catch (err) {
+      vm.log.warn(`system_powerdown failed, stopping QEMU: ${(err as Error).message}`);
+      return;
+    }
+    if (await proc.waitExit(waitMs)) vm.log.info('the guest shut down after the power button');
+    else vm.log.warn(`the guest did not shut down within MANAGER_QEMU_POWERDOWN_TIMEOUT (${waitMs} ms): stopping QEMU`);
+  }
+
+  /** The VM, or NOT_FOUND (INVALID_ARGUMENT for a malformed id). */
+  find(field: string, rawId: string): Vm {
+    let id: string;
+    try {
+      id = validateVmId(field, rawId);
+    } catch (err) {
+      throw new ManagerError('invalid-argument', (err as Error).message);
+    }
+    const vm = this.vms.get(id);
+    if (!vm) throw new ManagerError('not-found', `no VM with ${field} ${JSON.stringify(id)} on this manager`);
+    return vm;
+  }
+
+  has(id: string): Vm | undefined {
+    return this.vms.get(id);
+  }
+
+  all(): Vm[] {
+    return [...this.vms.values()];
+  }
+
+  list(): VmStatusView[] {
+    return this.all()
+      .map(statusView)
+      .sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+  }
+
+  countByState(): Record<VmState, number> {
+    const counts = Object.fromEntries(VM_STATES.map((s) => [s, 0])) as Record<VmState, number>;
+    for (const vm of this.vms.values()) counts[vm.machine.state]++;
+    return counts;
+  }
+
+  /** The PIDs of the QEMUs this manager supervises (QEMU under sudo: sudo's and QEMU's), by VM id. */
+  supervisedPids(): Map<number, string> {
+    const out = new Map<number, string>();
+    for (const vm of this.vms.values()) {
+      if (!vm.machine.holdsResources || !vm.proc) continue;
+      out.set(vm.proc.pid, vm.id);
+      for (const pid of vm.qemuPids) out.set(pid, vm.id);
+    }
+    return out;
+  }
+
+  /** Every transition from now on; returns the unsubscribe function. */
+  subscribe(fn: (e: VmEvent) => void): () => void {
+    this.watchers.add(fn);
+    return () => this.watchers.delete(fn);
+  }
+
+  cancelTimers(): void {
+    for (const vm of this.vms.values()) vm.ttl?.cancel();
+  }
+
+  private notify(vm: Vm, t: { from: VmState | 'new'; to: VmState | 'removed'; reason: string }): void {
+    if (this.watchers.size === 0) return;
+    const e: VmEvent = { id: vm.id, from: t.from, to: t.to, reason: t.reason, at: new Date().toISOString(), vm: statusView(vm) };
+    for (const fn of [...this.watchers]) {
+      try {
+        fn(e);
+      } catch (err) {
+        this.log.error({ err: String(err) }, 'a VM watcher failed');
+      }
+    }
+  }
+}
+
+export function statusView(vm: Vm): VmStatusView {
+  const r = vm.record;
+  const exit = r?.exit ? { ...r.exit, cause: r.exit.cause ?? vm.machine.cause ?? 'unknown' } : null;
+  return {
+    id: vm.id,
+    state: vm.machine.state,
+    pid: vm.proc?.pid ?? r?.pid ?? null,
+    hostPort: vm.hostPort ?? 0,
+    createdAt: r?.createdAt ?? vm.createdAt,
+    expiresAt: r?.expiresAt ?? null,
+    exit,
+    kernelCmdline: r?.kernelCmdline ?? '',
+  };
+}
+
+/** A re-adopted QEMU is not our child: its exit status cannot be read. */
+function readableExit(info: ExitInfo): ExitInfo | null {
+  return info.code === null && info.signal === null ? null : info;
+}
+
+function metricCause(cause: ExitCause, state: VmState): QemuExitCause {
+  if (state === 'crashed') return 'crashed';
+  if (cause === 'host signal') return 'killed';
+  return 'exited';
+}

@@ -1,0 +1,155 @@
+/**
+ * A VM's life as one explicit state machine. Every change of state goes through apply(): QMP
+ * events (SHUTDOWN with its reason, STOP/RESUME, GUEST_PANICKED), QEMU's answer to
+ * query-status, the process's exit, RemoveVm, TTL and recovery. What a VM holds (a slot, its
+ * forwarded port) follows from its state alone.
+ *
+ *   starting ──ready──▶ running ◀──RESUME/STOP──▶ paused
+ *      │                  │  │                       │
+ *      │ start failed     │  └── stop requested / SHUTDOWN ──▶ stopping
+ *      ▼                  ▼                                       │
+ *    failed        stopped | crashed ◀────────── process exit ────┘
+ */
+export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'crashed' | 'failed';
+
+export const VM_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'stopping', 'stopped', 'crashed', 'failed'];
+
+/** States in which QEMU may be running: the VM holds a slot of MANAGER_MAX_VMS and its port. */
+const HOLDING: ReadonlySet<VmState> = new Set(['starting', 'running', 'paused', 'stopping']);
+
+export function holdsResources(state: VmState): boolean {
+  return HOLDING.has(state);
+}
+
+/** Why QEMU is gone, as operators read it. */
+export type ExitCause = 'guest shutdown' | 'guest panic' | 'host signal' | 'killed by the manager' | `exited with code ${number}` | 'unknown';
+
+export interface ProcessExit {
+  code: number | null;
+  signal: string | null;
+}
+
+export type VmInput =
+  /** QEMU answered query-status (at the end of a start, or after QMP reattached). */
+  | { kind: 'status'; status: string }
+  /** CreateVm could not bring the VM up; it is being rolled back. */
+  | { kind: 'start-failed' }
+  /** A QMP event from QEMU. */
+  | { kind: 'event'; event: string; data: Record<string, unknown> }
+  /** RemoveVm or TTL: the manager is stopping QEMU. */
+  | { kind: 'stop-requested' }
+  /** The QEMU process is gone; `exit` is null when its status cannot be read (re-adopted VM). */
+  | { kind: 'exited'; exit: ProcessExit | null };
+
+export interface Transition {
+  from: VmState;
+  to: VmState;
+  /** What moved it, for the log and watchers. */
+  reason: string;
+}
+
+export class VmStateMachine {
+  private current: VmState;
+  /** SHUTDOWN's reason, if QEMU announced one. */
+  private shutdownReason: string | undefined;
+  private panicked = false;
+  private stopRequested = false;
+  private exitCause: ExitCause | undefined;
+
+  constructor(initial: VmState = 'starting') {
+    this.current = initial;
+  }
+
+  get state(): VmState {
+    return this.current;
+  }
+
+  get cause(): ExitCause | undefined {
+    return this.exitCause;
+  }
+
+  get holdsResources(): boolean {
+    return holdsResources(this.current);
+  }
+
+  /** True once QEMU is known to be gone (or never came up). */
+  get isFinal(): boolean {
+    return !this.holdsResources;
+  }
+
+  /** Applies one input; returns the transition, or undefined when the state does not change. */
+  apply(input: VmInput): Transition | undefined {
+    const from = this.current;
+    if (this.isFinal) return undefined; // nothing moves a VM whose QEMU is gone
+    let to: VmState = from;
+    let reason: string = input.kind;
+    switch (input.kind) {
+      case 'status':
+        if (from === 'stopping') break; // a late answer does not undo a stop
+        to = input.status === 'running' ? 'running' : input.status === 'shutdown' ? 'stopping' : 'paused';
+        reason = `QEMU status ${input.status}`;
+        break;
+      case 'start-failed':
+        to = 'failed';
+        break;
+      case 'stop-requested':
+        this.stopRequested = true;
+        to = 'stopping';
+        reason = 'stop requested by the manager';
+        break;
+      case 'event':
+        reason = `QMP ${input.event}`;
+        switch (input.event) {
+          case 'STOP':
+            if (from === 'running') to = 'paused';
+            break;
+          case 'RESUME':
+            if (from === 'paused' || from === 'starting') to = 'running';
+            break;
+          case 'GUEST_PANICKED':
+            this.panicked = true;
+            break;
+          case 'SHUTDOWN':
+            this.shutdownReason = typeof input.data.reason === 'string' ? input.data.reason : undefined;
+            if (this.shutdownReason === 'guest-panic') this.panicked = true;
+            to = 'stopping';
+            reason = `QMP SHUTDOWN (${this.shutdownReason ?? 'no reason'})`;
+            break;
+          default:
+            break;
+        }
+        break;
+      case 'exited': {
+        if (from === 'starting') {
+          to = 'failed';
+          this.exitCause = causeOf(input.exit, this.shutdownReason, this.panicked, this.stopRequested);
+          break;
+        }
+        this.exitCause = causeOf(input.exit, this.shutdownReason, this.panicked, this.stopRequested);
+        to = isCrash(this.exitCause, input.exit) ? 'crashed' : 'stopped';
+        reason = `QEMU exited: ${this.exitCause}`;
+        break;
+      }
+    }
+    if (to === from) return undefined;
+    this.current = to;
+    return { from, to, reason };
+  }
+}
+
+function causeOf(exit: ProcessExit | null, shutdownReason: string | undefined, panicked: boolean, stopRequested: boolean): ExitCause {
+  if (panicked) return 'guest panic';
+  if (shutdownReason === 'guest-shutdown' || shutdownReason === 'guest-reset') return 'guest shutdown';
+  if (stopRequested) return 'killed by the manager';
+  if (shutdownReason === 'host-signal' || (exit?.signal ?? null) !== null) return 'host signal';
+  if (exit && exit.code !== null) return `exited with code ${exit.code}`;
+  return 'unknown';
+}
+
+function isCrash(cause: ExitCause, exit: ProcessExit | null): boolean {
+  if (cause === 'guest panic') return true;
+  if (cause.startsWith('exited with code ')) return exit?.code !== 0;
+  // Killed by a signal nobody announced to QEMU (no SHUTDOWN event): e.g. SIGKILL, OOM.
+  if (cause === 'host signal') return exit?.signal === 'SIGKILL' || exit?.signal === 'SIGSEGV' || exit?.signal === 'SIGABRT';
+  return false;
+}
