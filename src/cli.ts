@@ -66,7 +66,8 @@ async function main(argv: string[]): Promise<void> {
       const { CallError, VM_HELP, vmCommand } = await import('./cli/vm.js');
       if (args.includes('--help') || args.includes('-h') || args.length === 0) return void process.stdout.write(VM_HELP);
       try {
-        process.stdout.write(`${await vmCommand(args)}\n`);
+        const out = await vmCommand(args);
+        if (out !== '') process.stdout.write(`${out}\n`); // `vm events` has printed as it went
       } catch (err) {
         if (err instanceof CallError) fail(err.message, 1);
         throw err;

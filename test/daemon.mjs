@@ -14,6 +14,10 @@ const pkgDef = protoLoader.loadSync(path.join(ROOT, 'proto', 'manager.proto'), {
   keepCase: true, longs: String, enums: String, defaults: true, oneofs: true,
 });
 export const managerPkg = grpc.loadPackageDefinition(pkgDef).manager;
+const adminDef = protoLoader.loadSync(path.join(ROOT, 'proto', 'manager-admin.proto'), {
+  keepCase: true, longs: String, enums: String, defaults: true, oneofs: true,
+});
+export const adminPkg = grpc.loadPackageDefinition(adminDef).manager;
 
 export function freePort() {
   return new Promise((resolve, reject) => {
@@ -150,6 +154,11 @@ export class Daemon {
 
   client(creds = grpc.credentials.createInsecure(), options = {}) {
     return new managerPkg.ManagerService(`127.0.0.1:${this.port}`, creds, options);
+  }
+
+  /** A ManagerAdmin client (ListVms, GetVm, WatchVms). */
+  adminClient(creds = grpc.credentials.createInsecure(), options = {}) {
+    return new adminPkg.ManagerAdmin(`127.0.0.1:${this.port}`, creds, options);
   }
 
   /**

@@ -54,7 +54,7 @@ test('vm create / ls / info / policy / rm round-trip, human and --json', async (
   assert.ok(Date.parse(vms[0].ttl_deadline) - Date.parse(vms[0].created_at) === 3_600_000);
 
   const human = await cli(['vm', 'ls', ...addr]);
-  assert.match(human.stdout, /^ID\s+STATE\s+PID\s+PORT\s+CREATED\s+TTL DEADLINE\n/);
+  assert.match(human.stdout, /^ID\s+STATE\s+PID\s+PORT\s+CREATED\s+TTL DEADLINE\s+EXIT\n/);
   assert.ok(human.stdout.includes(id));
 
   const info = await cli(['vm', 'info', id, ...addr]);

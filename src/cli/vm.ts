@@ -20,6 +20,8 @@ Commands:
   info ID                 state, pid, port, TTL, exit and kernel command line of a VM
   policy ID [-o FILE]     the VM's attestation policy: written to FILE, or shown decoded
   ls                      all VMs of the daemon
+  events [--count N]      the current VMs, then every change of state as it happens
+                          (until Ctrl-C, or N events)
 
 Connection:
   --addr HOST:PORT        the daemon (default 127.0.0.1:$MANAGER_GRPC_PORT or 7001)
@@ -43,6 +45,7 @@ const OPTIONS = {
   'server-name': { type: 'string' },
   timeout: { type: 'string' },
   json: { type: 'boolean' },
+  count: { type: 'string' },
   output: { type: 'string', short: 'o' },
   help: { type: 'boolean', short: 'h' },
   'log-level': { type: 'string' },
@@ -113,6 +116,37 @@ interface VmStatusOut {
   exit_code: number;
   exit_signal: string;
   kernel_cmd: string;
+  exit_cause: string;
+}
+
+interface VmEventOut {
+  id: string;
+  from: string;
+  to: string;
+  reason: string;
+  at: string;
+  vm: VmStatusOut;
+}
+
+/** Prints WatchVms events as they come; resolves when the stream ends or after `count` events. */
+function streamEvents(admin: grpc.Client, json: boolean, count: number | undefined): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const stream = (admin as unknown as { WatchVms(req: object): grpc.ClientReadableStream<VmEventOut> }).WatchVms({});
+    let seen = 0;
+    stream.on('data', (e: VmEventOut) => {
+      const exit = e.vm.exit_cause ? ` (${e.vm.exit_cause})` : '';
+      process.stdout.write(json ? `${JSON.stringify(e)}\n` : `${e.at}  ${e.id}  ${e.from} -> ${e.to}${exit}  ${e.reason}\n`);
+      if (count !== undefined && ++seen >= count) {
+        stream.cancel();
+        resolve('');
+      }
+    });
+    stream.on('end', () => resolve(''));
+    stream.on('error', (err: grpc.ServiceError) => {
+      if (err.code === grpc.status.CANCELLED && count !== undefined && seen >= count) resolve('');
+      else reject(new StartupError(`vm events: ${err.details || err.message}`));
+    });
+  });
 }
 
 function table(rows: string[][]): string {
@@ -167,7 +201,7 @@ export async function vmCommand(args: string[]): Promise<string> {
         return table([
           ['id', s.id], ['state', s.state], ['pid', String(s.pid)], ['forwarded port', s.forwarded_port], ['created', s.created_at],
           ['ttl deadline', s.ttl_deadline || '(none)'],
-          ['exit', s.has_exit ? (s.exit_signal || `code ${s.exit_code}`) : '(running)'],
+          ['exit', s.has_exit ? `${s.exit_cause || 'unknown'} (${s.exit_signal || `code ${s.exit_code}`})` : '(none)'],
           ['kernel command line', s.kernel_cmd], ['cpu', `${i.cpu_num} x ${i.cpu_type}`], ['ovmf', String(i.ovmf_version)], ['eos', String(i.eos_version) || '(unset)'],
         ]);
       }
@@ -184,9 +218,17 @@ export async function vmCommand(args: string[]): Promise<string> {
         if (v.json) return JSON.stringify(res.vms);
         if (res.vms.length === 0) return 'no VMs';
         return table([
-          ['ID', 'STATE', 'PID', 'PORT', 'CREATED', 'TTL DEADLINE'],
-          ...res.vms.map((s) => [s.id, s.state, String(s.pid), s.forwarded_port, s.created_at, s.ttl_deadline || '-']),
+          ['ID', 'STATE', 'PID', 'PORT', 'CREATED', 'TTL DEADLINE', 'EXIT'],
+          ...res.vms.map((s) => [s.id, s.state, String(s.pid), s.forwarded_port, s.created_at, s.ttl_deadline || '-', s.exit_cause || '-']),
         ]);
+      }
+      case 'events': {
+        let count: number | undefined;
+        if (v.count !== undefined) {
+          count = Number(v.count);
+          if (!Number.isInteger(count) || count < 1) throw new StartupError(`--count ${JSON.stringify(v.count)}: expected a positive integer`);
+        }
+        return await streamEvents(c.admin, v.json === true, count);
       }
       default:
         throw new StartupError(`unknown vm command "${command}"; run 'cocos-manager vm --help'`);

@@ -32,7 +32,11 @@ export interface Vm {
   qemuPids: number[];
   ttl: TtlTimer | undefined;
   removing: Promise<void> | undefined;
+  /** Set once QEMU is gone. */
+  exit?: ExitRecord;
 }
+
+type ExitRecord = { code: number | null; signal: string | null; at: string; cause: string };
 
 /** What an operator sees of one VM. */
 export interface VmStatusView {
@@ -105,6 +109,10 @@ export class VmRegistry {
     const t = vm.machine.apply(input);
     if (!t) return undefined;
     if (!vm.machine.holdsResources) this.releasePort(vm);
+    if (input.kind === 'exited') {
+      vm.exit = { code: input.exit?.code ?? null, signal: input.exit?.signal ?? null, at: new Date().toISOString(), cause: vm.machine.cause ?? 'unknown' };
+      if (vm.record) vm.record.exit = vm.exit;
+    }
     if (vm.record) vm.record.state = t.to;
     vm.log.info({ from: t.from, to: t.to, reason: t.reason, cause: vm.machine.cause }, `VM ${t.to}`);
     this.notify(vm, t);
@@ -165,10 +173,7 @@ export class VmRegistry {
       const cause = vm.machine.cause ?? 'unknown';
       vm.log.warn({ exit_code: info.code, signal: info.signal, pid: proc.pid, cause }, `QEMU exited on its own (${cause})`);
       this.observer.qemuExited(metricCause(cause, vm.machine.state));
-      if (vm.record) {
-        vm.record.exit = { code: info.code, signal: info.signal, at: new Date().toISOString(), cause };
-        await this.persist(vm).catch((err) => vm.log.error({ err: String(err) }, 'could not update the VM record'));
-      }
+      await this.persist(vm).catch((err) => vm.log.error({ err: String(err) }, 'could not update the VM record'));
     });
   }
 
@@ -321,7 +326,8 @@ export class VmRegistry {
 
 export function statusView(vm: Vm): VmStatusView {
   const r = vm.record;
-  const exit = r?.exit ? { ...r.exit, cause: r.exit.cause ?? vm.machine.cause ?? 'unknown' } : null;
+  const e = vm.exit ?? r?.exit;
+  const exit = e ? { code: e.code, signal: e.signal, at: e.at, cause: e.cause ?? vm.machine.cause ?? 'unknown' } : null;
   return {
     id: vm.id,
     state: vm.machine.state,

@@ -11,7 +11,7 @@ import { context, propagation, SpanKind, SpanStatusCode, type TextMapGetter, tra
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import { ManagerError, type ErrorKind } from '../../manager/errors.js';
-import type { VmManager, VmStatusView } from '../../manager/vm-manager.js';
+import type { VmEvent, VmManager, VmStatusView } from '../../manager/vm-manager.js';
 import { tracer } from '../../telemetry/spans.js';
 import type { TlsMaterial } from '../tls.js';
 import type { ProtoGrpcType as ManagerProto } from './generated/manager.js';
@@ -19,6 +19,7 @@ import type { ProtoGrpcType as AdminProto } from './generated/manager-admin.js';
 import type { ManagerAdminHandlers } from './generated/manager/ManagerAdmin.js';
 import type { ManagerServiceHandlers } from './generated/manager/ManagerService.js';
 import type { VmStatus } from './generated/manager/VmStatus.js';
+import type { VmEvent as VmEventMsg } from './generated/manager/VmEvent.js';
 
 const protoFile = (name: string) => fileURLToPath(new URL(`../../../proto/${name}`, import.meta.url));
 export const PROTO_FILES = [protoFile('manager.proto'), protoFile('manager-admin.proto')];
@@ -153,7 +154,50 @@ function toVmStatus(v: VmStatusView): VmStatus {
     exit_code: v.exit?.code ?? 0,
     exit_signal: v.exit?.signal ?? '',
     kernel_cmd: v.kernelCmdline,
+    exit_cause: v.exit?.cause ?? '',
   };
+}
+
+/** Events a watcher may have queued before it is dropped: the daemon never waits for a reader. */
+export const WATCH_BUFFER = 256;
+
+function watchVms(manager: VmManager, log: Logger, recorder: CallRecorder): ManagerAdminHandlers['WatchVms'] {
+  return (call) => {
+    const started = process.hrtime.bigint();
+    let done = false;
+    let queued = 0;
+    const finish = (code: string) => {
+      if (done) return;
+      done = true;
+      unsubscribe();
+      recorder.rpc('/manager.ManagerAdmin/WatchVms', code, Number(process.hrtime.bigint() - started) / 1e9);
+    };
+    const send = (e: VmEvent): void => {
+      if (done) return;
+      if (queued >= WATCH_BUFFER) {
+        log.warn({ method: 'WatchVms', buffered: queued }, 'a VM watcher does not keep up: dropped');
+        finish('RESOURCE_EXHAUSTED');
+        // Ends the stream with a status after what is already queued; nothing more is added.
+        call.emit('error', { code: grpc.status.RESOURCE_EXHAUSTED, details: `the watcher fell ${WATCH_BUFFER} events behind and was dropped; watch again` });
+        return;
+      }
+      // write() returning false means the transport buffers it; count until it drains.
+      if (!call.write(toVmEvent(e))) queued++;
+    };
+    call.on('drain', () => {
+      queued = 0;
+    });
+    const unsubscribe = manager.watch(send);
+    call.on('cancelled', () => finish('CANCELLED'));
+    call.on('close', () => finish('OK'));
+    call.on('error', () => finish('CANCELLED'));
+    const now = new Date().toISOString();
+    for (const v of manager.list()) send({ id: v.id, from: 'new', to: v.state, reason: 'current', at: now, vm: v });
+  };
+}
+
+function toVmEvent(e: VmEvent): VmEventMsg {
+  return { id: e.id, from: e.from, to: e.to, reason: e.reason, at: e.at, vm: toVmStatus(e.vm) };
 }
 
 export function adminHandlers(manager: VmManager, log: Logger, recorder: CallRecorder): ManagerAdminHandlers {
@@ -161,6 +205,7 @@ export function adminHandlers(manager: VmManager, log: Logger, recorder: CallRec
   return {
     ListVms: unary(S, 'ListVms', log, recorder, () => ({ vms: manager.list().map(toVmStatus) })),
     GetVm: unary(S, 'GetVm', log, recorder, (req) => toVmStatus(manager.status(req.id))),
+    WatchVms: watchVms(manager, log, recorder),
   };
 }
 
