@@ -31,6 +31,14 @@ udhcpc -i eth0 -s /udhcpc.sh -q -n -t 5 -T 1 || {
 mount -t 9p -o trans=virtio,version=9p2000.L,ro env_share /env || echo "cocos-guest: env_share mount failed"
 mount -t 9p -o trans=virtio,version=9p2000.L,ro certs_share /etc/certs || echo "cocos-guest: certs_share mount failed"
 
+# The ACPI power button (QMP system_powerdown): busybox acpid reads it from the button's input
+# device (modules button + evdev) and runs /etc/acpi/PWRF/00000080, which powers the guest off.
+if [ -e /dev/input/event0 ]; then
+  acpid -c /etc/acpi -l /dev/ttyS0 && echo "cocos-guest: acpid listening for the power button"
+else
+  echo "cocos-guest: no input device for the power button"
+fi
+
 # The agent: one report per connection, for as long as the guest runs.
 nc -ll -p 7002 -e /agent.sh &
 echo "COCOS-GUEST-READY"

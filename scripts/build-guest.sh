@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test guest under build/guest/ from Debian packages only: the kernel taken out of the
 # linux-image package (downloaded and unpacked, never installed on the host) and an initramfs of
-# busybox-static plus the kernel modules for virtio PCI, virtio-net and 9P over virtio.
+# busybox-static plus the kernel modules for virtio PCI, virtio-net and 9P over virtio, and the
+# ACPI power button (button, evdev) so a graceful power-down (QMP system_powerdown) reaches it.
 # Idempotent: does nothing when the outputs are newer than their inputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ if [ -z "$pkg" ]; then
 fi
 kver=${pkg#linux-image-}
 
-inputs=(guest/init.sh guest/agent.sh guest/udhcpc.sh scripts/build-guest.sh /bin/busybox)
+inputs=(guest/init.sh guest/agent.sh guest/udhcpc.sh guest/power-button.sh scripts/build-guest.sh /bin/busybox)
 if [ -f "$OUT/initramfs.cpio.gz" ] && [ -f "$OUT/vmlinuz" ] && [ "$(cat "$OUT/kernel-version" 2>/dev/null)" = "$kver" ]; then
   fresh=1
   for f in "${inputs[@]}"; do [ "$f" -nt "$OUT/initramfs.cpio.gz" ] && fresh=0; done
@@ -39,7 +40,7 @@ fi
 mods="$WORK/kernel/lib/modules/$kver"
 
 # Modules wanted, and their dependencies, in an order insmod can load them.
-wanted=(virtio_pci virtio_net 9pnet_virtio 9p)
+wanted=(virtio_pci virtio_net 9pnet_virtio 9p button evdev)
 declare -A seen=()
 order=()
 resolve() {
@@ -64,6 +65,8 @@ cp /bin/busybox "$root/bin/busybox"
 install -m 0755 guest/init.sh "$root/init"
 install -m 0755 guest/agent.sh "$root/agent.sh"
 install -m 0755 guest/udhcpc.sh "$root/udhcpc.sh"
+mkdir -p "$root/etc/acpi/PWRF"
+install -m 0755 guest/power-button.sh "$root/etc/acpi/PWRF/00000080"
 : >"$root/modules.order"
 for p in "${order[@]}"; do
   cp "$mods/$p" "$root/modules/"
