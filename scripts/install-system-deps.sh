@@ -8,6 +8,8 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 [ -f /usr/share/OVMF/OVMF_CODE.fd ] || need+=(ovmf)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The MANAGER_QEMU_USE_SUDO end-to-end test runs the daemon as a system user with a sudoers rule.
+command -v sudo >/dev/null 2>&1 || need+=(sudo)
 for pkg in "$@"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done

@@ -85,7 +85,7 @@ export class Daemon {
   }
 
   /** Starts `cocos-manager serve` and waits (bounded) until its gRPC server listens. */
-  static async start(env, { timeoutMs = 15_000, port, httpPort, nodeFlags = [] } = {}) {
+  static async start(env, { timeoutMs = 15_000, port, httpPort, nodeFlags = [], uid, gid } = {}) {
     port ??= await freePort();
     httpPort ??= await freePort();
     const proc = spawn(process.execPath, [...nodeFlags, CLI, 'serve'], {
@@ -97,6 +97,8 @@ export class Daemon {
         ...env,
       }),
       stdio: ['ignore', 'pipe', 'pipe'],
+      // Another user (the USE_SUDO test runs the daemon as a system user).
+      ...(uid === undefined ? {} : { uid, gid }),
     });
     const logs = { lines: [], stderr: '' };
     let buf = '';

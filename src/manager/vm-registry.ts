@@ -151,6 +151,7 @@ export class VmRegistry {
     });
     // After a reconnection (a restarted daemon), QEMU is asked where it stands.
     qmp?.onReady(() => {
+      vm.log.info('QMP reattached');
       qmp
         .execute<{ status?: string }>('query-status')
         .then((st) => st.status && this.apply(vm, { kind: 'status', status: st.status }))
