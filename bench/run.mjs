@@ -11,6 +11,8 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { Daemon, FAKE_QEMU, call, fakeQemuEnv, freePort, managerPkg, nextRange, tmpDir } from '../test/daemon.mjs';
 import { CLI } from '../test/helpers.mjs';
+import { QmpChannel } from '../dist/vm/qmp.js';
+import { qmpChannelArgs, qmpFormFor, parseQemuVersion } from '../dist/qemu/qmp-args.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const quick = process.env.BENCH_QUICK === '1';
@@ -73,6 +75,27 @@ async function directLaunch(template, root, i, port, env) {
   await waitPort(port);
   const launchMs = ms(t0);
   return { child, launchMs };
+}
+
+/**
+ * The floor of QMP readiness: the same stand-in spawned directly with a QMP channel to our own
+ * listener, timed until query-status answers (what the daemon waits for).
+ */
+async function directQmpLaunch(template, root, i, port, env) {
+  const dir = directVmDir(root, i);
+  const qmp = new QmpChannel(path.join(dir, 'qmp.sock'));
+  await qmp.listen();
+  const form = qmpFormFor(parseQemuVersion('QEMU emulator version 7.2.0'));
+  const t0 = process.hrtime.bigint();
+  const child = spawn(FAKE_QEMU, [...directArgv(template, dir, port), ...qmpChannelArgs(form, qmp.socketPath)], { stdio: 'ignore', detached: true, env });
+  await qmp.whenConnected();
+  await qmp.execute('query-status');
+  const readyMs = ms(t0);
+  const exited = new Promise((r) => child.once('exit', r));
+  await qmp.execute('quit').catch(() => undefined);
+  await exited;
+  qmp.close();
+  return readyMs;
 }
 
 async function directStop(child) {
@@ -182,6 +205,9 @@ async function main() {
     await sleep(20); // let exited processes be reaped before the next pair
   }
   const over = (a, b, p) => pct(a, p) - pct(b, p);
+  const cycle = create.map((c, i) => c + remove[i]);
+  const cycleFloor = createFloor.map((c, i) => c + removeFloor[i]);
+  figure({ figure: `CreateVm+RemoveVm cycle p50/p99 (ms, ${N_SEQ} sequential)`, value: `${pct(cycle, 50).toFixed(1)}/${pct(cycle, 99).toFixed(1)}`, floor: `${pct(cycleFloor, 50).toFixed(1)}/${pct(cycleFloor, 99).toFixed(1)}`, over_ms: over(cycle, cycleFloor, 50).toFixed(1), ratio: (pct(cycle, 50) / pct(cycleFloor, 50)).toFixed(2), target: '<= 10 ms over the floor at p50', ok: over(cycle, cycleFloor, 50) <= 10 });
   figure({ figure: `CreateVm latency p50/p99 (ms, ${N_SEQ} sequential)`, value: `${pct(create, 50).toFixed(1)}/${pct(create, 99).toFixed(1)}`, floor: `${pct(createFloor, 50).toFixed(1)}/${pct(createFloor, 99).toFixed(1)}`, over_ms: over(create, createFloor, 50).toFixed(1), ratio: (pct(create, 50) / pct(createFloor, 50)).toFixed(2), target: '<= 5 ms over the floor at p50', ok: over(create, createFloor, 50) <= 5 });
   figure({ figure: 'RemoveVm latency p50/p99 (ms)', value: `${pct(remove, 50).toFixed(1)}/${pct(remove, 99).toFixed(1)}`, floor: `${pct(removeFloor, 50).toFixed(1)}/${pct(removeFloor, 99).toFixed(1)}`, over_ms: over(remove, removeFloor, 50).toFixed(1), ratio: (pct(remove, 50) / pct(removeFloor, 50)).toFixed(2), target: '<= 5 ms over the floor at p50', ok: over(remove, removeFloor, 50) <= 5 });
 
@@ -215,6 +241,26 @@ async function main() {
   const wall = ms(t0);
   await Promise.all(vms.map((vm) => call(client, 'RemoveVm', { cvm_id: vm.cvm_id })));
   figure({ figure: '50 concurrent CreateVm, wall (ms)', value: wall.toFixed(0), floor: floorWall.toFixed(0), ratio: (wall / floorWall).toFixed(2), target: 'ratio <= 1.5', ok: wall / floorWall <= 1.5 });
+
+  // Spawn to ready (QMP answered "running"), from the daemon's own timings (a second daemon that
+  // logs at info), against the same stand-in spawned directly and asked over QMP.
+  {
+    const infoEnv = fakeQemuEnv(path.join(root, 'state-info'), { MANAGER_MAX_VMS: '0', MANAGER_QEMU_HOST_FWD_RANGE: nextRange(60), MANAGER_LOG_LEVEL: 'info', MANAGER_QEMU_START_TIMEOUT: '30s' });
+    const d2 = await Daemon.start(infoEnv, { nodeFlags: NODE_FLAGS });
+    const c2 = d2.client();
+    const readyFloor = [];
+    for (let i = 0; i < 5; i++) await call(c2, 'RemoveVm', { cvm_id: (await call(c2, 'CreateVm', {})).cvm_id });
+    const n = quick ? 15 : 40;
+    for (let i = 0; i < n; i++) {
+      readyFloor.push(await directQmpLaunch(template, root, 2000 + i, first + 500 + (i % 50), daemonEnv));
+      await call(c2, 'RemoveVm', { cvm_id: (await call(c2, 'CreateVm', {})).cvm_id });
+    }
+    const started = d2.logs.lines.filter((l) => l.msg === 'VM started' && l.timings_ms).slice(-n);
+    const spawnToReady = started.map((l) => l.timings_ms.ready - l.timings_ms.files);
+    c2.close();
+    await d2.stop();
+    figure({ figure: `spawn to ready (QMP "running") p50/p99 (ms, ${n})`, value: `${pct(spawnToReady, 50).toFixed(1)}/${pct(spawnToReady, 99).toFixed(1)}`, floor: `${pct(readyFloor, 50).toFixed(1)}/${pct(readyFloor, 99).toFixed(1)}`, over_ms: over(spawnToReady, readyFloor, 50).toFixed(1), ratio: (pct(spawnToReady, 50) / pct(readyFloor, 50)).toFixed(2), target: 'report (floor: direct spawn + QMP query-status)' });
+  }
 
   // CVMInfo throughput against a bare grpc-js server.
   const barePort = await freePort();
