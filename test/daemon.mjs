@@ -85,7 +85,7 @@ export class Daemon {
   }
 
   /** Starts `cocos-manager serve` and waits (bounded) until its gRPC server listens. */
-  static async start(env, { timeoutMs = 15_000, port, httpPort, nodeFlags = [], uid, gid } = {}) {
+  static async start(env, { timeoutMs = 15_000, port, httpPort, nodeFlags = [], uid, gid, cwd } = {}) {
     port ??= await freePort();
     httpPort ??= await freePort();
     const proc = spawn(process.execPath, [...nodeFlags, CLI, 'serve'], {
@@ -99,6 +99,7 @@ export class Daemon {
       stdio: ['ignore', 'pipe', 'pipe'],
       // Another user (the USE_SUDO test runs the daemon as a system user).
       ...(uid === undefined ? {} : { uid, gid }),
+      ...(cwd === undefined ? {} : { cwd }),
     });
     const logs = { lines: [], stderr: '' };
     let buf = '';

@@ -26,6 +26,8 @@ const ERROR_LIKE = /\b(error|failed|fatal|cannot|could not|unable|not supported|
 const ADOPTED_POLL_MS = 250;
 /** How long a SIGKILLed QEMU may take to be reaped before the stop is reported as failed. */
 const KILL_WAIT_MS = 5_000;
+/** How long a stop waits for a QMP channel that is down to come back (QEMU retries every second). */
+const RECONNECT_WAIT_MS = 2_500;
 
 export class QemuProcess {
   readonly exited: Promise<ExitInfo>;
@@ -106,8 +108,20 @@ export class QemuProcess {
    * /proc (it is not our child), comparing the start time so a reused PID reads as "exited".
    */
   static async adopt(pid: number, startTime: string, out: QemuOutput, qmp: QmpChannel, log: Logger): Promise<QemuProcess> {
+    // A lost QMP connection is the first sign of an exit: look at once, not at the next poll.
+    let wake: (() => void) | undefined;
+    qmp.onDisconnect(() => wake?.());
     const exited = (async (): Promise<ExitInfo> => {
-      while ((await processStartTime(pid)) === startTime) await sleep(ADOPTED_POLL_MS);
+      while ((await processStartTime(pid)) === startTime) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, ADOPTED_POLL_MS);
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wake = undefined;
+      }
       return { code: null, signal: null };
     })();
     const tails = QemuProcess.tails(out, log);
@@ -197,6 +211,17 @@ export class QemuProcess {
   async stop(timeoutMs: number): Promise<{ info: ExitInfo; killed: boolean; via: 'qmp' | 'signal' }> {
     const deadline = Date.now() + timeoutMs;
     let via: 'qmp' | 'signal' = 'signal';
+    // A QEMU re-adopted a moment ago may not have reconnected yet (it retries every second):
+    // wait for it a little, since a signal may not reach it (root QEMU under sudo).
+    if (this.qmp && !this.qmp.isConnected && !this.hasExited) {
+      const timer = new AbortController();
+      await Promise.race([
+        this.qmp.whenConnected().catch(() => undefined),
+        this.exited,
+        sleep(Math.min(timeoutMs, RECONNECT_WAIT_MS), undefined, { signal: timer.signal }).catch(() => undefined),
+      ]);
+      timer.abort();
+    }
     if (this.qmp?.isConnected) {
       // QEMU answers quit and then exits; it may also exit before the answer is read.
       const asked = this.qmp.execute('quit', undefined, timeoutMs).then(
