@@ -31,6 +31,7 @@ export interface CvmInfo {
 
 export class VmManager {
   private stopping = false;
+  private readonly shutdownListeners = new Set<() => void>();
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly flavor: QemuFlavorCache;
   private readonly registry: VmRegistry;
@@ -71,6 +72,12 @@ export class VmManager {
   /** Every VM transition from now on (WatchVms); returns the unsubscribe function. */
   watch(fn: (e: VmEvent) => void): () => void {
     return this.registry.subscribe(fn);
+  }
+
+  /** Called once when the daemon begins to stop (WatchVms streams end then, not at the grace's end). */
+  onShutdown(fn: () => void): () => void {
+    this.shutdownListeners.add(fn);
+    return () => this.shutdownListeners.delete(fn);
   }
 
   private track<T>(p: Promise<T>): Promise<T> {
@@ -137,6 +144,8 @@ export class VmManager {
   beginShutdown(): void {
     this.stopping = true;
     this.registry.cancelTimers();
+    for (const fn of [...this.shutdownListeners]) fn();
+    this.shutdownListeners.clear();
   }
 
   /** Waits, at most graceMs, for operations in flight (CreateVm, RemoveVm, TTL removals). */

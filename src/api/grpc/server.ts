@@ -170,6 +170,7 @@ function watchVms(manager: VmManager, log: Logger, recorder: CallRecorder): Mana
       if (done) return;
       done = true;
       unsubscribe();
+      offShutdown();
       recorder.rpc('/manager.ManagerAdmin/WatchVms', code, Number(process.hrtime.bigint() - started) / 1e9);
     };
     const send = (e: VmEvent): void => {
@@ -188,6 +189,10 @@ function watchVms(manager: VmManager, log: Logger, recorder: CallRecorder): Mana
       queued = 0;
     });
     const unsubscribe = manager.watch(send);
+    const offShutdown = manager.onShutdown(() => {
+      finish('UNAVAILABLE');
+      call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the manager is shutting down; watch again once it is back' });
+    });
     call.on('cancelled', () => finish('CANCELLED'));
     call.on('close', () => finish('OK'));
     call.on('error', () => finish('CANCELLED'));
