@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { bindServer, createGrpcServer, serverCredentials, setServing } from '../api/grpc/server.js';
+import { bindGrpc, createGrpcServer, serverCredentials, setServing } from '../api/grpc/server.js';
 import { createHttpServer, type Lifecycle, listen } from '../api/http/server.js';
 import { loadTlsMaterial } from '../api/tls.js';
 import type { Config } from '../config/types.js';
@@ -71,27 +71,28 @@ export async function serveCommand(config: Config): Promise<void> {
 
   // Health answers (503) while the daemon recovers its VMs.
   const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls);
+  let httpPort: number;
   try {
-    await listen(httpServer, config.http.host, config.http.port);
+    httpPort = await listen(httpServer, config.http.host, config.http.port);
   } catch (err) {
     throw new StartupError(`cannot listen on MANAGER_HTTP_HOST:MANAGER_HTTP_PORT (${config.http.host || '*'}:${config.http.port}): ${(err as Error).message}`);
   }
-  log.info({ host: config.http.host || '*', port: config.http.port, tls: httpTls !== undefined }, 'HTTP endpoint listening');
+  log.info({ host: config.http.host || '*', port: httpPort, tls: httpTls !== undefined }, 'HTTP endpoint listening');
 
   const recovered = await manager.recover();
   log.info(recovered, 'state recovered');
 
   const { server, health } = createGrpcServer(manager, log, metrics);
-  const host = config.grpc.host === '' ? '0.0.0.0' : config.grpc.host;
-  const address = `${host.includes(':') ? `[${host}]` : host}:${config.grpc.port}`;
+  let bound: { address: string; port: number };
   try {
-    await bindServer(server, address, serverCredentials(grpcTls));
+    bound = await bindGrpc(server, config.grpc.host, config.grpc.port, serverCredentials(grpcTls));
   } catch (err) {
-    throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${address}): ${(err as Error).message}`);
+    const where = `${config.grpc.host || '*'}:${config.grpc.port}`;
+    throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${where}): ${(err as Error).message}`);
   }
   lifecycle = 'serving';
   setServing(health, true);
-  log.info({ address, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, startup_ms: Math.round(performance.now()) }, 'gRPC server listening');
+  log.info({ ...bound, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, startup_ms: Math.round(performance.now()) }, 'gRPC server listening');
   // After serving, so neither slows the start: the preflight is logged for the operator (the
   // host can be fixed while the daemon runs), and the process spawner is loaded ahead of the
   // first CreateVm.

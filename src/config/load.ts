@@ -3,13 +3,16 @@
  * A bad value becomes a ConfigError naming the variable, the value given and what is expected.
  */
 import { cleanEnv } from 'envalid';
+import { sizeInBytes } from '../util/size.js';
 import type { Config, ServerConfig } from './types.js';
 import {
   boolean,
   count,
   hexBytes,
+  listenPort,
   memorySize,
   oneOf,
+  onOff,
   port,
   portRange,
   positiveCount,
@@ -32,7 +35,7 @@ export class ConfigError extends Error {
 
 const serverSpecs = (prefix: string, defaultPort: number) => ({
   [`${prefix}HOST`]: text({ default: '' }),
-  [`${prefix}PORT`]: port({ default: defaultPort }),
+  [`${prefix}PORT`]: listenPort({ default: defaultPort }),
   [`${prefix}SERVER_CERT`]: text({ default: '' }),
   [`${prefix}SERVER_KEY`]: text({ default: '' }),
   [`${prefix}SERVER_CA_CERTS`]: text({ default: '' }),
@@ -71,7 +74,7 @@ export const SPECS = {
   [`${Q}OVMF_CODE_FORMAT`]: text({ default: 'raw' }),
   [`${Q}OVMF_CODE_UNIT`]: count({ default: 0 }),
   [`${Q}OVMF_CODE_FILE`]: text({ default: '/usr/share/OVMF/OVMF_CODE.fd' }),
-  [`${Q}OVMF_CODE_READONLY`]: oneOf(['on', 'off'] as const)({ default: 'on' }),
+  [`${Q}OVMF_CODE_READONLY`]: onOff({ default: 'on' }),
   [`${Q}OVMF_VERSION`]: text({ default: 'edk2-stable202408' }),
   [`${Q}OVMF_VARS_IF`]: text({ default: 'pflash' }),
   [`${Q}OVMF_VARS_FORMAT`]: text({ default: 'raw' }),
@@ -133,10 +136,6 @@ function isBase64Of32Bytes(s: string): boolean {
   return /^[A-Za-z0-9+/]{43}=$/.test(s) && Buffer.from(s, 'base64').length === 32;
 }
 
-function sizeInMiB(size: string): number {
-  const n = Number(size.slice(0, -1));
-  return n * { M: 1, G: 1024, T: 1024 * 1024 }[size.slice(-1) as 'M' | 'G' | 'T'];
-}
 
 export function loadConfig(rawEnv: Readonly<Record<string, string | undefined>>): Config {
   const env: Record<string, string | undefined> = {};
@@ -269,8 +268,10 @@ function checkCombinations(c: Config, env: Record<string, string | undefined>): 
   if (q.smpMaxCpus < q.smpCount) {
     throw describe(`${Q}SMP_MAXCPUS`, env[`${Q}SMP_MAXCPUS`], `expected at least ${Q}SMP_COUNT (${q.smpCount})`);
   }
-  if (sizeInMiB(q.maxMemory) < sizeInMiB(q.memorySize)) {
-    throw describe(`${Q}MAX_MEMORY`, q.maxMemory, `expected at least ${Q}MEMORY_SIZE (${q.memorySize})`);
+  // QEMU reads a bare -m size as MiB but a bare maxmem= as bytes; compare what QEMU will compare.
+  if (sizeInBytes(q.maxMemory, 'B')! < sizeInBytes(q.memorySize, 'M')!) {
+    const hint = /\d$/.test(q.maxMemory) ? ' (QEMU reads a bare maxmem number as bytes: add a suffix such as G)' : '';
+    throw describe(`${Q}MAX_MEMORY`, q.maxMemory, `expected at least ${Q}MEMORY_SIZE (${q.memorySize})${hint}`);
   }
   if (q.binPath.trim() === '') throw describe(`${Q}BIN_PATH`, q.binPath, 'expected a QEMU binary path or name');
   if (c.stateDir.trim() === '') throw describe('MANAGER_STATE_DIR', c.stateDir, 'expected a directory path');

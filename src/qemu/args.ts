@@ -3,6 +3,7 @@
  * Pure: configuration and per-VM values in, argv out. The binary is kept apart.
  */
 import type { QemuConfig } from '../config/types.js';
+import { withExplicitUnit } from '../util/size.js';
 
 /** What differs between two VMs started from the same configuration. */
 export interface VmLaunch {
@@ -59,7 +60,7 @@ export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
 
   if (q.enableSevSnp) {
     args.push('-machine', `confidential-guest-support=${e(q.sevSnp.id)},memory-backend=${e(q.memId)},igvm-cfg=${e(q.igvmId)}`);
-    args.push('-object', `memory-backend-memfd,id=${e(q.memId)},size=${q.memorySize},share=true,prealloc=false`);
+    args.push('-object', `memory-backend-memfd,id=${e(q.memId)},size=${withExplicitUnit(q.memorySize)},share=true,prealloc=false`);
     const hostData = q.enableHostData ? `,host-data=${q.hostData}` : '';
     args.push(
       '-object',
@@ -78,7 +79,7 @@ export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
       }),
     );
     args.push('-machine', `confidential-guest-support=${e(q.tdxId)},memory-backend=${e(q.memId)},hpet=off`);
-    args.push('-object', `memory-backend-memfd,id=${e(q.memId)},size=${q.memorySize},share=true,prealloc=false`);
+    args.push('-object', `memory-backend-memfd,id=${e(q.memId)},size=${withExplicitUnit(q.memorySize)},share=true,prealloc=false`);
     args.push('-bios', q.ovmfFile);
     args.push('-nodefaults');
   }

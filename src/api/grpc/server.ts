@@ -206,3 +206,22 @@ export function bindServer(server: grpc.Server, address: string, creds: grpc.Ser
     server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
   });
 }
+
+/**
+ * Binds host:port (port 0 picks a free one) and says where. An empty host means every interface,
+ * as Go's ":port" does: `[::]` dual-stack, or 0.0.0.0 on a host without IPv6.
+ */
+export async function bindGrpc(
+  server: grpc.Server,
+  host: string,
+  port: number,
+  creds: grpc.ServerCredentials,
+): Promise<{ address: string; port: number }> {
+  const at = (h: string) => `${h.includes(':') ? `[${h}]` : h}:${port}`;
+  if (host !== '') return { address: at(host), port: await bindServer(server, at(host), creds) };
+  try {
+    return { address: at('::'), port: await bindServer(server, at('::'), creds) };
+  } catch {
+    return { address: at('0.0.0.0'), port: await bindServer(server, at('0.0.0.0'), creds) };
+  }
+}
