@@ -2,11 +2,12 @@
 // caller's traceparent, with children for the steps of CreateVm; an unreachable collector costs
 // the RPCs nothing and is logged once.
 import { test } from 'node:test';
+import net from 'node:net';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { Daemon, call, fakeQemuEnv, freePort, tmpDir, waitFor } from './daemon.mjs';
+import { Daemon, call, fakeQemuEnv, listenOnFreePort, tmpDir, waitFor } from './daemon.mjs';
 
 function otlpReceiver() {
   const spans = [];
@@ -37,8 +38,7 @@ function callWithMetadata(client, method, req, metadata) {
 
 test('CreateVm gives one server span continuing the traceparent, with the four step spans as children', async () => {
   const rx = otlpReceiver();
-  const port = await freePort();
-  await new Promise((r) => rx.server.listen(port, '127.0.0.1', r));
+  const port = await listenOnFreePort(rx.server);
   const d = await Daemon.start(fakeQemuEnv(tmpDir(), { COCOS_JAEGER_URL: `http://127.0.0.1:${port}`, COCOS_JAEGER_TRACE_RATIO: '1', MANAGER_INSTANCE_ID: 'trace-host' }));
   const client = d.client();
   try {
@@ -68,7 +68,9 @@ test('CreateVm gives one server span continuing the traceparent, with the four s
 });
 
 test('an unreachable collector costs the calls nothing and is logged once', async () => {
-  const dead = await freePort();
+  // A collector that accepts and drops every connection: it stays bound, so no port is raced for.
+  const dropper = net.createServer((sock) => sock.destroy());
+  const dead = await listenOnFreePort(dropper);
   const d = await Daemon.start(fakeQemuEnv(tmpDir(), { COCOS_JAEGER_URL: `http://127.0.0.1:${dead}`, COCOS_JAEGER_TRACE_RATIO: '1' }));
   const client = d.client();
   try {
@@ -84,5 +86,6 @@ test('an unreachable collector costs the calls nothing and is logged once', asyn
   } finally {
     client.close();
     await d.stop();
+    dropper.close();
   }
 });

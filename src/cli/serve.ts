@@ -15,6 +15,7 @@ import { IgvmMeasurer } from '../manager/igvm-measurement.js';
 import { PortPool } from '../manager/port-pool.js';
 import { preloadSpawner } from '../vm/spawner.js';
 import { tcpPortIsFree } from '../manager/port-probe.js';
+import { lockStateDir } from '../host/state-dir-lock.js';
 import { VmManager } from '../manager/vm-manager.js';
 import { readBuildInfo } from '../telemetry/build-info.js';
 import { createLogger } from '../telemetry/logger.js';
@@ -51,6 +52,7 @@ export async function serveCommand(config: Config): Promise<void> {
   const pcrs = loadPcrValues(config.pcrValuesFile);
   const signingKey = loadSigningKey(config.corimSigningKey);
   await prepareStateDir(config.stateDir);
+  const stateLock = await lockStateDir(config.stateDir);
 
   const instanceId = config.instanceId || randomUUID();
   const log = createLogger(config.logLevel, instanceId);
@@ -58,6 +60,7 @@ export async function serveCommand(config: Config): Promise<void> {
   const tracing = await startTracing({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio, instanceId, version: build.version, log });
   let lifecycle: Lifecycle = 'starting';
 
+  stateLock.onLost(() => log.error({ lock: stateLock.file }, 'the state directory lock was lost (its flock process was killed): another daemon could now start on this MANAGER_STATE_DIR; restart this one'));
   log.info({ command: templateCommandLine(config), version: build.version, commit: build.commit }, 'QEMU template command line');
   const ports = new PortPool(config.qemu.hostFwdRange, tcpPortIsFree);
   const measurer = new IgvmMeasurer(config.attestationPolicyBinaryPath, config.attestation.measureTimeoutMs);

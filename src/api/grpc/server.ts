@@ -217,11 +217,15 @@ export async function bindGrpc(
   port: number,
   creds: grpc.ServerCredentials,
 ): Promise<{ address: string; port: number }> {
-  const at = (h: string) => `${h.includes(':') ? `[${h}]` : h}:${port}`;
-  if (host !== '') return { address: at(host), port: await bindServer(server, at(host), creds) };
+  const at = (h: string, p = port) => `${h.includes(':') ? `[${h}]` : h}:${p}`;
+  const bindAt = async (h: string) => {
+    const bound = await bindServer(server, at(h), creds);
+    return { address: at(h, bound), port: bound };
+  };
+  if (host !== '') return bindAt(host);
   try {
-    return { address: at('::'), port: await bindServer(server, at('::'), creds) };
+    return await bindAt('::');
   } catch {
-    return { address: at('0.0.0.0'), port: await bindServer(server, at('0.0.0.0'), creds) };
+    return bindAt('0.0.0.0');
   }
 }
