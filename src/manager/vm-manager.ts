@@ -10,7 +10,7 @@ import { buildQemuArgs, kernelCommandLine, qemuCommand } from '../qemu/args.js';
 import { type CreateReqInput, RequestError, validateCreateReq, validateVmId } from '../request/create-request.js';
 import { shellCommandLine } from '../util/shell-quote.js';
 import { type ExitInfo, QemuProcess } from '../vm/qemu-process.js';
-import { createVmDir, removeVmDir, type VmPaths, vmPaths } from '../vm/vm-dir.js';
+import { createVmDir, removeVmDir, VarsTemplateError, type VmPaths, vmPaths } from '../vm/vm-dir.js';
 import { type VmRecord, writeRecordAtomically } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
 import { inSpan } from '../telemetry/spans.js';
@@ -410,6 +410,8 @@ function describeExit(info: ExitInfo): string {
 }
 
 function fileError(err: unknown, dir: string): ManagerError {
+  if (err instanceof VarsTemplateError) return new ManagerError('failed-precondition', err.message);
   const e = err as NodeJS.ErrnoException;
-  return new ManagerError('internal', `could not write the VM's files in ${dir}: ${e.code ?? ''} ${e.message ?? String(err)}`.trim());
+  // Node's message already starts with the code ("ENOENT: no such file..."): say it once.
+  return new ManagerError('internal', `could not write the VM's files in ${dir}: ${e.message ?? String(err)}`);
 }
