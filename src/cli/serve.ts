@@ -43,6 +43,14 @@ async function prepareStateDir(dir: string): Promise<void> {
   }
 }
 
+/** What a stop may take: calls in flight (a CreateVm takes up to the start timeout), then removals in flight, then traces. */
+export const STOP_GRACE_EXTRA_MS = 5_000;
+export const STOP_DRAIN_MS = 5_000;
+export const STOP_TRACES_MS = 2_000;
+export function longestStopMs(startTimeoutMs: number): number {
+  return startTimeoutMs + STOP_GRACE_EXTRA_MS + STOP_DRAIN_MS + STOP_TRACES_MS;
+}
+
 export async function serveCommand(config: Config): Promise<void> {
   const mark = (what: string) => process.env.COCOS_STARTUP_TRACE && process.stderr.write(`${what} ${performance.now().toFixed(0)}\n`);
   mark('serve');
@@ -111,7 +119,7 @@ export async function serveCommand(config: Config): Promise<void> {
     lifecycle = 'stopping';
     setServing(health, false);
     // CreateVm may legitimately take the whole start timeout; let it finish, then no longer.
-    const graceMs = config.startTimeoutMs + 5_000;
+    const graceMs = config.startTimeoutMs + STOP_GRACE_EXTRA_MS;
     log.info({ signal, grace_ms: graceMs }, 'stopping: no new calls, VMs keep running');
     const callsDone = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
     const graceOver = new Promise<void>((resolve) => setTimeout(resolve, graceMs).unref());
@@ -119,9 +127,9 @@ export async function serveCommand(config: Config): Promise<void> {
       manager.beginShutdown();
       await Promise.race([callsDone, graceOver]);
       server.forceShutdown();
-      await manager.drain(5_000);
+      await manager.drain(STOP_DRAIN_MS);
       httpServer.close();
-      await Promise.race([tracing.shutdown(), new Promise((r) => setTimeout(r, 2_000))]);
+      await Promise.race([tracing.shutdown(), new Promise((r) => setTimeout(r, STOP_TRACES_MS))]);
     })()
       .catch((err) => log.error({ err: String(err) }, 'error while stopping'))
       .finally(() => {

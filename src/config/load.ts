@@ -7,6 +7,7 @@ import { sizeInBytes } from '../util/size.js';
 import type { Config, ServerConfig } from './types.js';
 import {
   boolean,
+  boundedDuration,
   count,
   hexBytes,
   listenPort,
@@ -22,6 +23,8 @@ import {
   uint32,
   uint64,
 } from './validators.js';
+
+export const MAX_START_TIMEOUT_MS = 5 * 60_000;
 
 export class ConfigError extends Error {
   constructor(
@@ -104,7 +107,8 @@ export const SPECS = {
   [`${Q}NO_GRAPHIC`]: boolean({ default: true }),
   [`${Q}MONITOR`]: text({ default: 'pty' }),
   MANAGER_STATE_DIR: text({ default: '/var/lib/cocos-manager' }),
-  MANAGER_QEMU_START_TIMEOUT: positiveDuration({ default: 10_000 }),
+  // At most 5m: the systemd unit's TimeoutStopSec is sized for the longest stop this allows.
+  MANAGER_QEMU_START_TIMEOUT: boundedDuration(MAX_START_TIMEOUT_MS, '5m')({ default: 10_000 }),
   MANAGER_QEMU_STOP_TIMEOUT: positiveDuration({ default: 30_000 }),
   MANAGER_ATTESTATION_POLICY_FORMAT: oneOf(['corim', 'json'] as const)({ default: 'corim' }),
   MANAGER_IGVMMEASURE_TIMEOUT: positiveDuration({ default: 30_000 }),

@@ -98,6 +98,21 @@ export const positiveDuration = makeValidator<number>((input) => {
   return ms;
 });
 
+/** A positive Go duration no longer than `maxMs` (a bound other settings, e.g. the unit's stop timeout, rely on). */
+export function boundedDuration(maxMs: number, maxText: string) {
+  return makeValidator<number>((input) => {
+    const expected = `expected a positive Go duration of at most ${maxText}, like 300ms, 10s or 1m30s`;
+    let ms: number;
+    try {
+      ms = parseGoDuration(input.trim());
+    } catch {
+      throw new Error(expected);
+    }
+    if (!(ms > 0) || ms > maxMs) throw new Error(expected);
+    return ms;
+  });
+}
+
 export function oneOf<T extends string>(choices: readonly T[]) {
   return makeValidator<T>((input) => {
     const v = input.trim();
