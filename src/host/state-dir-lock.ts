@@ -2,8 +2,10 @@
  * One daemon per state directory. Two daemons on one MANAGER_STATE_DIR would both re-adopt and
  * signal the same QEMUs, so the daemon holds an exclusive flock(2) on <state>/manager.lock for its
  * whole life. Node has no flock, so util-linux's flock(1) takes it and keeps it in a child that
- * lives exactly as long as the daemon: the child waits for EOF on a pipe from the daemon, which
- * the kernel closes when the daemon dies, even by SIGKILL. A crashed daemon leaves no stale lock.
+ * lives exactly as long as the daemon: the child (cat) waits for EOF on a pipe from the daemon,
+ * which the kernel closes when the daemon dies, even by SIGKILL. A crashed daemon leaves no stale
+ * lock. node:child_process, not execa: a fixed argv with no shell, and execa's import would cost
+ * the start ~140 ms (see vm/spawner.ts).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -37,11 +39,14 @@ function isRunning(pid: number): boolean {
   }
 }
 
-/** Runs flock(1) and resolves once it holds the lock, or with the reason it does not. */
+/**
+ * Runs flock(1) and resolves once it holds the lock, or with the reason it does not. flock runs
+ * cat only once it holds the lock, so a byte that cat echoes back proves the lock is ours.
+ */
 function takeWithFlock(file: string, waitSeconds: number): Promise<{ child: ChildProcess } | { conflict: true } | { error: string }> {
   return new Promise((resolve) => {
     const mode = waitSeconds > 0 ? ['--timeout', String(waitSeconds)] : ['--nonblock'];
-    const child = spawn('flock', [...mode, '--conflict-exit-code', String(CONFLICT), file, 'sh', '-c', 'echo locked && exec cat >/dev/null'], {
+    const child = spawn('flock', [...mode, '--conflict-exit-code', String(CONFLICT), file, 'cat'], {
       stdio: ['pipe', 'pipe', 'pipe'],
       detached: true, // a Ctrl-C to the daemon's terminal must not release the lock before the daemon is done
     });
@@ -49,18 +54,20 @@ function takeWithFlock(file: string, waitSeconds: number): Promise<{ child: Chil
     let err = '';
     const onData = (d: Buffer) => {
       out += d.toString();
-      if (out.includes('locked')) {
+      if (out.includes('\n')) {
         child.stdout!.off('data', onData);
         child.removeListener('exit', onExit);
         resolve({ child });
       }
     };
     const onExit = (code: number | null) =>
-      resolve(code === CONFLICT ? { conflict: true } : { error: err.trim() || `flock exited with ${code}` });
+      resolve(code === CONFLICT ? { conflict: true } : { error: err.trim().split('\n').pop() || `flock exited with ${code}` });
     child.stdout!.on('data', onData);
     child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
     child.once('exit', onExit);
     child.once('error', (e) => resolve({ error: `cannot run flock(1) (util-linux): ${e.message}` }));
+    child.stdin!.on('error', () => undefined); // flock exited (conflict) before reading: its exit says why
+    child.stdin!.write('\n');
   });
 }
 
