@@ -55,7 +55,7 @@ install-files:
 	install -d -m 0755 $(DESTDIR)$(PREFIX) $(DESTDIR)/etc/systemd/system $(DESTDIR)/usr/local/bin
 	install -d -m 0750 $(DESTDIR)/etc/cocos
 	rm -rf $(DESTDIR)$(PREFIX)/dist
-	cp -r dist proto package.json package-lock.json README.md $(DESTDIR)$(PREFIX)/
+	cp -r dist proto docs package.json package-lock.json README.md $(DESTDIR)$(PREFIX)/
 	cd $(DESTDIR)$(PREFIX) && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error
 	sed 's|/opt/cocos-manager|$(PREFIX)|g' systemd/cocos-manager.service > $(DESTDIR)/etc/systemd/system/cocos-manager.service
 	chmod 0644 $(DESTDIR)/etc/systemd/system/cocos-manager.service

@@ -47,7 +47,7 @@ const serverSpecs = (prefix: string, defaultPort: number) => ({
 
 const Q = 'MANAGER_QEMU_';
 
-/** Every variable, its shape and its default: the table of configuration.md. */
+/** Every variable, its shape and its default: the tables of docs/configuration.md. */
 export const SPECS = {
   MANAGER_LOG_LEVEL: oneOf(['debug', 'info', 'warn', 'error'] as const)({ default: 'info' }),
   MANAGER_INSTANCE_ID: text({ default: '' }),

@@ -1,5 +1,5 @@
 /**
- * envalid validators for the value shapes of configuration.md. Each throws an Error whose
+ * envalid validators for the value shapes of docs/configuration.md. Each throws an Error whose
  * message says what was expected; the loader adds the variable name and the given value.
  */
 import { makeValidator } from 'envalid';

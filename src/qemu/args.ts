@@ -1,5 +1,5 @@
 /**
- * The QEMU argument vector, exactly as shared/spec/qemu-argv.md orders and shapes it.
+ * The QEMU argument vector, ordered and shaped as docs/qemu-argv.md explains (the Go manager's).
  * Pure: configuration and per-VM values in, argv out. The binary is kept apart.
  */
 import type { QemuConfig } from '../config/types.js';
