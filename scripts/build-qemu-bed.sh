@@ -32,7 +32,9 @@ unavailable() {
 # The wrapper: QEMU looks for its modules in the path it was built with, where the host's own
 # QEMU keeps modules from another build (QEMU_MODULE_DIR is not honoured), so the tree's module
 # directory is bind-mounted over that path in a private mount namespace. Every step execs in
-# place, so the PID the caller sees is QEMU's.
+# place, so the PID the caller sees is QEMU's. The libraries go in LD_LIBRARY_PATH rather than
+# --library-path so that QEMU's path is the second word of /proc/<pid>/cmdline, where the
+# daemon's recovery looks for the binary's name (as it does behind sudo).
 write_wrapper() {
   local tmp=$WRAPPER.tmp
   cat >"$tmp" <<EOF
@@ -45,8 +47,9 @@ if [ "\$(id -u)" = 0 ]; then U=; else U=--map-root-user; fi
 exec unshare --mount --propagation private \$U sh -c '
   T=\$1; M=\$2; shift 2
   if [ -d "\$M" ]; then mount --bind "\$T\$M" "\$M" || exit 125; fi
-  exec "\$T/lib64/ld-linux-x86-64.so.2" --library-path "\$T/lib/x86_64-linux-gnu:\$T/usr/lib/x86_64-linux-gnu" \\
-    "\$T/usr/bin/qemu-system-x86_64" -L "\$T/usr/share/qemu" "\$@"' qemu-system-x86_64 "\$T" "\$M" "\$@"
+  export LD_LIBRARY_PATH="\$T/lib/x86_64-linux-gnu:\$T/usr/lib/x86_64-linux-gnu"
+  exec "\$T/lib64/ld-linux-x86-64.so.2" "\$T/usr/bin/qemu-system-x86_64" -L "\$T/usr/share/qemu" "\$@"' \\
+  qemu-system-x86_64 "\$T" "\$M" "\$@"
 EOF
   chmod 0755 "$tmp"
   if cmp -s "$tmp" "$WRAPPER"; then rm -f "$tmp"; else mv "$tmp" "$WRAPPER"; fi
