@@ -34,7 +34,8 @@ unavailable() {
 # directory is bind-mounted over that path in a private mount namespace. Every step execs in
 # place, so the PID the caller sees is QEMU's. The libraries go in LD_LIBRARY_PATH rather than
 # --library-path so that QEMU's path is the second word of /proc/<pid>/cmdline, where the
-# daemon's recovery looks for the binary's name (as it does behind sudo).
+# daemon's recovery looks for the binary's name (as it does behind sudo); the daemon's vectors
+# make QEMU start no helper program the variable could reach.
 write_wrapper() {
   local tmp=$WRAPPER.tmp
   cat >"$tmp" <<EOF
