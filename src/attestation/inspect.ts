@@ -57,6 +57,12 @@ const WHEN: Record<string, string> = {
 
 const hexOf = (v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('hex') : String(v));
 
+/** A field of a decoded CBOR map (a Map, or a plain object when all its keys are text). */
+function field(m: unknown, key: string): unknown {
+  if (m instanceof Map) return m.get(key);
+  return m !== null && typeof m === 'object' && !Array.isArray(m) ? (m as Record<string, unknown>)[key] : undefined;
+}
+
 function pinsOfComids(comids: Map<unknown, unknown>[]): Pins {
   const pins: Pins = { asserts: [] };
   for (const comid of comids) {
@@ -69,13 +75,14 @@ function pinsOfComids(comids: Map<unknown, unknown>[]): Pins {
       }
     }
     const launch = comid.get(LAUNCH_INPUTS_KEY);
-    if (launch instanceof Map) {
-      pins.pinned = WHEN[String(launch.get('pinned'))] ?? String(launch.get('pinned'));
-      const files = launch.get('files');
-      pins.fromFiles = (Array.isArray(files) ? files : []).map((f: Map<string, unknown>) => ({
-        role: String(f.get('role')),
-        path: String(f.get('path')),
-        sha384: hexOf((f.get('digest') as unknown[] | undefined)?.[1]),
+    if (launch !== undefined) {
+      const pinned = String(field(launch, 'pinned'));
+      pins.pinned = WHEN[pinned] ?? pinned;
+      const files = field(launch, 'files');
+      pins.fromFiles = (Array.isArray(files) ? files : []).map((f: unknown) => ({
+        role: String(field(f, 'role')),
+        path: String(field(f, 'path')),
+        sha384: hexOf((field(f, 'digest') as unknown[] | undefined)?.[1]),
       }));
     }
   }
