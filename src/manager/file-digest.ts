@@ -35,7 +35,8 @@ export async function identityOf(file: string): Promise<FileIdentity> {
   return identity(await fs.stat(file, { bigint: true }));
 }
 
-const CHUNK = 1 << 20;
+// 256 KiB: as fast as larger reads, and each hash step holds the event loop ~0.5 ms.
+const CHUNK = 256 << 10;
 
 export async function hashFile(file: string): Promise<HashedFile> {
   const fh = await fs.open(file, 'r');
