@@ -41,10 +41,11 @@ export class LaunchPinner {
 
   /** Pins the launch inputs of a VM about to be started (its record carries the command). */
   async atCreate(record: VmRecord, log: Logger): Promise<PendingPin> {
-    const { pin, hashed } = await this.take(record, 'create', log);
+    const { pin, hashed, measured } = await this.take(record, 'create', log);
     return {
       pin,
       confirm: async () => {
+        await measured; // igvmmeasure ran while QEMU started
         for (const { input, file } of hashed) {
           try {
             await assertUnchanged(file);
@@ -67,7 +68,9 @@ export class LaunchPinner {
   async atAdoption(record: VmRecord, log: Logger, save: () => Promise<void>): Promise<void> {
     if (record.pinned) return;
     try {
-      record.pinned = (await this.take(record, 'adoption', log)).pin;
+      const { pin, measured } = await this.take(record, 'adoption', log);
+      await measured;
+      record.pinned = pin;
       await save();
       log.warn(
         { pinned: record.pinned },
@@ -103,7 +106,15 @@ export class LaunchPinner {
     return digest;
   }
 
-  private async take(record: VmRecord, takenAt: LaunchPin['takenAt'], log: Logger): Promise<{ pin: LaunchPin; hashed: { input: LaunchInput; file: HashedFile }[] }> {
+  /**
+   * Hashes the launch files; `measured` settles (never rejects) once the SNP launch digest or
+   * the reason there is none is in the pin, so igvmmeasure can run while QEMU starts.
+   */
+  private async take(
+    record: VmRecord,
+    takenAt: LaunchPin['takenAt'],
+    log: Logger,
+  ): Promise<{ pin: LaunchPin; hashed: { input: LaunchInput; file: HashedFile }[]; measured: Promise<void> }> {
     const inputs = launchInputs(record.command);
     type Result = { input: LaunchInput; file: HashedFile; error: null } | { input: LaunchInput; file: null; error: string };
     const results = await Promise.all(
@@ -121,23 +132,25 @@ export class LaunchPinner {
       if (f.error) log.warn({ role: f.role, path: f.path, setting: SETTING[f.role] }, `cannot hash a launch file, its digest is not pinned: ${f.error}`);
     }
 
-    let snpLaunchMeasurement: string | null = null;
-    let measurementError: string | null = null;
+    const pin: LaunchPin = { takenAt, at: new Date().toISOString(), files, snpLaunchMeasurement: null, measurementError: null };
+    let measured = Promise.resolve();
     if (record.launch.kind === 'sev-snp') {
       const igvm = hashed.find((h) => h.input.role === 'igvm');
       const unread = files.find((f) => f.role === 'igvm');
       if (!igvm) {
-        measurementError = unread ? `cannot read the IGVM file ${JSON.stringify(unread.path)} (MANAGER_QEMU_IGVM_FILE): ${unread.error}` : 'QEMU was given no IGVM file';
+        pin.measurementError = unread ? `cannot read the IGVM file ${JSON.stringify(unread.path)} (MANAGER_QEMU_IGVM_FILE): ${unread.error}` : 'QEMU was given no IGVM file';
       } else {
-        try {
-          snpLaunchMeasurement = Buffer.from(await this.measurer.measureContent(igvm.file)).toString('hex');
-        } catch (err) {
-          measurementError = reason(err);
-          log.warn({ err: measurementError }, 'igvmmeasure failed: no launch measurement is pinned, the VM runs but its attestation policy needs the IGVM file unchanged');
-        }
+        measured = this.measurer.measureContent(igvm.file).then(
+          (digest) => {
+            pin.snpLaunchMeasurement = Buffer.from(digest).toString('hex');
+          },
+          (err: unknown) => {
+            pin.measurementError = reason(err);
+            log.warn({ err: pin.measurementError }, 'igvmmeasure failed: no launch measurement is pinned; the VM runs, but its attestation policy needs the IGVM file unchanged');
+          },
+        );
       }
     }
-    const pin: LaunchPin = { takenAt, at: new Date().toISOString(), files, snpLaunchMeasurement, measurementError };
-    return { pin, hashed };
+    return { pin, hashed, measured };
   }
 }

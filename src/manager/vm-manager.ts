@@ -171,7 +171,7 @@ export class VmManager {
           igvmFile: q.enableSevSnp ? q.igvmFile : null,
         },
       };
-      const pinning = await this.policies?.pinner.atCreate(record, log);
+      const pinning = await inSpan('pin-launch', async () => this.policies?.pinner.atCreate(record, log));
       record.pinned = pinning?.pin;
       // No record is written before QEMU is up: a daemon that dies in between leaves a directory
       // without one, and the next start kills the QEMU that names it and removes it (recover()).
