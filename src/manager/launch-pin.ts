@@ -71,14 +71,17 @@ export class LaunchPinner {
       const { pin, measured } = await this.take(record, 'adoption', log);
       await measured;
       record.pinned = pin;
-      await save();
-      log.warn(
-        { pinned: record.pinned },
-        'this VM was launched before launch measurements were pinned: its launch files were hashed and measured now, after the launch, so its attestation policy holds them to the files as they are at adoption',
-      );
     } catch (err) {
       log.error({ err: reason(err) }, 'could not pin the launch measurements of a re-adopted VM: its attestation policy will be refused');
+      return;
     }
+    log.warn(
+      { pinned: record.pinned },
+      'this VM was launched before launch measurements were pinned: its launch files were hashed and measured now, after the launch, so its attestation policy holds them to the files as they are at adoption',
+    );
+    await save().catch((err: unknown) =>
+      log.error({ err: reason(err) }, 'could not write the pinned values to the VM record: they will be measured again at the next start'),
+    );
   }
 
   /** The SNP launch digest of the VM's pinned IGVM content. */
@@ -93,7 +96,7 @@ export class LaunchPinner {
     // now, but only if the file still holds exactly that content.
     let now: HashedFile;
     try {
-      now = await hashFile(igvm.path);
+      now = await hashFile(path.resolve(igvm.path));
     } catch (err) {
       return refuse(`${pin.measurementError}; and the IGVM file ${JSON.stringify(igvm.path)} cannot be read now (${reason(err)})`);
     }
