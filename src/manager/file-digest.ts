@@ -38,22 +38,49 @@ export async function identityOf(file: string): Promise<FileIdentity> {
 // 256 KiB: as fast as larger reads, and each hash step holds the event loop ~0.5 ms.
 const CHUNK = 256 << 10;
 
-export async function hashFile(file: string): Promise<HashedFile> {
+/** A file opened for hashing: its identity when it was opened, and its digest to come. */
+export interface HashingFile {
+  path: string;
+  identity: FileIdentity;
+  /** Rejects with FileChangedError if the file changed while it was read. */
+  sha384: Promise<string>;
+}
+
+/**
+ * Opens the file and takes its identity now; the digest follows, read as a stream. A caller
+ * can start something that reads the same file meanwhile and check the identity afterwards.
+ */
+export async function startHashing(file: string): Promise<HashingFile> {
   const fh = await fs.open(file, 'r');
+  let before: FileIdentity;
   try {
-    const before = identity(await fh.stat({ bigint: true }));
-    const hash = createHash('sha384');
-    for await (const chunk of fh.createReadStream({ start: 0, highWaterMark: CHUNK, autoClose: false })) hash.update(chunk as Buffer);
-    const after = identity(await fh.stat({ bigint: true }));
-    if (!sameIdentity(before, after)) throw new FileChangedError(`${file} changed while it was being hashed`);
-    return { path: file, sha384: hash.digest('hex'), identity: before };
-  } finally {
+    before = identity(await fh.stat({ bigint: true }));
+  } catch (err) {
     await fh.close();
+    throw err;
   }
+  const sha384 = (async () => {
+    try {
+      const hash = createHash('sha384');
+      for await (const chunk of fh.createReadStream({ start: 0, highWaterMark: CHUNK, autoClose: false })) hash.update(chunk as Buffer);
+      const after = identity(await fh.stat({ bigint: true }));
+      if (!sameIdentity(before, after)) throw new FileChangedError(`${file} changed while it was being hashed`);
+      return hash.digest('hex');
+    } finally {
+      await fh.close();
+    }
+  })();
+  sha384.catch(() => undefined); // the caller sees the rejection; nothing is left unhandled if it never looks
+  return { path: file, identity: before, sha384 };
+}
+
+export async function hashFile(file: string): Promise<HashedFile> {
+  const h = await startHashing(file);
+  return { path: file, sha384: await h.sha384, identity: h.identity };
 }
 
 /** Throws FileChangedError unless `file` is still the file that was hashed, untouched. */
-export async function assertUnchanged(h: HashedFile): Promise<void> {
+export async function assertUnchanged(h: Pick<HashedFile, 'path' | 'identity'>): Promise<void> {
   let now: FileIdentity;
   try {
     now = await identityOf(h.path);

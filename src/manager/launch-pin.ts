@@ -4,9 +4,9 @@
  * QEMU command line loads into the guest (IGVM, firmware, kernel, initramfs) and, for SEV-SNP,
  * igvmmeasure's launch digest of that IGVM content.
  *
- * At CreateVm the files are hashed before QEMU starts and checked to be untouched once QEMU is
- * ready (its main loop runs only after it has loaded them), so the digests are of the bytes QEMU
- * read. Pinning never blocks a launch: a file the daemon cannot read (QEMU may run as root under
+ * At CreateVm the files are opened, and their identities taken, before QEMU starts; they are
+ * hashed (and measured) while QEMU starts, and checked untouched once QEMU is ready (its main
+ * loop runs only after it has loaded them), so the digests are of the bytes QEMU read. Pinning never blocks a launch: a file the daemon cannot read (QEMU may run as root under
  * sudo) or a failing igvmmeasure is recorded, and the VM's policy is refused with that reason.
  */
 import path from 'node:path';
@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import { type LaunchInput, launchInputs } from '../qemu/launch-inputs.js';
 import type { LaunchPin, PinnedFile, VmRecord } from '../vm/vm-record.js';
 import { ManagerError } from './errors.js';
-import { assertUnchanged, FileChangedError, type HashedFile, hashFile } from './file-digest.js';
+import { assertUnchanged, FileChangedError, type HashedFile, type HashingFile, hashFile, startHashing } from './file-digest.js';
 import type { IgvmMeasurer } from './igvm-measurement.js';
 
 /** A pin taken at CreateVm, to be confirmed once QEMU has loaded its files. */
@@ -41,12 +41,13 @@ export class LaunchPinner {
 
   /** Pins the launch inputs of a VM about to be started (its record carries the command). */
   async atCreate(record: VmRecord, log: Logger): Promise<PendingPin> {
-    const { pin, hashed, measured } = await this.take(record, 'create', log);
+    const { pin, opened, measured } = await this.take(record, 'create', log);
     return {
       pin,
       confirm: async () => {
-        await measured; // igvmmeasure ran while QEMU started
-        for (const { input, file } of hashed) {
+        await measured; // hashing and igvmmeasure ran while QEMU started
+        // Unchanged from before QEMU started until now: QEMU read the bytes that were hashed.
+        for (const { input, file } of opened) {
           try {
             await assertUnchanged(file);
           } catch (err) {
@@ -110,50 +111,60 @@ export class LaunchPinner {
   }
 
   /**
-   * Hashes the launch files; `measured` settles (never rejects) once the SNP launch digest or
-   * the reason there is none is in the pin, so igvmmeasure can run while QEMU starts.
+   * Opens the launch files and takes their identities before anything else can read them, then
+   * hashes them and (SEV-SNP) measures the IGVM content while the caller goes on, so hashing and
+   * igvmmeasure overlap QEMU's start. `measured` settles (never rejects) once the pin is complete;
+   * `opened` are the files whose identities confirm() compares.
    */
   private async take(
     record: VmRecord,
     takenAt: LaunchPin['takenAt'],
     log: Logger,
-  ): Promise<{ pin: LaunchPin; hashed: { input: LaunchInput; file: HashedFile }[]; measured: Promise<void> }> {
+  ): Promise<{ pin: LaunchPin; opened: { input: LaunchInput; file: HashingFile }[]; measured: Promise<void> }> {
     const inputs = launchInputs(record.command);
-    type Result = { input: LaunchInput; file: HashedFile; error: null } | { input: LaunchInput; file: null; error: string };
+    type Opened = { input: LaunchInput; file: HashingFile; error: null } | { input: LaunchInput; file: null; error: string };
     const results = await Promise.all(
-      inputs.map(async (input): Promise<Result> => {
+      inputs.map(async (input): Promise<Opened> => {
         try {
-          return { input, file: await hashFile(path.resolve(input.path)), error: null };
+          return { input, file: await startHashing(path.resolve(input.path)), error: null };
         } catch (err) {
           return { input, file: null, error: reason(err) };
         }
       }),
     );
-    const files: PinnedFile[] = results.map((r) => ({ role: r.input.role, path: r.input.path, sha384: r.file?.sha384 ?? null, error: r.error }));
-    const hashed = results.flatMap((r) => (r.file ? [{ input: r.input, file: r.file }] : []));
-    for (const f of files) {
-      if (f.error) log.warn({ role: f.role, path: f.path, setting: SETTING[f.role] }, `cannot hash a launch file, its digest is not pinned: ${f.error}`);
-    }
-
+    const files: PinnedFile[] = results.map((r) => ({ role: r.input.role, path: r.input.path, sha384: null, error: r.error }));
     const pin: LaunchPin = { takenAt, at: new Date().toISOString(), files, snpLaunchMeasurement: null, measurementError: null };
-    let measured = Promise.resolve();
-    if (record.launch.kind === 'sev-snp') {
-      const igvm = hashed.find((h) => h.input.role === 'igvm');
+    const opened = results.flatMap((r) => (r.file ? [{ input: r.input, file: r.file }] : []));
+
+    const measured = (async () => {
+      let igvm: HashedFile | undefined;
+      await Promise.all(
+        results.map(async (r, i) => {
+          if (!r.file) return;
+          try {
+            files[i]!.sha384 = await r.file.sha384;
+            if (r.input.role === 'igvm') igvm = { path: r.file.path, identity: r.file.identity, sha384: files[i]!.sha384! };
+          } catch (err) {
+            files[i]!.error = reason(err);
+          }
+        }),
+      );
+      for (const f of files) {
+        if (f.error) log.warn({ role: f.role, path: f.path, setting: SETTING[f.role] }, `cannot hash a launch file, its digest is not pinned: ${f.error}`);
+      }
+      if (record.launch.kind !== 'sev-snp') return;
       const unread = files.find((f) => f.role === 'igvm');
       if (!igvm) {
         pin.measurementError = unread ? `cannot read the IGVM file ${JSON.stringify(unread.path)} (MANAGER_QEMU_IGVM_FILE): ${unread.error}` : 'QEMU was given no IGVM file';
-      } else {
-        measured = this.measurer.measureContent(igvm.file).then(
-          (digest) => {
-            pin.snpLaunchMeasurement = Buffer.from(digest).toString('hex');
-          },
-          (err: unknown) => {
-            pin.measurementError = reason(err);
-            log.warn({ err: pin.measurementError }, 'igvmmeasure failed: no launch measurement is pinned; the VM runs, but its attestation policy needs the IGVM file unchanged');
-          },
-        );
+        return;
       }
-    }
-    return { pin, hashed, measured };
+      try {
+        pin.snpLaunchMeasurement = Buffer.from(await this.measurer.measureContent(igvm)).toString('hex');
+      } catch (err) {
+        pin.measurementError = reason(err);
+        log.warn({ err: pin.measurementError }, 'igvmmeasure failed: no launch measurement is pinned; the VM runs, but its attestation policy needs the IGVM file unchanged');
+      }
+    })();
+    return { pin, opened, measured };
   }
 }
