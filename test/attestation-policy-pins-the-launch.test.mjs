@@ -264,7 +264,7 @@ test('a VM re-adopted from a record without pinned values is measured once, at a
   fs.writeFileSync(path.join(state, 'vms', vm.cvm_id, 'record.json'), JSON.stringify(rec));
   replace(igvm, V3);
 
-  const second = await Daemon.start(env, { port: first.port });
+  const second = await Daemon.start(env);
   client = second.client();
   try {
     const line = await second.waitForLog((l) => l.cvm_id === vm.cvm_id && /after the launch/.test(l.msg ?? ''));
@@ -282,7 +282,7 @@ test('a VM re-adopted from a record without pinned values is measured once, at a
 
   // Once: a third start finds the values in the record.
   const calls = callsOf(dirOf('content')).length;
-  const third = await Daemon.start(env, { port: first.port });
+  const third = await Daemon.start(env);
   client = third.client();
   try {
     await third.waitForLog((l) => l.cvm_id === vm.cvm_id && l.msg === 're-adopted a running VM');
