@@ -1,4 +1,7 @@
-/** Reference values as one JSON document: `policy`, `root_of_trust`, `pcr_values`; bytes in base64. */
+/**
+ * Reference values as one JSON document: `policy`, `root_of_trust`, `pcr_values`; bytes in
+ * base64. `launch_inputs` says which files (by SHA-384, hex) the values were pinned from.
+ */
 import { pcrValuesToJson } from './pcr-values.js';
 import type { ReferenceValues } from './reference-values.js';
 
@@ -13,6 +16,7 @@ function stringifyWithBigInts(value: unknown): string {
 }
 
 export function encodeJsonPolicy(rv: ReferenceValues): Uint8Array {
+  const launchInputs = rv.launch ? { pinned: rv.launch.pinned, files: rv.launch.files } : undefined;
   const doc =
     rv.kind === 'sev-snp'
       ? {
@@ -26,6 +30,7 @@ export function encodeJsonPolicy(rv: ReferenceValues): Uint8Array {
           },
           root_of_trust: { product_line: rv.product, check_crl: true },
           pcr_values: rv.pcrs ? pcrValuesToJson(rv.pcrs) : undefined,
+          launch_inputs: launchInputs,
         }
       : {
           policy: {
@@ -38,6 +43,7 @@ export function encodeJsonPolicy(rv: ReferenceValues): Uint8Array {
           },
           root_of_trust: { product_line: 'TDX', check_crl: true },
           pcr_values: rv.pcrs ? pcrValuesToJson(rv.pcrs) : undefined,
+          launch_inputs: launchInputs,
         };
   return new TextEncoder().encode(`${stringifyWithBigInts(doc)}\n`);
 }

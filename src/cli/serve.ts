@@ -12,6 +12,7 @@ import type { Config } from '../config/types.js';
 import { loadPcrValues, loadSigningKey } from '../manager/attestation-files.js';
 import { AttestationPolicies } from '../manager/attestation-policy.js';
 import { IgvmMeasurer } from '../manager/igvm-measurement.js';
+import { LaunchPinner } from '../manager/launch-pin.js';
 import { PortPool } from '../manager/port-pool.js';
 import { preloadSpawner } from '../vm/spawner.js';
 import { tcpPortIsFree } from '../manager/port-probe.js';
@@ -72,7 +73,7 @@ export async function serveCommand(config: Config): Promise<void> {
   log.info({ command: templateCommandLine(config), version: build.version, commit: build.commit }, 'QEMU template command line');
   const ports = new PortPool(config.qemu.hostFwdRange, tcpPortIsFree);
   const measurer = new IgvmMeasurer(config.attestationPolicyBinaryPath, config.attestation.measureTimeoutMs);
-  const policies = new AttestationPolicies(config, measurer, pcrs, signingKey);
+  const policies = new AttestationPolicies(config, new LaunchPinner(measurer), pcrs, signingKey);
   let manager: VmManager | undefined;
   const metrics = new Metrics({
     vmsByState: () => manager?.countByState() ?? { starting: 0, running: 0, exited: 0 },

@@ -171,6 +171,8 @@ export class VmManager {
           igvmFile: q.enableSevSnp ? q.igvmFile : null,
         },
       };
+      const pinning = await inSpan('pin-launch', async () => this.policies?.pinner.atCreate(record, log));
+      record.pinned = pinning?.pin;
       // No record is written before QEMU is up: a daemon that dies in between leaves a directory
       // without one, and the next start kills the QEMU that names it and removes it (recover()).
       log.info({ port, command: shellCommandLine(record.command) }, 'starting QEMU');
@@ -209,6 +211,7 @@ export class VmManager {
         );
       }
       timings.ready = at();
+      await pinning?.confirm(); // QEMU has loaded its files by now: still the ones pinned?
       this.observer.vmStarted(Number(process.hrtime.bigint() - spawnedAt) / 1e9);
       record.state = 'running';
       await this.persist(paths, record);
@@ -365,6 +368,7 @@ export class VmManager {
     const proc = await QemuProcess.adopt(record.pid!, record.pidStartTime!, paths, log);
     this.ports.hold(record.hostPort);
     this.slotsInUse++;
+    await this.policies?.pinner.atAdoption(record, log, () => this.persist(paths, record));
     const vm: ManagedVm = { record, paths, proc, holdsResources: true, ttl: undefined, removing: undefined };
     this.vms.set(record.id, vm);
     this.watch(vm, log);
