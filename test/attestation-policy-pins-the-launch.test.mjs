@@ -166,10 +166,10 @@ test('TDX and plain VMs: the SHA-384 of the firmware, kernel and initramfs QEMU 
     assert.deepEqual(pin.files.map((f) => [f.role, f.path, f.sha384]), expected);
     assert.equal(pin.snpLaunchMeasurement, null);
     const doc = JSON.parse((await policy(client, vm.cvm_id)).toString('utf8'));
-    assert.deepEqual(doc.launch_inputs, { pinned: 'create', files: expected.map(([role, p, h]) => ({ role, path: p, sha384: h })) });
+    // The JSON form has exactly the Go manager's keys: its verifier rejects unknown fields.
+    assert.deepEqual(Object.keys(doc).sort(), ['policy', 'root_of_trust'].concat(doc.pcr_values ? ['pcr_values'] : []).sort());
     const shown = inspect(Buffer.from(JSON.stringify(doc)));
     assert.deepEqual(shown.pins.asserts, ['mr_td']);
-    assert.equal(shown.pins.fromFiles.length, 3);
     await call(client, 'RemoveVm', { cvm_id: vm.cvm_id });
   } finally {
     client.close();

@@ -1,6 +1,8 @@
 /**
  * Reference values as one JSON document: `policy`, `root_of_trust`, `pcr_values`; bytes in
- * base64. `launch_inputs` says which files (by SHA-384, hex) the values were pinned from.
+ * base64: the fields of the Go manager's document and no others, since the Go verifier reads it
+ * strictly (protojson rejects unknown fields). Where the values were pinned from is in the
+ * VM's record and in the CoRIM form, not here.
  */
 import { pcrValuesToJson } from './pcr-values.js';
 import type { ReferenceValues } from './reference-values.js';
@@ -16,7 +18,6 @@ function stringifyWithBigInts(value: unknown): string {
 }
 
 export function encodeJsonPolicy(rv: ReferenceValues): Uint8Array {
-  const launchInputs = rv.launch ? { pinned: rv.launch.pinned, files: rv.launch.files } : undefined;
   const doc =
     rv.kind === 'sev-snp'
       ? {
@@ -30,7 +31,6 @@ export function encodeJsonPolicy(rv: ReferenceValues): Uint8Array {
           },
           root_of_trust: { product_line: rv.product, check_crl: true },
           pcr_values: rv.pcrs ? pcrValuesToJson(rv.pcrs) : undefined,
-          launch_inputs: launchInputs,
         }
       : {
           policy: {
@@ -43,7 +43,6 @@ export function encodeJsonPolicy(rv: ReferenceValues): Uint8Array {
           },
           root_of_trust: { product_line: 'TDX', check_crl: true },
           pcr_values: rv.pcrs ? pcrValuesToJson(rv.pcrs) : undefined,
-          launch_inputs: launchInputs,
         };
   return new TextEncoder().encode(`${stringifyWithBigInts(doc)}\n`);
 }
