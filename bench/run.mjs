@@ -9,7 +9,20 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import { Daemon, FAKE_QEMU, call, fakeQemuEnv, freePort, managerPkg, nextRange, tmpDir } from '../test/daemon.mjs';
+import { Daemon, FAKE_QEMU, call, fakeQemuEnv, managerPkg, nextRange, tmpDir } from '../test/daemon.mjs';
+
+// The start-time figure times a bare spawn to the first answer, so it picks its ports ahead
+// (the daemon's own port-0 report would add the log read to what is measured).
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
 import { CLI } from '../test/helpers.mjs';
 import { QmpChannel } from '../dist/vm/qmp.js';
 import { qmpChannelArgs, qmpFormFor, parseQemuVersion } from '../dist/qemu/qmp-args.js';

@@ -5,18 +5,23 @@ import assert from 'node:assert/strict';
 import { runCli } from './helpers.mjs';
 
 const cases = [
-  ['non-numeric port', { MANAGER_GRPC_PORT: 'abc' }, 'MANAGER_GRPC_PORT', 'abc', /port number in 1\.\.65535/],
-  ['port zero', { MANAGER_HTTP_PORT: '0' }, 'MANAGER_HTTP_PORT', '0', /1\.\.65535/],
-  ['port too big', { MANAGER_GRPC_PORT: '65536' }, 'MANAGER_GRPC_PORT', '65536', /1\.\.65535/],
+  ['non-numeric port', { MANAGER_GRPC_PORT: 'abc' }, 'MANAGER_GRPC_PORT', 'abc', /port number in 0\.\.65535/],
+  ['forwarded port zero', { MANAGER_QEMU_HOST_FWD_AGENT: '0' }, 'MANAGER_QEMU_HOST_FWD_AGENT', '0', /1\.\.65535/],
+  ['port too big', { MANAGER_GRPC_PORT: '65536' }, 'MANAGER_GRPC_PORT', '65536', /0\.\.65535/],
   ['negative port', { MANAGER_QEMU_HOST_FWD_AGENT: '-5' }, 'MANAGER_QEMU_HOST_FWD_AGENT', '-5', /1\.\.65535/],
   ['non-numeric count', { MANAGER_MAX_VMS: 'ten' }, 'MANAGER_MAX_VMS', 'ten', /non-negative integer/],
   ['fractional cpu count', { MANAGER_QEMU_SMP_COUNT: '2.5' }, 'MANAGER_QEMU_SMP_COUNT', '2.5', /positive integer/],
-  ['memory without unit', { MANAGER_QEMU_MEMORY_SIZE: '2048' }, 'MANAGER_QEMU_MEMORY_SIZE', '2048', /like 2048M, 4G or 30G/],
+  ['memory with a fraction but no unit', { MANAGER_QEMU_MEMORY_SIZE: '1.5' }, 'MANAGER_QEMU_MEMORY_SIZE', '1.5', /like 2048M, 4G/],
   ['memory with bad unit', { MANAGER_QEMU_MAX_MEMORY: '30GB' }, 'MANAGER_QEMU_MAX_MEMORY', '30GB', /like 2048M/],
+  ['memory with a space', { MANAGER_QEMU_MEMORY_SIZE: '2048 M' }, 'MANAGER_QEMU_MEMORY_SIZE', '2048 M', /like 2048M/],
+  ['memory of zero', { MANAGER_QEMU_MEMORY_SIZE: '0G' }, 'MANAGER_QEMU_MEMORY_SIZE', '0G', /like 2048M/],
+  ['maxmem as bare bytes below memory', { MANAGER_QEMU_MAX_MEMORY: '30720' }, 'MANAGER_QEMU_MAX_MEMORY', '30720', /as bytes/],
   ['range not A-B', { MANAGER_QEMU_HOST_FWD_RANGE: '6100' }, 'MANAGER_QEMU_HOST_FWD_RANGE', '6100', /first-last/],
   ['range reversed', { MANAGER_QEMU_HOST_FWD_RANGE: '6200-6100' }, 'MANAGER_QEMU_HOST_FWD_RANGE', '6200-6100', /first <= last/],
   ['range beyond 65535', { MANAGER_QEMU_HOST_FWD_RANGE: '65000-70000' }, 'MANAGER_QEMU_HOST_FWD_RANGE', '65000-70000', /65535/],
   ['boolean word', { MANAGER_QEMU_ENABLE_KVM: 'maybe' }, 'MANAGER_QEMU_ENABLE_KVM', 'maybe', /true or false/],
+  ['boolean in mixed case', { MANAGER_QEMU_ENABLE_KVM: 'tRUE' }, 'MANAGER_QEMU_ENABLE_KVM', 'tRUE', /true or false/],
+  ['read-only switch not a boolean', { MANAGER_QEMU_OVMF_CODE_READONLY: 'ro' }, 'MANAGER_QEMU_OVMF_CODE_READONLY', 'ro', /true or false/],
   ['trace ratio above 1', { COCOS_JAEGER_TRACE_RATIO: '1.5' }, 'COCOS_JAEGER_TRACE_RATIO', '1.5', /0\.\.1/],
   ['trace ratio negative', { COCOS_JAEGER_TRACE_RATIO: '-0.1' }, 'COCOS_JAEGER_TRACE_RATIO', '-0.1', /0\.\.1/],
   ['trace ratio not a number', { COCOS_JAEGER_TRACE_RATIO: 'half' }, 'COCOS_JAEGER_TRACE_RATIO', 'half', /0\.\.1/],
@@ -46,12 +51,50 @@ for (const [name, env, variable, value, expected] of cases) {
   });
 }
 
-test('config accepts every boolean spelling', () => {
-  for (const [word, kvm] of [['true', true], ['1', true], ['on', true], ['YES', true], ['false', false], ['0', false], ['off', false], ['no', false]]) {
+// Every spelling Go's strconv.ParseBool accepts (the Go manager's parser), and QEMU's own words.
+const GO_BOOLEANS = [
+  ['1', true], ['t', true], ['T', true], ['TRUE', true], ['true', true], ['True', true],
+  ['0', false], ['f', false], ['F', false], ['FALSE', false], ['false', false], ['False', false],
+  ['on', true], ['yes', true], ['off', false], ['no', false],
+];
+
+test('config accepts every boolean spelling Go and QEMU accept', () => {
+  for (const [word, kvm] of GO_BOOLEANS) {
     const r = runCli(['qemu-args'], { MANAGER_QEMU_ENABLE_KVM: word });
-    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.status, 0, `${word}: ${r.stderr}`);
     assert.equal(JSON.parse(r.stdout).includes('-enable-kvm'), kvm, word);
   }
+});
+
+test('OVMF code read-only takes true/false as QEMU does, and the vector says on/off', () => {
+  for (const [word, want] of [['true', 'on'], ['false', 'off'], ['on', 'on'], ['off', 'off'], ['0', 'off']]) {
+    const r = runCli(['qemu-args'], { MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_OVMF_CODE_READONLY: word });
+    assert.equal(r.status, 0, `${word}: ${r.stderr}`);
+    const drive = JSON.parse(r.stdout).find((a) => a.includes('OVMF_CODE'));
+    assert.ok(drive.endsWith(`readonly=${want}`), `${word}: ${drive}`);
+  }
+});
+
+// Sizes as QEMU reads them: a bare -m number is MiB, suffixes in either case, fractions with a suffix.
+const QEMU_SIZES = [
+  ['4096', '4096M'], ['4g', '4g'], ['4G', '4G'], ['1.5G', '1.5G'], ['2048m', '2048m'], ['1048576k', '1048576k'],
+];
+
+test('config accepts every memory size QEMU accepts, and the memory object means the same size', () => {
+  for (const [size, objectSize] of QEMU_SIZES) {
+    const r = runCli(['qemu-args'], { MANAGER_QEMU_MEMORY_SIZE: size });
+    assert.equal(r.status, 0, `${size}: ${r.stderr}`);
+    const args = JSON.parse(r.stdout);
+    assert.equal(args[args.indexOf('-m') + 1], `${size},slots=5,maxmem=30G`, size);
+    assert.ok(args.includes(`memory-backend-memfd,id=ram1,size=${objectSize},share=true,prealloc=false`), `${size}: ${args.join(' ')}`);
+  }
+});
+
+test('a maximum below the memory size is refused once units are taken into account', () => {
+  assert.equal(runCli(['qemu-args'], { MANAGER_QEMU_MEMORY_SIZE: '1.5G', MANAGER_QEMU_MAX_MEMORY: '1536M' }).status, 0);
+  const r = runCli(['qemu-args'], { MANAGER_QEMU_MEMORY_SIZE: '1.5G', MANAGER_QEMU_MAX_MEMORY: '1535m' });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /MANAGER_QEMU_MAX_MEMORY="1535m": expected at least MANAGER_QEMU_MEMORY_SIZE/);
 });
 
 test('an empty typed variable takes its default, as in the Go manager', () => {

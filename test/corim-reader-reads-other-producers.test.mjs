@@ -1,5 +1,5 @@
 // `policy inspect` reads CoRIMs written by another producer (the Veraison library, in
-// ../shared/testdata/corim/), verifies their signature, and accepts the Go CoRIM 1.1.x tag form.
+// test/fixtures/corim/), verifies their signature, and accepts the Go CoRIM 1.1.x tag form.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -10,7 +10,7 @@ import { ROOT, runCli } from './helpers.mjs';
 import { tmpDir } from './daemon.mjs';
 import { comidsOf, inspectPolicy } from '../dist/attestation/inspect.js';
 
-const DATA = path.resolve(ROOT, '..', 'shared', 'testdata', 'corim');
+const DATA = path.join(ROOT, 'test', 'fixtures', 'corim');
 const file = (n) => path.join(DATA, n);
 
 test('an unsigned Veraison CoRIM: id, CoMID and its sha-256 reference digest', () => {

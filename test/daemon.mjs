@@ -19,18 +19,61 @@ const adminDef = protoLoader.loadSync(path.join(ROOT, 'proto', 'manager-admin.pr
 });
 export const adminPkg = grpc.loadPackageDefinition(adminDef).manager;
 
-export function freePort() {
+/**
+ * The two ports a daemon bound, read from its log: tests start it on port 0 so no port is ever
+ * picked, released and raced for.
+ */
+function boundPorts(lines) {
+  const grpcLine = lines.find((l) => l.msg === 'gRPC server listening');
+  const httpLine = lines.find((l) => l.msg === 'HTTP endpoint listening');
+  return grpcLine && httpLine ? { port: grpcLine.port, httpPort: httpLine.port } : undefined;
+}
+
+/**
+ * Spawns `cocos-manager serve` on loopback (ports 0 unless env says otherwise) and collects its
+ * JSON log lines as they come.
+ */
+export function spawnServe(env, nodeFlags = [], { uid, gid, cwd } = {}) {
+  const proc = spawn(process.execPath, [...nodeFlags, CLI, 'serve'], {
+    env: baseEnv({ MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: '0', MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: '0', ...env }),
+    stdio: ['ignore', 'pipe', 'pipe'],
+    // Another user (the USE_SUDO test runs the daemon as a system user), another working directory.
+    ...(uid === undefined ? {} : { uid, gid }),
+    ...(cwd === undefined ? {} : { cwd }),
+  });
+  const logs = { lines: [], stderr: '' };
+  let buf = '';
+  proc.stdout.on('data', (d) => {
+    buf += d.toString('utf8');
+    const parts = buf.split('\n');
+    buf = parts.pop();
+    for (const l of parts) {
+      try { logs.lines.push(JSON.parse(l)); } catch { logs.lines.push({ raw: l }); }
+    }
+  });
+  proc.stderr.on('data', (d) => { logs.stderr += d.toString('utf8'); });
+  return { proc, logs };
+}
+
+/** The port the daemon's HTTP endpoint bound, once it has logged it (bounded). */
+export async function httpPortOf(logs, timeoutMs = 15_000) {
+  let line;
+  await waitFor(() => (line = logs.lines.find((l) => l.msg === 'HTTP endpoint listening')) !== undefined, timeoutMs, 10);
+  if (!line) throw new Error(`no 'HTTP endpoint listening' line within ${timeoutMs} ms; stderr: ${logs.stderr}`);
+  return line.port;
+}
+
+/** A loopback listener on a kernel-chosen port, kept open by the caller (close it when done). */
+export function listenOnFreePort(server) {
   return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve(server.address().port));
   });
 }
 
-let rangeCursor = 20000 + Math.floor(Math.random() * 200) * 100;
+// Below the kernel's ephemeral range (32768 and up here), where the daemons' own port-0 listeners
+// and every client socket land, so no other socket of the run ever sits in a VM range.
+let rangeCursor = 10000 + Math.floor(Math.random() * 100) * 100;
 /** A host-forward range no other test of this run uses. */
 export function nextRange(size = 20) {
   const first = rangeCursor;
@@ -84,39 +127,19 @@ export class Daemon {
     this.exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
   }
 
-  /** Starts `cocos-manager serve` and waits (bounded) until its gRPC server listens. */
-  static async start(env, { timeoutMs = 15_000, port, httpPort, nodeFlags = [], uid, gid, cwd } = {}) {
-    port ??= await freePort();
-    httpPort ??= await freePort();
-    const proc = spawn(process.execPath, [...nodeFlags, CLI, 'serve'], {
-      env: baseEnv({
-        MANAGER_GRPC_HOST: '127.0.0.1',
-        MANAGER_GRPC_PORT: String(port),
-        MANAGER_HTTP_HOST: '127.0.0.1',
-        MANAGER_HTTP_PORT: String(httpPort),
-        ...env,
-      }),
-      stdio: ['ignore', 'pipe', 'pipe'],
-      // Another user (the USE_SUDO test runs the daemon as a system user).
-      ...(uid === undefined ? {} : { uid, gid }),
-      ...(cwd === undefined ? {} : { cwd }),
-    });
-    const logs = { lines: [], stderr: '' };
-    let buf = '';
-    proc.stdout.on('data', (d) => {
-      buf += d.toString('utf8');
-      const parts = buf.split('\n');
-      buf = parts.pop();
-      for (const l of parts) {
-        try { logs.lines.push(JSON.parse(l)); } catch { logs.lines.push({ raw: l }); }
-      }
-    });
-    proc.stderr.on('data', (d) => { logs.stderr += d.toString('utf8'); });
+  /**
+   * Starts `cocos-manager serve` on loopback and waits (bounded) until it serves. Unless given,
+   * both ports are 0: the daemon binds free ones and logs them, and the test reads them there.
+   */
+  static async start(env, { timeoutMs = 20_000, port = 0, httpPort = 0, nodeFlags = [], uid, gid, cwd } = {}) {
+    const { proc, logs } = spawnServe({ MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_PORT: String(httpPort), ...env }, nodeFlags, { uid, gid, cwd });
     const d = new Daemon(proc, port, logs);
-    d.httpPort = httpPort;
     d.stateDir = env.MANAGER_STATE_DIR;
+    const deadline = Date.now() + timeoutMs;
     try {
-      await d.waitUntilServing(timeoutMs);
+      await d.waitForLog((l) => l.msg === 'gRPC server listening', timeoutMs);
+      Object.assign(d, boundPorts(logs.lines));
+      await d.waitUntilServing(Math.max(1_000, deadline - Date.now()));
     } catch (err) {
       proc.kill('SIGKILL');
       throw err;

@@ -1,5 +1,6 @@
 // Stand-ins for igvmmeasure, written by the tests into a folder: each is a small sh script that
 // records its arguments and behaves one way.
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -12,6 +13,8 @@ const SCRIPTS = {
   hang: `exec sleep 30\n`,
   'not-hex': `echo "zz${DIGEST.slice(2)}"\n`,
   short: `echo ${'ab'.repeat(32)}\n`,
+  // A digest that follows the file's content (its SHA-384), as the real tool's does.
+  content: `echo "$@" >> "$(dirname "$0")/calls.log"\nsha384sum < "$1" | cut -c1-96\n`,
 };
 
 /** Makes dir/<kind>/igvmmeasure for every kind; returns the directory of one kind by name. */
@@ -29,4 +32,9 @@ export function callsOf(dir) {
   } catch {
     return [];
   }
+}
+
+/** What the `content` stand-in prints for a file holding `data`. */
+export function contentDigest(data) {
+  return createHash('sha384').update(data).digest('hex');
 }

@@ -88,7 +88,7 @@ test(`5000 seeded requests (seed ${SEED}): what is accepted cannot inject, what 
 
 test('300 seeded requests over the wire: the daemon stays up and a bystander VM never changes', async () => {
   const state = tmpDir();
-  const d = await Daemon.start(fakeQemuEnv(state, { MANAGER_MAX_VMS: '0', MANAGER_LOG_LEVEL: 'warn' }));
+  const d = await Daemon.start(fakeQemuEnv(state, { MANAGER_MAX_VMS: '0', MANAGER_LOG_LEVEL: 'info' }));
   const client = d.client();
   try {
     const bystander = await call(client, 'CreateVm', { agent_log_level: 'info', aa_kbs_params: 'bystander' });

@@ -2,12 +2,10 @@
 // or stops, metrics parse and move by exactly what the calls did, other paths and methods refused.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { CLI, baseEnv } from './helpers.mjs';
-import { Daemon, call, fakeQemuEnv, freePort, nextRange, tmpDir, waitFor } from './daemon.mjs';
+import { Daemon, call, fakeQemuEnv, httpPortOf, nextRange, spawnServe, tmpDir, waitFor } from './daemon.mjs';
 
 async function get(port, p, method = 'GET') {
   const res = await fetch(`http://127.0.0.1:${port}${p}`, { method, signal: AbortSignal.timeout(5_000) });
@@ -52,13 +50,9 @@ test('health fails (503) while the daemon recovers its state, then passes', asyn
   // Many leftovers to clean: recovery takes a while, and health must say "not yet".
   const state = tmpDir();
   for (let i = 0; i < 300; i++) fs.mkdirSync(path.join(state, 'vms', randomUUID()), { recursive: true });
-  const httpPort = await freePort();
-  const grpcPort = await freePort();
-  const proc = spawn(process.execPath, [CLI, 'serve'], {
-    env: baseEnv({ ...fakeQemuEnv(state), MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: String(grpcPort), MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: String(httpPort) }),
-    stdio: 'ignore',
-  });
+  const { proc, logs } = spawnServe(fakeQemuEnv(state));
   try {
+    const httpPort = await httpPortOf(logs);
     const seen = [];
     await waitFor(async () => {
       try {
@@ -113,12 +107,8 @@ test('the HTTP endpoint does TLS and mutual TLS from the MANAGER_HTTP_ settings'
   const https = await import('node:https');
   const { makePki } = await import('./pki.mjs');
   const pki = makePki(tmpDir('cocos-http-pki-'));
-  const httpPort = await freePort();
-  const grpcPort = await freePort();
-  const proc = spawn(process.execPath, [CLI, 'serve'], {
-    env: baseEnv({ ...fakeQemuEnv(tmpDir()), MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: String(grpcPort), MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: String(httpPort), MANAGER_HTTP_SERVER_CERT: pki.file('server.pem'), MANAGER_HTTP_SERVER_KEY: pki.file('server.key'), MANAGER_HTTP_CLIENT_CA_CERTS: pki.file('ca.pem') }),
-    stdio: 'ignore',
-  });
+  const { proc, logs } = spawnServe({ ...fakeQemuEnv(tmpDir()), MANAGER_HTTP_SERVER_CERT: pki.file('server.pem'), MANAGER_HTTP_SERVER_KEY: pki.file('server.key'), MANAGER_HTTP_CLIENT_CA_CERTS: pki.file('ca.pem') });
+  let httpPort;
   const get = (opts) => new Promise((resolve) => {
     const req = https.request({ host: '127.0.0.1', port: httpPort, path: '/health', servername: 'localhost', ca: pki.read('ca.pem'), timeout: 2_000, ...opts }, (res) => {
       res.resume();
@@ -129,6 +119,7 @@ test('the HTTP endpoint does TLS and mutual TLS from the MANAGER_HTTP_ settings'
     req.end();
   });
   try {
+    httpPort = await httpPortOf(logs);
     assert.ok(await waitFor(async () => (await get({ cert: pki.read('client.pem'), key: pki.read('client.key') })) === 200, 15_000), 'a client with a certificate of the CA gets 200');
     assert.notEqual(await get({}), 200, 'no client certificate: refused');
     assert.notEqual(await get({ cert: pki.read('stranger.pem'), key: pki.read('stranger.key') }), 200, 'another CA: refused');

@@ -1,12 +1,13 @@
 // igvmmeasure is run without a shell, bounded in time, its output checked strictly, its result
-// cached per IGVM file, and concurrent first calls share one run.
+// cached by the IGVM file's content (not its name, size or times), and concurrent first calls
+// share one run.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { IgvmMeasurer } from '../dist/manager/igvm-measurement.js';
 import { tmpDir } from './daemon.mjs';
-import { DIGEST, callsOf, makeIgvmmeasureStandIns } from './fixtures-igvmmeasure.mjs';
+import { DIGEST, callsOf, contentDigest, makeIgvmmeasureStandIns } from './fixtures-igvmmeasure.mjs';
 
 let dirOf;
 let igvm;
@@ -35,6 +36,38 @@ test('concurrent first calls run the tool once; later calls use the cache until 
   fs.writeFileSync(file, 'version two, longer');
   await m.measure(file);
   assert.equal(m.runs, 2, 'a changed file is measured again');
+});
+
+test('a file replaced by one of the same size and modification time is measured again', async () => {
+  const file = path.join(path.dirname(igvm), 'same-size.igvm');
+  const t = new Date('2026-01-01T00:00:00Z'); // whole seconds: set back exactly
+  fs.writeFileSync(file, 'AAAA');
+  fs.utimesSync(file, t, t);
+  const m = new IgvmMeasurer(dirOf('content'), 5_000);
+  const first = Buffer.from(await m.measure(file)).toString('hex');
+  assert.equal(first, contentDigest('AAAA'));
+  const before = fs.statSync(file, { bigint: true });
+  fs.writeFileSync(file, 'BBBB');
+  fs.utimesSync(file, t, t);
+  const after = fs.statSync(file, { bigint: true });
+  assert.equal(after.mtimeNs, before.mtimeNs, 'same modification time');
+  assert.equal(after.size, before.size, 'same size');
+  assert.equal(after.ino, before.ino, 'same file');
+  assert.equal(Buffer.from(await m.measure(file)).toString('hex'), contentDigest('BBBB'));
+  assert.equal(m.runs, 2);
+});
+
+test('the same content under another name or path is not measured again', async () => {
+  const root = path.dirname(igvm);
+  const a = path.join(root, 'copy-a.igvm');
+  const b = path.join(root, 'sub', 'copy-b.igvm');
+  fs.mkdirSync(path.dirname(b), { recursive: true });
+  fs.writeFileSync(a, 'shared content');
+  fs.copyFileSync(a, b);
+  const m = new IgvmMeasurer(dirOf('content'), 5_000);
+  const [da, db] = await Promise.all([m.measure(a), m.measure(b)]);
+  assert.deepEqual(da, db);
+  assert.equal(m.runs, 1);
 });
 
 const failures = [

@@ -1,4 +1,4 @@
-// The argument vector matches shared/spec/qemu-argv.md element by element, in every mode.
+// The argument vector matches the Go manager's (docs/qemu-argv.md) element by element, in every mode.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runCli } from './helpers.mjs';

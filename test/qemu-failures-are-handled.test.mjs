@@ -92,3 +92,21 @@ test('QEMU output reaches the log with the cvm id: stderr at warn, error-like li
   if (warn) assert.equal(warn.level, 'warn');
   setMode('normal');
 });
+
+test('a missing OVMF_VARS template: FAILED_PRECONDITION naming the setting and the path, nothing left behind', async () => {
+  const st = tmpDir();
+  const d = await Daemon.start(fakeQemuEnv(st, { MANAGER_QEMU_OVMF_VARS_FILE: '/nonexistent/OVMF_VARS.fd' }));
+  const c = d.client();
+  try {
+    await assert.rejects(call(c, 'CreateVm', {}), (e) => {
+      assert.equal(e.code, 9, e.details);
+      assert.match(e.details, /^MANAGER_QEMU_OVMF_VARS_FILE="\/nonexistent\/OVMF_VARS.fd" cannot be read \(no such file\)/);
+      assert.doesNotMatch(e.details, /ENOENT.*ENOENT/);
+      return true;
+    });
+    assert.deepEqual(fs.readdirSync(path.join(st, 'vms')), []);
+  } finally {
+    c.close();
+    await d.stop();
+  }
+});

@@ -18,13 +18,14 @@ test('daemon killed -9 with VMs up: restarted, it re-adopts all of them with por
   let client = first.client();
   const vms = [];
   for (let i = 0; i < 2; i++) vms.push(await call(client, 'CreateVm', { agent_log_level: `vm${i}` }));
-  const short = await call(client, 'CreateVm', { ttl: '4s' }); // long enough to outlast the restart on a loaded machine
+  // Long enough to outlast the restart on a loaded machine, short enough to fire during the test.
+  const short = await call(client, 'CreateVm', { ttl: '6s' });
   const pids = [...vms, short].map((v) => readRecord(state, v.cvm_id).pid);
   client.close();
   await first.stop('SIGKILL', { keepVms: true });
   for (const pid of pids) assert.ok(isAlive(pid), 'QEMU survives the daemon');
 
-  const second = await Daemon.start(env, { port: first.port });
+  const second = await Daemon.start(env);
   client = second.client();
   try {
     const adopted = second.logs.lines.filter((l) => l.msg === 're-adopted a running VM');
@@ -36,7 +37,7 @@ test('daemon killed -9 with VMs up: restarted, it re-adopts all of them with por
     assert.equal(new Set([...vms, short, extra].map((v) => v.forwarded_port)).size, 4, 'no adopted port handed out again');
     await assert.rejects(call(client, 'CreateVm', {}), (e) => e.code === 8);
     // The TTL set before the restart still fires.
-    await second.waitForLog((l) => l.cvm_id === short.cvm_id && l.msg === 'VM removed', 8_000);
+    await second.waitForLog((l) => l.cvm_id === short.cvm_id && l.msg === 'VM removed', 20_000);
     assert.equal(isAlive(pids[2]), false);
     assert.equal(fs.existsSync(path.join(state, 'vms', short.cvm_id)), false);
     // Adopted VMs can be removed.

@@ -11,13 +11,14 @@ test('SIGTERM during CreateVm: calls finish, daemon exits 0, VMs survive and are
   // Whatever happens below, no VM of this test outlives it.
   t.after(() => killProcessesMentioning(state));
   const modeFile = path.join(tmpDir('cocos-mode-'), 'mode');
-  fs.writeFileSync(modeFile, 'slow-listen:1500');
-  const env = fakeQemuEnv(state, { FAKE_QEMU_MODE_FILE: modeFile });
+  // QEMU takes 4 s to come up: long enough that both calls are surely in flight at SIGTERM.
+  fs.writeFileSync(modeFile, 'slow-listen:4000');
+  const env = fakeQemuEnv(state, { FAKE_QEMU_MODE_FILE: modeFile, MANAGER_QEMU_START_TIMEOUT: '30s' });
   const d = await Daemon.start(env);
   const client = d.client();
   const inflight = [call(client, 'CreateVm', {}), call(client, 'CreateVm', {})];
-  await d.waitForLog((l) => l.msg === 'starting QEMU', 3_000);
-  await new Promise((r) => setTimeout(r, 200));
+  // Both calls have spawned their QEMU.
+  assert.ok(await waitFor(() => d.logs.lines.filter((l) => l.msg === 'starting QEMU').length === 2, 10_000), 'both calls started QEMU');
   let settled = false;
   void Promise.allSettled(inflight).then(() => { settled = true; });
   d.proc.kill('SIGTERM');
@@ -27,7 +28,7 @@ test('SIGTERM during CreateVm: calls finish, daemon exits 0, VMs survive and are
     const res = await fetch(`http://127.0.0.1:${d.httpPort}/health`, { signal: AbortSignal.timeout(1_000) });
     body = await res.json();
     return res.status === 503;
-  }, 1_000, 10), 'health 503 after SIGTERM');
+  }, 3_000, 10), 'health 503 after SIGTERM');
   assert.equal(body.status, 'fail');
   assert.equal(settled, false, 'the calls were still in flight');
   const vms = await Promise.all(inflight);

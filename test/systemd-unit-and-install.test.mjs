@@ -35,6 +35,25 @@ test('systemd-analyze verify accepts the unit with no warning', () => {
   assert.doesNotMatch(unit, /^(PrivateDevices|MemoryDenyWriteExecute|NoNewPrivileges)=(yes|true)$/m);
 });
 
+test('the unit runs in the install prefix, so relative settings resolve there, not against /', () => {
+  const unit = fs.readFileSync(UNIT, 'utf8');
+  const prefix = /^ExecStart=\S+ .*?(\/\S+)\/dist\/cli\.js serve$/m.exec(unit)[1];
+  assert.match(unit, new RegExp(`^WorkingDirectory=${prefix}$`, 'm'));
+});
+
+test('TimeoutStopSec covers the longest stop the settings allow', async () => {
+  const { longestStopMs } = await import('../dist/cli/serve.js');
+  const { MAX_START_TIMEOUT_MS } = await import('../dist/config/load.js');
+  const unit = fs.readFileSync(UNIT, 'utf8');
+  const stopSec = Number(/^TimeoutStopSec=(\d+)$/m.exec(unit)[1]);
+  assert.ok(stopSec * 1000 > longestStopMs(MAX_START_TIMEOUT_MS), `${stopSec}s < ${longestStopMs(MAX_START_TIMEOUT_MS)} ms`);
+  // And the bound is enforced: a longer start timeout is refused at start.
+  const { runCli } = await import('./helpers.mjs');
+  const r = runCli(['qemu-args'], { MANAGER_QEMU_START_TIMEOUT: '6m' });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /MANAGER_QEMU_START_TIMEOUT="6m": expected a positive Go duration of at most 5m/);
+});
+
 test('cocos-manager.env lists every setting, each with a comment, and its values are the defaults', () => {
   const text = fs.readFileSync(path.join(ROOT, 'cocos-manager.env'), 'utf8');
   const env = parseEnvFile(text);

@@ -1,5 +1,5 @@
 // Wire compatibility with the Go manager's clients, checked without our own .proto: requests are
-// hand-encoded protobuf bytes using the field numbers and types of shared/spec/grpc-api.md, sent
+// hand-encoded protobuf bytes using the field numbers and types of the Go manager's contract, sent
 // to the method paths a Go stub calls, and the answers are decoded by hand the same way.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';

@@ -11,6 +11,11 @@
  *   TDX      "MRTD", "RTMR0".."RTMR3", "MRSEAM"  digests [[7, 48 bytes]]
  *            "td-attributes", "xfam", "minimum-tee-tcb-svn"  raw-value 560(bytes)
  *   vTPM     "vtpm-pcrs"           integrity-registers {index: [[1, sha256], [7, sha384]]}
+ *
+ * The CoMID also says which files the values were pinned from, under the text key
+ * "launch-inputs" (an extension of the CoMID map, outside the triples, so a verifier that does
+ * not know it matches nothing against it): {"pinned": "create" | "adoption",
+ * "files": [{"role", "path", "digest": [7, 48 bytes]}]}.
  */
 import { encode, Tag } from 'cbor2';
 import { plainBytes } from './cose.js';
@@ -22,6 +27,8 @@ export const TAG_COMID = 506;
 export const TAG_UUID = 37;
 export const TAG_BYTES = 560;
 export const TAG_MIN_SVN = 553;
+/** CoMID map key of the launch provenance (see above). */
+export const LAUNCH_INPUTS_KEY = 'launch-inputs';
 
 /** IANA Named Information hash algorithm ids. */
 export const ALG_SHA256 = 1;
@@ -111,13 +118,35 @@ export function uuidBytes(uuid: string): Uint8Array {
 }
 
 /** The CoMID map of the VM `vmId`. */
-export function comidMap(vmId: string, rv: ReferenceValues): Map<number, unknown> {
+export function comidMap(vmId: string, rv: ReferenceValues): Map<number | string, unknown> {
   const [env, measurements] = environmentAndMeasurements(rv);
-  return new Map<number, unknown>([
+  // The CDDL asks for [+ measurement-map]; an empty list would hold a verifier to nothing.
+  if (measurements.length === 0) throw new Error('refusing to write a reference-value triple without measurements');
+  const comid = new Map<number | string, unknown>([
     [1, new Map([[0, uuidBytes(vmId)]])],
     [2, [new Map<number, unknown>([[0, 'cocos-manager'], [2, [0]]])]], // role 0: tag-creator
     [4, new Map([[0, [[env, measurements]]]])],
   ]);
+  if (rv.launch) {
+    comid.set(
+      LAUNCH_INPUTS_KEY,
+      new Map<string, unknown>([
+        ['pinned', rv.launch.pinned],
+        [
+          'files',
+          rv.launch.files.map(
+            (f) =>
+              new Map<string, unknown>([
+                ['role', f.role],
+                ['path', f.path],
+                ['digest', [ALG_SHA384, Uint8Array.from(Buffer.from(f.sha384, 'hex'))]],
+              ]),
+          ),
+        ],
+      ]),
+    );
+  }
+  return comid;
 }
 
 /** The tagged unsigned CoRIM, encoded. */

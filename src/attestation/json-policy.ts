@@ -1,4 +1,9 @@
-/** Reference values as one JSON document: `policy`, `root_of_trust`, `pcr_values`; bytes in base64. */
+/**
+ * Reference values as one JSON document: `policy`, `root_of_trust`, `pcr_values`; bytes in
+ * base64: the fields of the Go manager's document and no others, since the Go verifier reads it
+ * strictly (protojson rejects unknown fields). Where the values were pinned from is in the
+ * VM's record and in the CoRIM form, not here.
+ */
 import { pcrValuesToJson } from './pcr-values.js';
 import type { ReferenceValues } from './reference-values.js';
 

@@ -5,6 +5,15 @@
 import type { AttestationConfig, SnpProduct } from '../config/types.js';
 import type { PcrValues } from './pcr-values.js';
 
+/**
+ * Where the values come from: the files the VM was launched from, by SHA-384, and when they
+ * were pinned ('create': before the launch; 'adoption': after it, for an older VM).
+ */
+export interface LaunchProvenance {
+  pinned: 'create' | 'adoption';
+  files: { role: string; path: string; sha384: string }[];
+}
+
 export interface SnpReferenceValues {
   kind: 'sev-snp';
   /** SNP launch digest, 48 bytes. */
@@ -16,6 +25,7 @@ export interface SnpReferenceValues {
   minimumLaunchTcb: bigint;
   product: SnpProduct;
   pcrs: PcrValues | undefined;
+  launch?: LaunchProvenance | undefined;
 }
 
 export interface TdxReferenceValues {
@@ -27,6 +37,7 @@ export interface TdxReferenceValues {
   xfam: Uint8Array | undefined;
   minTeeTcbSvn: Uint8Array | undefined;
   pcrs: PcrValues | undefined;
+  launch?: LaunchProvenance | undefined;
 }
 
 export type ReferenceValues = SnpReferenceValues | TdxReferenceValues;

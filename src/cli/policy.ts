@@ -6,8 +6,11 @@ import { StartupError } from '../util/startup-error.js';
 export const POLICY_HELP = `Usage: cocos-manager policy inspect FILE [--key PUBLIC.pem]
 
 Decodes an attestation policy (a CoRIM, signed or not, or the JSON form) and prints it as
-readable JSON: what a CVM will be held to. With --key, the COSE signature is verified with
-that public key (PEM, or a JWK file); a signature that does not verify is an error (exit 1).
+readable JSON: what a CVM will be held to. "pins" comes first: the values a verifier checks,
+when the launch values were pinned (at CreateVm, or after the launch for a VM re-adopted from
+an older record) and the SHA-384 of the launch files they were pinned from. With --key, the
+COSE signature is verified with that public key (PEM, or a JWK file); a signature that does not
+verify is an error (exit 1).
 `;
 
 function readPublicKey(file: string): KeyObject {

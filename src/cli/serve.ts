@@ -5,16 +5,18 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { bindServer, createGrpcServer, serverCredentials, setServing } from '../api/grpc/server.js';
+import { bindGrpc, createGrpcServer, serverCredentials, setServing } from '../api/grpc/server.js';
 import { createHttpServer, type Lifecycle, listen } from '../api/http/server.js';
 import { loadTlsMaterial } from '../api/tls.js';
 import type { Config } from '../config/types.js';
 import { loadPcrValues, loadSigningKey } from '../manager/attestation-files.js';
 import { AttestationPolicies } from '../manager/attestation-policy.js';
 import { IgvmMeasurer } from '../manager/igvm-measurement.js';
+import { LaunchPinner } from '../manager/launch-pin.js';
 import { PortPool } from '../manager/port-pool.js';
 import { preloadSpawner } from '../vm/spawner.js';
 import { tcpPortIsFree } from '../manager/port-probe.js';
+import { lockStateDir } from '../host/state-dir-lock.js';
 import { VmManager } from '../manager/vm-manager.js';
 import { readBuildInfo } from '../telemetry/build-info.js';
 import { createLogger } from '../telemetry/logger.js';
@@ -42,6 +44,14 @@ async function prepareStateDir(dir: string): Promise<void> {
   }
 }
 
+/** What a stop may take: calls in flight (a CreateVm takes up to the start timeout), then removals in flight, then traces. */
+export const STOP_GRACE_EXTRA_MS = 5_000;
+export const STOP_DRAIN_MS = 5_000;
+export const STOP_TRACES_MS = 2_000;
+export function longestStopMs(startTimeoutMs: number): number {
+  return startTimeoutMs + STOP_GRACE_EXTRA_MS + STOP_DRAIN_MS + STOP_TRACES_MS;
+}
+
 export async function serveCommand(config: Config): Promise<void> {
   const mark = (what: string) => process.env.COCOS_STARTUP_TRACE && process.stderr.write(`${what} ${performance.now().toFixed(0)}\n`);
   mark('serve');
@@ -51,6 +61,7 @@ export async function serveCommand(config: Config): Promise<void> {
   const pcrs = loadPcrValues(config.pcrValuesFile);
   const signingKey = loadSigningKey(config.corimSigningKey);
   await prepareStateDir(config.stateDir);
+  const stateLock = await lockStateDir(config.stateDir);
 
   const instanceId = config.instanceId || randomUUID();
   const log = createLogger(config.logLevel, instanceId);
@@ -58,10 +69,11 @@ export async function serveCommand(config: Config): Promise<void> {
   const tracing = await startTracing({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio, instanceId, version: build.version, log });
   let lifecycle: Lifecycle = 'starting';
 
+  stateLock.onLost(() => log.error({ lock: stateLock.file }, 'the state directory lock was lost (its flock process was killed): another daemon could now start on this MANAGER_STATE_DIR; restart this one'));
   log.info({ command: templateCommandLine(config), version: build.version, commit: build.commit }, 'QEMU template command line');
   const ports = new PortPool(config.qemu.hostFwdRange, tcpPortIsFree);
   const measurer = new IgvmMeasurer(config.attestationPolicyBinaryPath, config.attestation.measureTimeoutMs);
-  const policies = new AttestationPolicies(config, measurer, pcrs, signingKey);
+  const policies = new AttestationPolicies(config, new LaunchPinner(measurer), pcrs, signingKey);
   let manager: VmManager | undefined;
   const metrics = new Metrics({
     vmsByState: () => manager?.countByState() ?? {},
@@ -71,27 +83,28 @@ export async function serveCommand(config: Config): Promise<void> {
 
   // Health answers (503) while the daemon recovers its VMs.
   const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls);
+  let httpPort: number;
   try {
-    await listen(httpServer, config.http.host, config.http.port);
+    httpPort = await listen(httpServer, config.http.host, config.http.port);
   } catch (err) {
     throw new StartupError(`cannot listen on MANAGER_HTTP_HOST:MANAGER_HTTP_PORT (${config.http.host || '*'}:${config.http.port}): ${(err as Error).message}`);
   }
-  log.info({ host: config.http.host || '*', port: config.http.port, tls: httpTls !== undefined }, 'HTTP endpoint listening');
+  log.info({ host: config.http.host || '*', port: httpPort, tls: httpTls !== undefined }, 'HTTP endpoint listening');
 
   const recovered = await manager.recover();
   log.info(recovered, 'state recovered');
 
   const { server, health } = createGrpcServer(manager, log, metrics);
-  const host = config.grpc.host === '' ? '0.0.0.0' : config.grpc.host;
-  const address = `${host.includes(':') ? `[${host}]` : host}:${config.grpc.port}`;
+  let bound: { address: string; port: number };
   try {
-    await bindServer(server, address, serverCredentials(grpcTls));
+    bound = await bindGrpc(server, config.grpc.host, config.grpc.port, serverCredentials(grpcTls));
   } catch (err) {
-    throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${address}): ${(err as Error).message}`);
+    const where = `${config.grpc.host || '*'}:${config.grpc.port}`;
+    throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${where}): ${(err as Error).message}`);
   }
   lifecycle = 'serving';
   setServing(health, true);
-  log.info({ address, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, startup_ms: Math.round(performance.now()) }, 'gRPC server listening');
+  log.info({ ...bound, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, startup_ms: Math.round(performance.now()) }, 'gRPC server listening');
   // After serving, so neither slows the start: the preflight is logged for the operator (the
   // host can be fixed while the daemon runs), and the process spawner is loaded ahead of the
   // first CreateVm.
@@ -112,7 +125,7 @@ export async function serveCommand(config: Config): Promise<void> {
     lifecycle = 'stopping';
     setServing(health, false);
     // CreateVm may legitimately take the whole start timeout; let it finish, then no longer.
-    const graceMs = config.startTimeoutMs + 5_000;
+    const graceMs = config.startTimeoutMs + STOP_GRACE_EXTRA_MS;
     log.info({ signal, grace_ms: graceMs }, 'stopping: no new calls, VMs keep running');
     const callsDone = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
     const graceOver = new Promise<void>((resolve) => setTimeout(resolve, graceMs).unref());
@@ -120,9 +133,9 @@ export async function serveCommand(config: Config): Promise<void> {
       manager.beginShutdown();
       await Promise.race([callsDone, graceOver]);
       server.forceShutdown();
-      await manager.drain(5_000);
+      await manager.drain(STOP_DRAIN_MS);
       httpServer.close();
-      await Promise.race([tracing.shutdown(), new Promise((r) => setTimeout(r, 2_000))]);
+      await Promise.race([tracing.shutdown(), new Promise((r) => setTimeout(r, STOP_TRACES_MS))]);
     })()
       .catch((err) => log.error({ err: String(err) }, 'error while stopping'))
       .finally(() => {

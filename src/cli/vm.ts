@@ -96,10 +96,25 @@ function clients(v: Values) {
 
 export class CallError extends Error {}
 
+/**
+ * One line an operator can act on. grpc-js words a refused connection as "No connection
+ * established. Last error: ... Resolution note: "; what matters is that no daemon answered there.
+ */
+export function describeCallError(method: string, err: grpc.ServiceError, target: string): string {
+  const where = target.replace(/^(dns|ipv4|ipv6|unix):(\/\/\/)?/, '');
+  if (err.code === grpc.status.UNAVAILABLE && /No connection established|ECONNREFUSED|ENOENT|connect/i.test(err.details)) {
+    return `no daemon at ${where}: is cocos-manager running? (make run, or systemctl start cocos-manager; --addr sets where to look)`;
+  }
+  if (err.code === grpc.status.DEADLINE_EXCEEDED && /Waiting for LB pick|connect|Deadline exceeded/i.test(err.details)) {
+    return `${method}: no answer from ${where} in time (--timeout to wait longer): ${err.details.split('\n')[0]}`;
+  }
+  return `${method}: ${grpc.status[err.code] ?? err.code}: ${err.details.split('\n')[0]}`;
+}
+
 function unaryCall<Res>(client: grpc.Client, method: string, req: unknown, timeoutMs: number): Promise<Res> {
   return new Promise((resolve, reject) => {
     (client as unknown as Record<string, Function>)[method]!(req, { deadline: Date.now() + timeoutMs }, (err: grpc.ServiceError | null, res: Res) => {
-      if (err) reject(new CallError(`${method}: ${grpc.status[err.code] ?? err.code}: ${err.details}`));
+      if (err) reject(new CallError(describeCallError(method, err, client.getChannel().getTarget())));
       else resolve(res);
     });
   });

@@ -3,13 +3,17 @@
  * A bad value becomes a ConfigError naming the variable, the value given and what is expected.
  */
 import { cleanEnv } from 'envalid';
+import { sizeInBytes } from '../util/size.js';
 import type { Config, ServerConfig } from './types.js';
 import {
   boolean,
+  boundedDuration,
   count,
   hexBytes,
+  listenPort,
   memorySize,
   oneOf,
+  onOff,
   port,
   portRange,
   positiveCount,
@@ -20,6 +24,8 @@ import {
   uint32,
   uint64,
 } from './validators.js';
+
+export const MAX_START_TIMEOUT_MS = 5 * 60_000;
 
 export class ConfigError extends Error {
   constructor(
@@ -33,7 +39,7 @@ export class ConfigError extends Error {
 
 const serverSpecs = (prefix: string, defaultPort: number) => ({
   [`${prefix}HOST`]: text({ default: '' }),
-  [`${prefix}PORT`]: port({ default: defaultPort }),
+  [`${prefix}PORT`]: listenPort({ default: defaultPort }),
   [`${prefix}SERVER_CERT`]: text({ default: '' }),
   [`${prefix}SERVER_KEY`]: text({ default: '' }),
   [`${prefix}SERVER_CA_CERTS`]: text({ default: '' }),
@@ -42,7 +48,7 @@ const serverSpecs = (prefix: string, defaultPort: number) => ({
 
 const Q = 'MANAGER_QEMU_';
 
-/** Every variable, its shape and its default: the table of configuration.md. */
+/** Every variable, its shape and its default: the tables of docs/configuration.md. */
 export const SPECS = {
   MANAGER_LOG_LEVEL: oneOf(['debug', 'info', 'warn', 'error'] as const)({ default: 'info' }),
   MANAGER_INSTANCE_ID: text({ default: '' }),
@@ -72,7 +78,7 @@ export const SPECS = {
   [`${Q}OVMF_CODE_FORMAT`]: text({ default: 'raw' }),
   [`${Q}OVMF_CODE_UNIT`]: count({ default: 0 }),
   [`${Q}OVMF_CODE_FILE`]: text({ default: '/usr/share/OVMF/OVMF_CODE.fd' }),
-  [`${Q}OVMF_CODE_READONLY`]: oneOf(['on', 'off'] as const)({ default: 'on' }),
+  [`${Q}OVMF_CODE_READONLY`]: onOff({ default: 'on' }),
   [`${Q}OVMF_VERSION`]: text({ default: 'edk2-stable202408' }),
   [`${Q}OVMF_VARS_IF`]: text({ default: 'pflash' }),
   [`${Q}OVMF_VARS_FORMAT`]: text({ default: 'raw' }),
@@ -102,7 +108,8 @@ export const SPECS = {
   [`${Q}NO_GRAPHIC`]: boolean({ default: true }),
   [`${Q}MONITOR`]: text({ default: 'pty' }),
   MANAGER_STATE_DIR: text({ default: '/var/lib/cocos-manager' }),
-  MANAGER_QEMU_START_TIMEOUT: positiveDuration({ default: 10_000 }),
+  // At most 5m: the systemd unit's TimeoutStopSec is sized for the longest stop this allows.
+  MANAGER_QEMU_START_TIMEOUT: boundedDuration(MAX_START_TIMEOUT_MS, '5m')({ default: 10_000 }),
   MANAGER_QEMU_STOP_TIMEOUT: positiveDuration({ default: 30_000 }),
   MANAGER_QEMU_POWERDOWN_TIMEOUT: nonNegativeDuration({ default: 0 }),
   MANAGER_ATTESTATION_POLICY_FORMAT: oneOf(['corim', 'json'] as const)({ default: 'corim' }),
@@ -135,10 +142,6 @@ function isBase64Of32Bytes(s: string): boolean {
   return /^[A-Za-z0-9+/]{43}=$/.test(s) && Buffer.from(s, 'base64').length === 32;
 }
 
-function sizeInMiB(size: string): number {
-  const n = Number(size.slice(0, -1));
-  return n * { M: 1, G: 1024, T: 1024 * 1024 }[size.slice(-1) as 'M' | 'G' | 'T'];
-}
 
 export function loadConfig(rawEnv: Readonly<Record<string, string | undefined>>): Config {
   const env: Record<string, string | undefined> = {};
@@ -272,8 +275,10 @@ function checkCombinations(c: Config, env: Record<string, string | undefined>): 
   if (q.smpMaxCpus < q.smpCount) {
     throw describe(`${Q}SMP_MAXCPUS`, env[`${Q}SMP_MAXCPUS`], `expected at least ${Q}SMP_COUNT (${q.smpCount})`);
   }
-  if (sizeInMiB(q.maxMemory) < sizeInMiB(q.memorySize)) {
-    throw describe(`${Q}MAX_MEMORY`, q.maxMemory, `expected at least ${Q}MEMORY_SIZE (${q.memorySize})`);
+  // QEMU reads a bare -m size as MiB but a bare maxmem= as bytes; compare what QEMU will compare.
+  if (sizeInBytes(q.maxMemory, 'B')! < sizeInBytes(q.memorySize, 'M')!) {
+    const hint = /\d$/.test(q.maxMemory) ? ' (QEMU reads a bare maxmem number as bytes: add a suffix such as G)' : '';
+    throw describe(`${Q}MAX_MEMORY`, q.maxMemory, `expected at least ${Q}MEMORY_SIZE (${q.memorySize})${hint}`);
   }
   if (q.binPath.trim() === '') throw describe(`${Q}BIN_PATH`, q.binPath, 'expected a QEMU binary path or name');
   if (c.stateDir.trim() === '') throw describe('MANAGER_STATE_DIR', c.stateDir, 'expected a directory path');

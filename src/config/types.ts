@@ -1,4 +1,4 @@
-/** The daemon's configuration, as read once from the environment (see shared/spec/configuration.md). */
+/** The daemon's configuration, as read once from the environment (see docs/configuration.md). */
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type PolicyFormat = 'corim' | 'json';

@@ -1,20 +1,29 @@
 /**
- * envalid validators for the value shapes of configuration.md. Each throws an Error whose
+ * envalid validators for the value shapes of docs/configuration.md. Each throws an Error whose
  * message says what was expected; the loader adds the variable name and the given value.
  */
 import { makeValidator } from 'envalid';
 import { parseGoDuration } from '../util/duration.js';
+import { sizeInBytes } from '../util/size.js';
 import type { PortRange } from './types.js';
 
-const TRUE_WORDS = new Set(['true', '1', 'on', 'yes']);
-const FALSE_WORDS = new Set(['false', '0', 'off', 'no']);
+// Go's strconv.ParseBool (what the Go manager reads its settings with), plus the words QEMU's
+// own option parser takes. Case matters as it does there: "True" is Go's, "tRUE" is nobody's.
+const TRUE_WORDS = new Set(['1', 't', 'T', 'true', 'TRUE', 'True', 'on', 'yes', 'y']);
+const FALSE_WORDS = new Set(['0', 'f', 'F', 'false', 'FALSE', 'False', 'off', 'no', 'n']);
+const BOOLEAN_HELP = 'expected a boolean: true or false (also 1/0, t/f, on/off, yes/no)';
 
-export const boolean = makeValidator<boolean>((input) => {
-  const v = input.trim().toLowerCase();
+export function parseBoolean(input: string): boolean {
+  const v = input.trim();
   if (TRUE_WORDS.has(v)) return true;
   if (FALSE_WORDS.has(v)) return false;
-  throw new Error('expected a boolean: true or false (also 1/0, on/off, yes/no)');
-});
+  throw new Error(BOOLEAN_HELP);
+}
+
+export const boolean = makeValidator<boolean>(parseBoolean);
+
+/** QEMU's on/off switches, which it also accepts as any boolean word; normalized to on/off. */
+export const onOff = makeValidator<'on' | 'off'>((input) => (parseBoolean(input) ? 'on' : 'off'));
 
 function integer(input: string, min: number, max: number, what: string): number {
   const v = input.trim();
@@ -26,6 +35,11 @@ function integer(input: string, min: number, max: number, what: string): number 
 
 export const port = makeValidator<number>((input) =>
   integer(input, 1, 65535, 'a port number in 1..65535'),
+);
+
+/** A port to listen on; 0 lets the kernel pick a free one (the daemon logs which). */
+export const listenPort = makeValidator<number>((input) =>
+  integer(input, 0, 65535, 'a port number in 0..65535 (0: any free port)'),
 );
 
 export const count = makeValidator<number>((input) =>
@@ -40,10 +54,18 @@ export const uint32 = makeValidator<number>((input) =>
   integer(input, 0, 4294967295, 'an integer in 0..4294967295'),
 );
 
-/** QEMU sizes as operators write them: 2048M, 4G, 30G, 1T. */
+/**
+ * A size as QEMU reads it: digits, a fraction only with a suffix, and an optional suffix
+ * B, K, M, G, T, P or E in either case (1.5G, 4g, 2048M, 4096). What a bare number means
+ * depends on where QEMU reads it (-m: MiB; maxmem= and objects: bytes), see sizeInBytes.
+ */
+const SIZE = /^(\d+)(?:\.(\d+))?([bBkKmMgGtTpPeE])?$/;
+const SIZE_HELP = 'expected a size like 2048M, 4G, 1.5G or 4096 (QEMU\'s grammar: a number and an optional suffix B, K, M, G, T, P, E)';
+
 export const memorySize = makeValidator<string>((input) => {
   const v = input.trim();
-  if (!/^[1-9]\d*[MGT]$/.test(v)) throw new Error('expected a memory size like 2048M, 4G or 30G');
+  const m = SIZE.exec(v);
+  if (!m || (m[2] !== undefined && m[3] === undefined) || sizeInBytes(v, 'M') === 0n) throw new Error(SIZE_HELP);
   return v;
 });
 
@@ -87,6 +109,21 @@ export const nonNegativeDuration = makeValidator<number>((input) => {
   if (!(ms >= 0)) throw new Error('expected a Go duration like 0 (off), 300ms, 10s or 1m30s');
   return ms;
 });
+
+/** A positive Go duration no longer than `maxMs` (a bound other settings, e.g. the unit's stop timeout, rely on). */
+export function boundedDuration(maxMs: number, maxText: string) {
+  return makeValidator<number>((input) => {
+    const expected = `expected a positive Go duration of at most ${maxText}, like 300ms, 10s or 1m30s`;
+    let ms: number;
+    try {
+      ms = parseGoDuration(input.trim());
+    } catch {
+      throw new Error(expected);
+    }
+    if (!(ms > 0) || ms > maxMs) throw new Error(expected);
+    return ms;
+  });
+}
 
 export function oneOf<T extends string>(choices: readonly T[]) {
   return makeValidator<T>((input) => {

@@ -6,7 +6,7 @@ import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { loadExeca } from '../vm/spawner.js';
-import type { Config } from '../config/types.js';
+import type { Config, QemuConfig } from '../config/types.js';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail';
 
@@ -34,11 +34,29 @@ async function findOnPath(bin: string): Promise<string | undefined> {
   return undefined;
 }
 
-async function qemuHelp(bin: string, args: string[]): Promise<string> {
+interface QemuAnswer {
+  text: string;
+  /** Why QEMU did not answer (non-zero exit, signal, timeout), in its own first words; undefined when it did. */
+  failure: string | undefined;
+}
+
+async function askQemu(bin: string, args: string[]): Promise<QemuAnswer> {
   const { execa } = await loadExeca();
   const r = await execa(bin, args, { reject: false, timeout: 10_000, stdin: 'ignore' });
-  return `${r.stdout ?? ''}\n${r.stderr ?? ''}`;
+  const text = `${r.stdout ?? ''}\n${r.stderr ?? ''}`;
+  if (r.exitCode === 0 && !r.timedOut && !r.signal) return { text, failure: undefined };
+  const how = r.timedOut ? 'timed out' : r.signal ? `killed by ${r.signal}` : `exit code ${r.exitCode}`;
+  const said = (r.stderr ?? '').split('\n').find((l) => l.trim() !== '')?.trim();
+  return { text, failure: said ? `${how}: ${said}` : how };
 }
+
+async function qemuHelp(bin: string, args: string[]): Promise<string> {
+  return (await askQemu(bin, args)).text;
+}
+
+/** A QEMU that cannot list what it supports says nothing about any one device or object. */
+const listingFailed = (what: string, args: string, failure: string): CheckResult =>
+  fail(`qemu ${what}`, `\`${args}\` failed (${failure})`, 'QEMU must load modules from its own build (a QEMU outside /usr needs a wrapper: see README)');
 
 async function readText(file: string): Promise<string | undefined> {
   try {
@@ -57,6 +75,43 @@ async function readable(check: string, file: string, setting: string): Promise<C
   }
 }
 
+/** What the QEMU binary says it supports, asked of the binary itself (options differ between versions). */
+async function checkQemu(qemu: string, q: QemuConfig, results: CheckResult[]): Promise<void> {
+  const versionAnswer = await askQemu(qemu, ['--version']);
+  const version = versionAnswer.text.split('\n')[0]?.trim() ?? '';
+  if (versionAnswer.failure) {
+    results.push(fail('qemu binary', `${qemu} does not run: --version ${versionAnswer.failure}`, 'repair the QEMU installation, or set MANAGER_QEMU_BIN_PATH'));
+    return;
+  }
+  results.push(pass('qemu binary', `${qemu} (${version})`));
+  const objectList = await askQemu(qemu, ['-object', 'help']);
+  const deviceList = await askQemu(qemu, ['-device', 'help']);
+  const objects = objectList.text;
+  const devices = deviceList.text;
+  if (objectList.failure) results.push(listingFailed('objects', '-object help', objectList.failure));
+  if (deviceList.failure) results.push(listingFailed('devices', '-device help', deviceList.failure));
+  const needObject = (name: string, remedy: string) => {
+    if (objectList.failure) return;
+    results.push(new RegExp(`^\\s*${name}\\s*$`, 'm').test(objects) ? pass(`qemu object ${name}`, 'supported') : fail(`qemu object ${name}`, 'not supported by this QEMU', remedy));
+  };
+  if (q.enableSevSnp) {
+    needObject('sev-snp-guest', 'SEV-SNP guests need QEMU 9.1 or later');
+    needObject('igvm-cfg', 'IGVM needs QEMU 10.1 or later built with IGVM support');
+    needObject('memory-backend-memfd', 'QEMU built without memfd support');
+    if (q.enableHostData && !objectList.failure && /^\s*sev-snp-guest\s*$/m.test(objects)) {
+      const props = await qemuHelp(qemu, ['-object', 'sev-snp-guest,help']);
+      results.push(props.includes('host-data') ? pass('sev-snp-guest host-data', 'supported') : fail('sev-snp-guest host-data', 'property missing', 'host-data needs QEMU 9.1 or later'));
+    }
+  }
+  if (q.enableTdx) {
+    needObject('tdx-guest', 'TDX guests with a quote-generation socket need QEMU 10.1 or later');
+    needObject('memory-backend-memfd', 'QEMU built without memfd support');
+  }
+  for (const dev of deviceList.failure ? [] : ['virtio-net-pci', 'virtio-9p-pci']) {
+    results.push(devices.includes(`"${dev}"`) ? pass(`qemu device ${dev}`, 'supported') : fail(`qemu device ${dev}`, 'not supported by this QEMU', 'use a QEMU built with virtio and 9P (virtfs) support'));
+  }
+}
+
 /** `portIsFree` undefined: skip the port scan (the running daemon must not bind ports QEMU may be taking). */
 export async function preflight(config: Config, portIsFree?: (port: number) => Promise<boolean>): Promise<CheckResult[]> {
   const q = config.qemu;
@@ -65,28 +120,7 @@ export async function preflight(config: Config, portIsFree?: (port: number) => P
   if (!qemu) {
     results.push(fail('qemu binary', `${q.binPath} not found`, 'apt-get install qemu-system-x86, or set MANAGER_QEMU_BIN_PATH'));
   } else {
-    const version = (await qemuHelp(qemu, ['--version'])).split('\n')[0]?.trim() ?? '';
-    results.push(pass('qemu binary', `${qemu} (${version})`));
-    const objects = await qemuHelp(qemu, ['-object', 'help']);
-    const devices = await qemuHelp(qemu, ['-device', 'help']);
-    const needObject = (name: string, remedy: string) =>
-      results.push(new RegExp(`^\\s*${name}\\s*$`, 'm').test(objects) ? pass(`qemu object ${name}`, 'supported') : fail(`qemu object ${name}`, 'not supported by this QEMU', remedy));
-    if (q.enableSevSnp) {
-      needObject('sev-snp-guest', 'SEV-SNP guests need QEMU 9.1 or later');
-      needObject('igvm-cfg', 'IGVM needs QEMU 10.1 or later built with IGVM support');
-      needObject('memory-backend-memfd', 'QEMU built without memfd support');
-      if (q.enableHostData && /^\s*sev-snp-guest\s*$/m.test(objects)) {
-        const props = await qemuHelp(qemu, ['-object', 'sev-snp-guest,help']);
-        results.push(props.includes('host-data') ? pass('sev-snp-guest host-data', 'supported') : fail('sev-snp-guest host-data', 'property missing', 'host-data needs QEMU 9.1 or later'));
-      }
-    }
-    if (q.enableTdx) {
-      needObject('tdx-guest', 'TDX guests with a quote-generation socket need QEMU 10.1 or later');
-      needObject('memory-backend-memfd', 'QEMU built without memfd support');
-    }
-    for (const dev of ['virtio-net-pci', 'virtio-9p-pci']) {
-      results.push(devices.includes(`"${dev}"`) ? pass(`qemu device ${dev}`, 'supported') : fail(`qemu device ${dev}`, 'not supported by this QEMU', 'use a QEMU built with virtio and 9P (virtfs) support'));
-    }
+    await checkQemu(qemu, q, results);
   }
 
   if (q.enableKvm) {

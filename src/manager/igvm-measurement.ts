@@ -1,12 +1,12 @@
 /**
  * The SNP launch digest of an IGVM file, from `igvmmeasure <file> measure -b` (no shell, bounded
- * time). Cached per file identity (path, size, modification time); concurrent first calls share
- * one run of the tool.
+ * time). Cached by the file's content (its SHA-384), never by name, size or time, which a
+ * replaced file can keep; concurrent first calls for the same content share one run.
  */
-import fs from 'node:fs/promises';
 import path from 'node:path';
 import { loadExeca } from '../vm/spawner.js';
 import { ManagerError } from './errors.js';
+import { assertUnchanged, FileChangedError, type HashedFile, hashFile } from './file-digest.js';
 
 export class IgvmMeasurer {
   private readonly cache = new Map<string, Promise<Uint8Array>>();
@@ -22,17 +22,35 @@ export class IgvmMeasurer {
     return path.join(this.binaryDir, 'igvmmeasure');
   }
 
+  /** Hashes the file, then measures that content (see measureContent). */
   async measure(igvmFile: string): Promise<Uint8Array> {
-    let st;
+    let hashed: HashedFile;
     try {
-      st = await fs.stat(igvmFile);
+      hashed = await hashFile(igvmFile);
     } catch (err) {
-      throw new ManagerError('failed-precondition', `cannot read the IGVM file ${JSON.stringify(igvmFile)} (MANAGER_QEMU_IGVM_FILE): ${(err as NodeJS.ErrnoException).code}`);
+      const why = err instanceof FileChangedError ? err.message : (err as NodeJS.ErrnoException).code ?? String(err);
+      throw new ManagerError('failed-precondition', `cannot read the IGVM file ${JSON.stringify(igvmFile)} (MANAGER_QEMU_IGVM_FILE): ${why}`);
     }
-    const key = `${path.resolve(igvmFile)}\0${st.size}\0${st.mtimeMs}`;
+    return this.measureContent(hashed);
+  }
+
+  /**
+   * The launch digest of the content `hashed` describes. On a cache miss igvmmeasure reads the
+   * file by its path, so the file must still be that content when the tool is done (same inode,
+   * size and times); otherwise nothing is remembered and the caller is told.
+   */
+  measureContent(hashed: HashedFile): Promise<Uint8Array> {
+    const key = hashed.sha384;
     let pending = this.cache.get(key);
     if (!pending) {
-      pending = this.run(igvmFile);
+      pending = this.run(hashed.path).then(async (digest) => {
+        try {
+          await assertUnchanged(hashed);
+        } catch (err) {
+          throw new ManagerError('failed-precondition', `the IGVM file changed while igvmmeasure read it (${(err as Error).message}); try again`);
+        }
+        return digest;
+      });
       this.cache.set(key, pending);
       pending.catch(() => this.cache.delete(key)); // a failure is not remembered: the next call retries
     }

@@ -15,6 +15,7 @@ import { QemuProcess } from '../vm/qemu-process.js';
 import { QmpChannel } from '../vm/qmp.js';
 import { listVmDirs, removeVmDir, type VmPaths, vmPaths } from '../vm/vm-dir.js';
 import { readRecord, type VmRecord } from '../vm/vm-record.js';
+import type { AttestationPolicies } from './attestation-policy.js';
 import type { VmRegistry } from './vm-registry.js';
 import { VmStateMachine } from './vm-state.js';
 
@@ -108,13 +109,19 @@ export interface RecoveryResult {
  * or never finished starting. A corrupt record is reported and left alone; a directory that
  * cannot be removed is reported and counted, never a reason not to start.
  */
-export async function recoverVms(stateDir: string, qemuBinPath: string, registry: VmRegistry, log: Logger): Promise<RecoveryResult> {
+export async function recoverVms(
+  stateDir: string,
+  qemuBinPath: string,
+  registry: VmRegistry,
+  log: Logger,
+  policies?: AttestationPolicies,
+): Promise<RecoveryResult> {
   const result: RecoveryResult = { adopted: 0, cleaned: 0, skipped: 0, failed: 0 };
   for (const action of await planRecovery(stateDir, qemuBinPath)) {
     const vmLog = log.child({ cvm_id: action.name });
     switch (action.kind) {
       case 'adopt':
-        await adopt(action.record, action.paths, registry, vmLog);
+        await adopt(action.record, action.paths, registry, vmLog, policies);
         result.adopted++;
         break;
       case 'skip':
@@ -144,7 +151,7 @@ export async function recoverVms(stateDir: string, qemuBinPath: string, registry
   return result;
 }
 
-async function adopt(record: VmRecord, paths: VmPaths, registry: VmRegistry, log: Logger): Promise<void> {
+async function adopt(record: VmRecord, paths: VmPaths, registry: VmRegistry, log: Logger, policies?: AttestationPolicies): Promise<void> {
   // QEMU reconnects to the new listener by itself (chardev reconnect) and is asked its status then.
   const qmp = new QmpChannel(paths.qmpSocket);
   await qmp.listen().catch((err) => log.error({ err: String(err) }, "could not reopen the VM's QMP socket"));
@@ -165,6 +172,7 @@ async function adopt(record: VmRecord, paths: VmPaths, registry: VmRegistry, log
     removing: undefined,
   };
   registry.adopt(vm);
+  await policies?.pinner.atAdoption(record, log, () => registry.persist(vm));
   registry.supervise(vm);
   log.info({ pid: record.pid, port: record.hostPort, expires_at: record.expiresAt }, 're-adopted a running VM');
 }

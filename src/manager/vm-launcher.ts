@@ -13,8 +13,9 @@ import { childPids, portIsListening } from '../vm/proc.js';
 import { type ExitInfo, QemuProcess } from '../vm/qemu-process.js';
 import type { QemuFlavor, QemuFlavorCache } from '../vm/qemu-version.js';
 import { QmpChannel } from '../vm/qmp.js';
-import { createVmDir, removeVmDir, vmPaths } from '../vm/vm-dir.js';
+import { createVmDir, removeVmDir, VarsTemplateError, vmPaths } from '../vm/vm-dir.js';
 import type { VmRecord } from '../vm/vm-record.js';
+import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
 import type { ManagerObserver } from './observer.js';
 import type { PortPool } from './port-pool.js';
@@ -28,6 +29,7 @@ export class VmLauncher {
     private readonly registry: VmRegistry,
     private readonly flavor: QemuFlavorCache,
     private readonly observer: ManagerObserver,
+    private readonly policies?: AttestationPolicies,
   ) {}
 
   async launch(input: CreateReqInput): Promise<{ id: string; port: number }> {
@@ -114,6 +116,8 @@ export class VmLauncher {
           igvmFile: q.enableSevSnp ? q.igvmFile : null,
         },
       };
+      const pinning = await inSpan('pin-launch', async () => this.policies?.pinner.atCreate(record, log));
+      record.pinned = pinning?.pin;
       // No record is written before QEMU is up: a daemon that dies in between leaves a directory
       // without one, and the next start kills the QEMU that names it and removes it (recovery).
       log.info({ port, command: shellCommandLine(record.command) }, 'starting QEMU');
@@ -159,6 +163,7 @@ export class VmLauncher {
         throw new ManagerError('unavailable', `QEMU is running but nothing listens on host port ${port}; last output: ${proc.lastOutput().join(' | ') || '(none)'}`);
       }
       timings.ready = at();
+      await pinning?.confirm(); // QEMU has loaded its files by now: still the ones pinned?
       this.observer.vmStarted(Number(process.hrtime.bigint() - spawnedAt) / 1e9);
       vm.record = record;
       if (q.useSudo) vm.qemuPids = await childPids(proc.pid);
@@ -200,6 +205,8 @@ function describeExit(info: ExitInfo): string {
 }
 
 function fileError(err: unknown, dir: string): ManagerError {
+  if (err instanceof VarsTemplateError) return new ManagerError('failed-precondition', err.message);
   const e = err as NodeJS.ErrnoException;
-  return new ManagerError('internal', `could not write the VM's files in ${dir}: ${e.code ?? ''} ${e.message ?? String(err)}`.trim());
+  // Node's message already starts with the code ("ENOENT: no such file..."): say it once.
+  return new ManagerError('internal', `could not write the VM's files in ${dir}: ${e.message ?? String(err)}`);
 }

@@ -46,7 +46,7 @@ export class VmManager {
   ) {
     this.flavor = new QemuFlavorCache(config.qemu);
     this.registry = new VmRegistry(config, log, ports, observer, (p) => this.track(p));
-    this.launcher = new VmLauncher(config, log, ports, this.registry, this.flavor, observer);
+    this.launcher = new VmLauncher(config, log, ports, this.registry, this.flavor, observer, policies);
   }
 
   /** Reads the QEMU binary's version (once; retried at the next CreateVm if it fails). */
@@ -137,7 +137,7 @@ export class VmManager {
   }
 
   recover(): Promise<RecoveryResult> {
-    return recoverVms(this.config.stateDir, this.config.qemu.binPath, this.registry, this.log);
+    return recoverVms(this.config.stateDir, this.config.qemu.binPath, this.registry, this.log, this.policies);
   }
 
   /** Refuses new VMs and stops TTL timers; VMs keep running (the next start re-adopts them). */

@@ -184,7 +184,8 @@ export class VmRegistry {
       await writeRecordAtomically(vm.paths.dir, vm.record);
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
-      throw new ManagerError('internal', `could not write the VM's files in ${vm.paths.dir}: ${e.code ?? ''} ${e.message ?? String(err)}`.trim());
+      // Node's message already starts with the code ("ENOENT: no such file..."): say it once.
+      throw new ManagerError('internal', `could not write the VM's files in ${vm.paths.dir}: ${e.message ?? String(err)}`);
     }
   }
 

@@ -1,8 +1,9 @@
 /**
- * The QEMU argument vector, exactly as shared/spec/qemu-argv.md orders and shapes it.
+ * The QEMU argument vector, ordered and shaped as docs/qemu-argv.md explains (the Go manager's).
  * Pure: configuration and per-VM values in, argv out. The binary is kept apart.
  */
 import type { QemuConfig } from '../config/types.js';
+import { withExplicitUnit } from '../util/size.js';
 import { type QmpForm, qmpChannelArgs } from './qmp-args.js';
 
 /** What differs between two VMs started from the same configuration. */
@@ -62,7 +63,7 @@ export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
 
   if (q.enableSevSnp) {
     args.push('-machine', `confidential-guest-support=${e(q.sevSnp.id)},memory-backend=${e(q.memId)},igvm-cfg=${e(q.igvmId)}`);
-    args.push('-object', `memory-backend-memfd,id=${e(q.memId)},size=${q.memorySize},share=true,prealloc=false`);
+    args.push('-object', `memory-backend-memfd,id=${e(q.memId)},size=${withExplicitUnit(q.memorySize)},share=true,prealloc=false`);
     const hostData = q.enableHostData ? `,host-data=${q.hostData}` : '';
     args.push(
       '-object',
@@ -81,7 +82,7 @@ export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
       }),
     );
     args.push('-machine', `confidential-guest-support=${e(q.tdxId)},memory-backend=${e(q.memId)},hpet=off`);
-    args.push('-object', `memory-backend-memfd,id=${e(q.memId)},size=${q.memorySize},share=true,prealloc=false`);
+    args.push('-object', `memory-backend-memfd,id=${e(q.memId)},size=${withExplicitUnit(q.memorySize)},share=true,prealloc=false`);
     args.push('-bios', q.ovmfFile);
     args.push('-nodefaults');
   }

@@ -1,4 +1,4 @@
-/** What the guest receives over 9P (shared/spec/grpc-api.md, "What the guest receives"). Pure. */
+/** What the guest receives over 9P: the `environment` file and the certificates (the Go manager's layout). Pure. */
 import type { VmRequest } from './create-request.js';
 
 export const CERTS_MOUNT = '/etc/certs';

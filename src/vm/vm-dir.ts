@@ -67,8 +67,24 @@ export async function createVmDir(
   }
   if (ovmfVarsTemplate !== undefined) {
     // The firmware writes its variables: each VM gets its own copy.
+    try {
+      await fs.access(ovmfVarsTemplate, fs.constants.R_OK);
+    } catch (err) {
+      throw new VarsTemplateError(ovmfVarsTemplate, (err as NodeJS.ErrnoException).code ?? String(err));
+    }
     await fs.copyFile(ovmfVarsTemplate, p.ovmfVars, fs.constants.COPYFILE_EXCL);
     await fs.chmod(p.ovmfVars, 0o600);
+  }
+}
+
+/** The host's OVMF_VARS template cannot be read: the operator's setting, not the VM's files. */
+export class VarsTemplateError extends Error {
+  constructor(
+    readonly file: string,
+    readonly code: string,
+  ) {
+    super(`MANAGER_QEMU_OVMF_VARS_FILE=${JSON.stringify(file)} cannot be read (${code === 'ENOENT' ? 'no such file' : code}): install the OVMF firmware (Debian: ovmf) or point the setting at its OVMF_VARS file`);
+    this.name = 'VarsTemplateError';
   }
 }
 

@@ -26,6 +26,31 @@ export interface VmRecord {
   exit: { code: number | null; signal: string | null; at: string; cause?: string } | null;
   /** What the VM was launched as, for its attestation policy (the configuration may change across restarts). */
   launch: { kind: 'sev-snp' | 'tdx' | 'plain'; cpu: string; hostData: string | null; igvmFile: string | null };
+  /** The launch inputs as measured for this VM (absent in records written before pinning). */
+  pinned?: LaunchPin;
+}
+
+/** One file QEMU was given, by its SHA-384; `error` says why there is no digest. */
+export interface PinnedFile {
+  role: 'igvm' | 'firmware' | 'kernel' | 'initramfs';
+  path: string;
+  sha384: string | null;
+  error: string | null;
+}
+
+/**
+ * What a VM was launched from. 'create': hashed before QEMU started and found unchanged once it
+ * was up; 'adoption': the record predates pinning, so the files were hashed when a restarted
+ * daemon re-adopted the VM, after its launch.
+ */
+export interface LaunchPin {
+  takenAt: 'create' | 'adoption';
+  at: string;
+  files: PinnedFile[];
+  /** SEV-SNP: igvmmeasure's launch digest of the pinned IGVM content, hex (48 bytes). */
+  snpLaunchMeasurement: string | null;
+  /** Why there is no launch digest (SEV-SNP only). */
+  measurementError: string | null;
 }
 
 /**
@@ -53,6 +78,22 @@ function recordSchema(): Promise<Z.ZodType<VmRecord>> {
         hostData: z.string().nullable(),
         igvmFile: z.string().nullable(),
       }),
+      pinned: z
+        .object({
+          takenAt: z.enum(['create', 'adoption']),
+          at: z.iso.datetime(),
+          files: z.array(
+            z.object({
+              role: z.enum(['igvm', 'firmware', 'kernel', 'initramfs']),
+              path: z.string(),
+              sha384: z.string().regex(/^[0-9a-f]{96}$/).nullable(),
+              error: z.string().nullable(),
+            }),
+          ),
+          snpLaunchMeasurement: z.string().regex(/^[0-9a-f]{96}$/).nullable(),
+          measurementError: z.string().nullable(),
+        })
+        .optional(),
     }),
   );
   return schema;

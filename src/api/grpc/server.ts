@@ -256,3 +256,26 @@ export function bindServer(server: grpc.Server, address: string, creds: grpc.Ser
     server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
   });
 }
+
+/**
+ * Binds host:port (port 0 picks a free one) and says where. An empty host means every interface,
+ * as Go's ":port" does: `[::]` dual-stack, or 0.0.0.0 on a host without IPv6.
+ */
+export async function bindGrpc(
+  server: grpc.Server,
+  host: string,
+  port: number,
+  creds: grpc.ServerCredentials,
+): Promise<{ address: string; port: number }> {
+  const at = (h: string, p = port) => `${h.includes(':') ? `[${h}]` : h}:${p}`;
+  const bindAt = async (h: string) => {
+    const bound = await bindServer(server, at(h), creds);
+    return { address: at(h, bound), port: bound };
+  };
+  if (host !== '') return bindAt(host);
+  try {
+    return await bindAt('::');
+  } catch {
+    return bindAt('0.0.0.0');
+  }
+}

@@ -67,12 +67,17 @@ export function createHttpServer(deps: HttpEndpointDeps, tls: TlsMaterial | unde
   );
 }
 
-export function listen(server: http.Server, host: string, port: number): Promise<void> {
+/**
+ * Listens and resolves with the bound port (port 0 picks a free one). An empty host listens on
+ * `::` dual-stack where IPv6 exists and on 0.0.0.0 otherwise (Node's own fallback), like Go's ":port".
+ */
+export function listen(server: http.Server, host: string, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen({ host: host === '' ? undefined : host, port }, () => {
       server.off('error', reject);
-      resolve();
+      const addr = server.address();
+      resolve(typeof addr === 'object' && addr !== null ? addr.port : port);
     });
   });
 }
