@@ -1,8 +1,8 @@
 // The QMP channel of the per-VM argv is built from the binary's version, and each binary takes
 // its form: QEMU greets on the daemon's socket, accepts qmp_capabilities, answers query-status
 // and quit, with no warning on stderr (11.1 warns on -mon and rejects reconnect=).
-// Real binaries: the host's qemu-system-x86_64 (Debian 12: 7.2) and, when COCOS_QEMU_11_BIN
-// names one, QEMU 11.x.
+// Real binaries: the host's qemu-system-x86_64 (Debian 12: 7.2) and QEMU 11 of the test bed
+// (build/qemu-11, `make qemu-bed`).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
@@ -10,11 +10,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ROOT } from './helpers.mjs';
 import { tmpDir } from './daemon.mjs';
+import { QEMUS } from './qemu-versions.mjs';
 
 const { parseQemuVersion, qmpFormFor, qmpChannelArgs } = await import(path.join(ROOT, 'dist/qemu/qmp-args.js'));
 const { QmpChannel } = await import(path.join(ROOT, 'dist/vm/qmp.js'));
 
-const binaries = [['host QEMU', '/usr/bin/qemu-system-x86_64'], ['QEMU 11', process.env.COCOS_QEMU_11_BIN]];
 
 test('the forms by version: reconnect= and -mon before 9.2, reconnect-ms= from 9.2, -object monitor-qmp from 11.1', () => {
   const argsFor = (text) => qmpChannelArgs(qmpFormFor(parseQemuVersion(text)), '/s,x/qmp.sock');
@@ -24,8 +24,8 @@ test('the forms by version: reconnect= and -mon before 9.2, reconnect-ms= from 9
   assert.equal(parseQemuVersion('not qemu'), undefined);
 });
 
-for (const [name, bin] of binaries) {
-  test(`${name}: takes the form its version picks and talks QMP on the daemon's socket`, { skip: !bin || !fs.existsSync(bin) ? 'binary not present' : false, timeout: 60_000 }, async () => {
+for (const { name, bin, skip } of QEMUS) {
+  test(`${name}: takes the form its version picks and talks QMP on the daemon's socket`, { skip, timeout: 60_000 }, async () => {
     const version = parseQemuVersion(execFileSync(bin, ['--version'], { encoding: 'utf8', timeout: 20_000 }));
     assert.ok(version, 'version parsed');
     const dir = tmpDir('cocos-qmp-');

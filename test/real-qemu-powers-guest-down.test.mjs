@@ -1,13 +1,15 @@
 // Graceful power-down on the real thing: with MANAGER_QEMU_POWERDOWN_TIMEOUT set, RemoveVm sends
 // QMP system_powerdown, the test guest's acpid sees the ACPI power button and powers off, QEMU
 // reports SHUTDOWN (guest-shutdown) and exits: the exit cause reads "guest shutdown".
-import { test, before, after } from 'node:test';
+import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { Daemon, call, isAlive, portIsFree, tcgEnv, tmpDir, waitFor } from './daemon.mjs';
 import { GUEST_INITRD, GUEST_KERNEL, consoleTail, waitForAgentReport } from './guest.mjs';
+import { QEMUS } from './qemu-versions.mjs';
 
 const BOOT_TIMEOUT_MS = 120_000;
+for (const qemu of QEMUS) describe(qemu.name, { skip: qemu.skip }, () => {
 let daemon;
 let client;
 let admin;
@@ -17,6 +19,7 @@ before(async () => {
   assert.ok(fs.existsSync(GUEST_KERNEL) && fs.existsSync(GUEST_INITRD), 'run `make guest` first (make test does)');
   state = tmpDir('cocos-powerdown-');
   daemon = await Daemon.start(tcgEnv(state, {
+    ...qemu.env,
     MANAGER_QEMU_DISK_IMG_KERNEL_FILE: GUEST_KERNEL,
     MANAGER_QEMU_DISK_IMG_ROOTFS_FILE: GUEST_INITRD,
     MANAGER_QEMU_POWERDOWN_TIMEOUT: '60s',
@@ -65,4 +68,5 @@ test('RemoveVm presses the power button: the guest logs its shutdown, the exit c
   } finally {
     stream.cancel();
   }
+});
 });
