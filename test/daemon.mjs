@@ -14,6 +14,9 @@ const pkgDef = protoLoader.loadSync(path.join(ROOT, 'proto', 'manager.proto'), {
   keepCase: true, longs: String, enums: String, defaults: true, oneofs: true,
 });
 export const managerPkg = grpc.loadPackageDefinition(pkgDef).manager;
+export const adminPkg = grpc.loadPackageDefinition(protoLoader.loadSync(path.join(ROOT, 'proto', 'manager-admin.proto'), {
+  keepCase: true, longs: String, enums: String, defaults: true, oneofs: true,
+})).manager;
 
 export function freePort() {
   return new Promise((resolve, reject) => {
@@ -84,12 +87,15 @@ export class Daemon {
   static async start(env, { timeoutMs = 15_000, port, httpPort, nodeFlags = [] } = {}) {
     port ??= await freePort();
     httpPort ??= await freePort();
+    // Each daemon its own admin socket, in a short path (a Unix socket path has at most 107 bytes).
+    const adminSocket = env.MANAGER_ADMIN_SOCKET ?? path.join(fs.mkdtempSync('/tmp/cocos-admin-'), 'admin.sock');
     const proc = spawn(process.execPath, [...nodeFlags, CLI, 'serve'], {
       env: baseEnv({
         MANAGER_GRPC_HOST: '127.0.0.1',
         MANAGER_GRPC_PORT: String(port),
         MANAGER_HTTP_HOST: '127.0.0.1',
         MANAGER_HTTP_PORT: String(httpPort),
+        MANAGER_ADMIN_SOCKET: adminSocket,
         ...env,
       }),
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -107,6 +113,7 @@ export class Daemon {
     proc.stderr.on('data', (d) => { logs.stderr += d.toString('utf8'); });
     const d = new Daemon(proc, port, logs);
     d.httpPort = httpPort;
+    d.adminSocket = adminSocket;
     d.stateDir = env.MANAGER_STATE_DIR;
     try {
       await d.waitUntilServing(timeoutMs);
@@ -150,6 +157,11 @@ export class Daemon {
 
   client(creds = grpc.credentials.createInsecure(), options = {}) {
     return new managerPkg.ManagerService(`127.0.0.1:${this.port}`, creds, options);
+  }
+
+  /** ManagerAdmin on the daemon's admin socket. */
+  adminClient() {
+    return new adminPkg.ManagerAdmin(`unix:${this.adminSocket}`, grpc.credentials.createInsecure());
   }
 
   /**

@@ -49,6 +49,8 @@ export class VmManager {
   private slotsInUse = 0;
   private stopping = false;
   private readonly inflight = new Set<Promise<unknown>>();
+  /** QEMUs spawned by a CreateVm still waiting for them: a guest can call out before it is "running". */
+  private readonly launching = new Map<number, string>();
 
   constructor(
     private readonly config: Config,
@@ -187,6 +189,7 @@ export class VmManager {
       });
       record.pid = proc.pid;
       record.pidStartTime = proc.startTime;
+      this.launching.set(proc.pid, id);
 
       timings.spawned = at();
       const started = proc;
@@ -215,11 +218,13 @@ export class VmManager {
       timings.recorded = at();
       const vm: ManagedVm = { record, paths, proc, holdsResources: true, ttl: undefined, removing: undefined };
       this.vms.set(id, vm);
+      this.launching.delete(proc.pid);
       this.watch(vm, log);
       log.info({ port, pid: proc.pid, ttl_ms: req.ttlMs ?? null, timings_ms: timings }, 'VM started');
       return { id, port };
     } catch (err) {
       // Undo in reverse: process, files, port, slot.
+      if (proc) this.launching.delete(proc.pid);
       if (proc) {
         await proc.kill();
         this.observer.qemuExited('start-failed');
@@ -301,6 +306,14 @@ export class VmManager {
       kernelCmd: this.vms.get(id)?.record.kernelCmdline ?? q.kernelCmdline,
       eosVersion: this.config.eosVersion,
     };
+  }
+
+  /** The processes of VMs that hold resources (starting or running): pid → VM id. */
+  supervisedPids(): Map<number, string> {
+    const out = new Map<number, string>();
+    for (const [id, vm] of this.vms) if (vm.proc && !vm.proc.hasExited) out.set(vm.proc.pid, id);
+    for (const [pid, id] of this.launching) out.set(pid, id);
+    return out;
   }
 
   list(): VmStatusView[] {
