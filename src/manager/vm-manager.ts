@@ -180,7 +180,7 @@ export class VmManager {
       const spawnedAt = process.hrtime.bigint();
       proc = await inSpan('spawn-qemu', async (span) => {
         try {
-          const p = await QemuProcess.spawn(cmd.file, argv, paths!, log);
+          const p = await QemuProcess.spawn(cmd.file, argv, paths!, log, this.outputLimits(id));
           span.setAttribute('process.pid', p.pid);
           return p;
         } catch (err) {
@@ -308,6 +308,10 @@ export class VmManager {
     };
   }
 
+  private outputLimits(vmId: string) {
+    return { vmId, logMaxBytes: this.config.console.logMaxBytes, linesPerSecond: this.config.console.linesPerSecond };
+  }
+
   /** The processes of VMs that hold resources (starting or running): pid → VM id. */
   supervisedPids(): Map<number, string> {
     const out = new Map<number, string>();
@@ -375,7 +379,7 @@ export class VmManager {
   }
 
   private async adopt(record: VmRecord, paths: VmPaths, log: Logger): Promise<void> {
-    const proc = await QemuProcess.adopt(record.pid!, record.pidStartTime!, paths, log);
+    const proc = await QemuProcess.adopt(record.pid!, record.pidStartTime!, paths, log, this.outputLimits(record.id));
     this.ports.hold(record.hostPort);
     this.slotsInUse++;
     const vm: ManagedVm = { record, paths, proc, holdsResources: true, ttl: undefined, removing: undefined };
