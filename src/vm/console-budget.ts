@@ -12,6 +12,7 @@ export const SUMMARY_WINDOW_MS = 10_000;
 export class ConsoleBudget implements LineBudget {
   private readonly bucket: TokenBucket;
   private droppedLines = 0;
+  private unreadBytes = 0;
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -33,13 +34,20 @@ export class ConsoleBudget implements LineBudget {
     this.droppedLines += lines;
   }
 
+  skippedBytes(bytes: number): void {
+    this.unreadBytes += bytes;
+  }
+
   private summarize(): void {
-    if (this.droppedLines === 0) return;
+    if (this.droppedLines === 0 && this.unreadBytes === 0) return;
     const n = this.droppedLines;
+    const unread = this.unreadBytes;
     this.droppedLines = 0;
+    this.unreadBytes = 0;
+    const also = unread > 0 ? `; ${(unread / 2 ** 20).toFixed(1)} MiB more were written faster than they could be read` : '';
     this.log.warn(
-      { stream: this.stream, lines_not_logged: n, window_s: SUMMARY_WINDOW_MS / 1000 },
-      `VM ${this.vmId}: ${n.toLocaleString('en-US')} ${this.stream} lines not logged in the last ${SUMMARY_WINDOW_MS / 1000} s (rate limit; the whole output is in the VM's log file)`,
+      { stream: this.stream, lines_not_logged: n, bytes_not_read: unread, window_s: SUMMARY_WINDOW_MS / 1000 },
+      `VM ${this.vmId}: ${n.toLocaleString('en-US')} ${this.stream} lines not logged in the last ${SUMMARY_WINDOW_MS / 1000} s${also} (rate limit; the recent output is in the VM's log files, capped by MANAGER_CONSOLE_LOG_MAX_SIZE)`,
     );
   }
 

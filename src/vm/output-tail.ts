@@ -15,14 +15,18 @@ const ANSI_ESCAPE = /\x1b\[[0-9;=?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1bc/g;
 const NEWLINE = 0x0a;
 const READ_CHUNK = 256 * 1024;
 const MAX_LINE = 16 * 1024;
+/** Unread output beyond this is skipped rather than read: nobody could log it anyway. */
+const SKIP_BEYOND = 1024 * 1024;
 
 /** Decides, line by line, whether a line is passed on; told how many were not. */
 export interface LineBudget {
   take(): boolean;
   dropped(lines: number): void;
+  /** Output skipped unread (the writer is far ahead). */
+  skippedBytes(bytes: number): void;
 }
 
-const UNLIMITED: LineBudget = { take: () => true, dropped: () => undefined };
+const UNLIMITED: LineBudget = { take: () => true, dropped: () => undefined, skippedBytes: () => undefined };
 
 export class OutputTail {
   private position = 0;
@@ -31,17 +35,29 @@ export class OutputTail {
   private reading: Promise<void> | undefined;
   private again = false;
   private closed = false;
+  /** After a skip: the first (cut) line is not a line. */
+  private resync = false;
   private readonly chunk = Buffer.allocUnsafe(READ_CHUNK);
+  /** Held open (read-write: ftruncate needs it) so the check on each change is one fstat. */
+  private capFd: number | undefined;
+  private rotating = false;
   /** The last lines seen, for error messages when QEMU fails to start. */
   readonly recent: string[] = [];
+  /**
+   * Rotation starts at three quarters of the cap: the writer keeps writing while a rotation
+   * runs, and the last quarter is its room to do so without passing the cap.
+   */
+  private readonly rotateAt: number;
 
   constructor(
     private readonly file: string,
     private readonly onLine: (line: string) => void,
-    private readonly capBytes = 1024 * 1024,
+    capBytes = 1024 * 1024,
     private readonly budget: LineBudget = UNLIMITED,
     private readonly keepRecent = 20,
-  ) {}
+  ) {
+    this.rotateAt = Math.floor((capBytes * 3) / 4);
+  }
 
   /** Starts following; `fromEnd` skips what is already there (a re-adopted VM's old output). */
   async start(fromEnd: boolean): Promise<void> {
@@ -53,7 +69,15 @@ export class OutputTail {
       }
     }
     try {
-      this.watcher = fs.watch(this.file, { persistent: false }, () => void this.poll());
+      this.capFd = fs.openSync(this.file, 'r+');
+    } catch {
+      /* not there or not ours to write: followed, not rotated */
+    }
+    try {
+      this.watcher = fs.watch(this.file, { persistent: false }, () => {
+        this.rotateIfFull();
+        void this.poll();
+      });
       this.watcher.on('error', () => undefined);
     } catch {
       /* file gone: nothing to follow */
@@ -86,22 +110,21 @@ export class OutputTail {
       return;
     }
     try {
-      let { size } = await fh.stat();
+      const { size } = await fh.stat();
       if (size < this.position) this.position = 0; // rotated or truncated
+      // Over the threshold: rotate first, read afterwards (what was not read yet is in <file>.1).
+      if (size >= this.rotateAt && this.rotateIfFull()) return;
+      // Far behind (a flood): what lies beyond the last window is not read, only counted.
+      if (size - this.position > SKIP_BEYOND) {
+        this.budget.skippedBytes(size - SKIP_BEYOND - this.position);
+        this.position = size - SKIP_BEYOND;
+        this.resync = true;
+      }
       while (this.position < size) {
         const { bytesRead } = await fh.read(this.chunk, 0, Math.min(READ_CHUNK, size - this.position), this.position);
         if (bytesRead === 0) break;
         this.position += bytesRead;
         this.consume(this.chunk.subarray(0, bytesRead));
-        // Rotate as soon as the cap is passed, not after catching up with a flood.
-        if (this.position > this.capBytes) break;
-      }
-      ({ size } = await fh.stat());
-      if (size > this.capBytes) {
-        await fsp.copyFile(this.file, `${this.file}.1`);
-        await fh.truncate(0); // QEMU's descriptor is O_APPEND: its next write lands at the new end
-        this.position = 0;
-        this.again = true; // what was written meanwhile is read on the next round
       }
     } catch {
       /* file removed under us (VM removed) */
@@ -110,10 +133,56 @@ export class OutputTail {
     }
   }
 
+  /**
+   * When the file has reached the rotation threshold: `<file>.1` gets the file as it is, then
+   * the file is emptied. Checked on every change QEMU makes (one fstat on a descriptor held
+   * open); the copy is one kernel-side operation off the event loop, the truncation follows it
+   * at once. A round through several thread-pool operations took long enough on a loaded
+   * machine for a flood to run far past the cap. What the writer adds between the copy and the
+   * truncation is lost (an instant's worth).
+   */
+  private rotateIfFull(): boolean {
+    const fd = this.capFd;
+    if (fd === undefined || this.rotating) return this.rotating;
+    let size: number;
+    try {
+      size = fs.fstatSync(fd).size;
+    } catch {
+      return false;
+    }
+    if (size < this.rotateAt) return false;
+    this.rotating = true;
+    const tmp = `${this.file}.1.tmp`;
+    fs.copyFile(this.file, tmp, (err) => {
+      try {
+        if (err || this.capFd === undefined) return;
+        fs.renameSync(tmp, `${this.file}.1`);
+        const upTo = fs.fstatSync(fd).size;
+        fs.ftruncateSync(fd, 0); // QEMU's descriptor is O_APPEND: its next write lands at the new end
+        if (upTo > this.position) this.budget.skippedBytes(upTo - this.position);
+        this.position = 0;
+        this.resync = this.partial.length > 0;
+        this.partial = Buffer.alloc(0);
+        this.again = this.reading !== undefined; // a round in progress reads again from the start
+      } catch {
+        /* removed (VM removed) or unwritable: the next change tries again */
+      } finally {
+        this.rotating = false;
+      }
+    });
+    return true;
+  }
+
   private consume(buf: Buffer): void {
     let start = 0;
     let nl = buf.indexOf(NEWLINE, start);
     let skipped = 0;
+    if (this.resync && nl !== -1) {
+      this.resync = false;
+      this.partial = Buffer.alloc(0);
+      start = nl + 1;
+      nl = buf.indexOf(NEWLINE, start);
+    }
     while (nl !== -1) {
       if (this.budget.take()) {
         const line = this.partial.length > 0 ? Buffer.concat([this.partial, buf.subarray(start, nl)]) : buf.subarray(start, nl);
@@ -151,6 +220,8 @@ export class OutputTail {
   async close(): Promise<void> {
     this.closed = true;
     this.watcher?.close();
+    if (this.capFd !== undefined) fs.closeSync(this.capFd);
+    this.capFd = undefined;
     await this.poll();
     if (this.partial.length > 0) {
       const line = this.partial.toString('utf8');
