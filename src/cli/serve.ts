@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { bindAdminSocket, removeAdminSocket } from '../api/grpc/admin-socket.js';
+import { bindAdminSocket, groupId, removeAdminSocket } from '../api/grpc/admin-socket.js';
 import { GuestConnections, listenGrpc } from '../api/grpc/listener.js';
 import { createGrpcServer, createRefusingServer, serverCredentials, setServing } from '../api/grpc/server.js';
 import { describeGuestPeerMode, GuestPeerGate, REFUSAL_TEXT } from '../api/guest-peer.js';
@@ -57,6 +57,7 @@ export async function serveCommand(config: Config): Promise<void> {
   const pcrs = loadPcrValues(config.pcrValuesFile);
   const signingKey = loadSigningKey(config.corimSigningKey);
   await prepareStateDir(config.stateDir);
+  const adminGid = config.admin.socket !== '' && config.admin.socketGroup !== '' ? await groupId(config.admin.socketGroup) : undefined;
 
   const instanceId = config.instanceId || randomUUID();
   const log = createLogger(config.logLevel, instanceId);
@@ -111,7 +112,7 @@ export async function serveCommand(config: Config): Promise<void> {
   let admin: ReturnType<typeof createGrpcServer> | undefined;
   if (config.admin.socket !== '') {
     admin = createGrpcServer(manager, log, metrics, { admin: true });
-    await bindAdminSocket(admin.server, config.admin.socket, config.admin.socketGroup);
+    await bindAdminSocket(admin.server, config.admin.socket, adminGid);
     setServing(admin, true);
     log.info({ socket: config.admin.socket, group: config.admin.socketGroup || null }, 'admin socket listening (ManagerAdmin and ManagerService)');
   }

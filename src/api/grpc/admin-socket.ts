@@ -11,7 +11,7 @@ import { StartupError } from '../../util/startup-error.js';
 import { bindServer } from './server.js';
 
 /** A group name (from /etc/group) or a numeric id. */
-async function groupId(group: string): Promise<number> {
+export async function groupId(group: string): Promise<number> {
   if (/^\d+$/.test(group)) return Number(group);
   let text = '';
   try {
@@ -38,8 +38,8 @@ function answers(socketPath: string): Promise<boolean> {
   });
 }
 
-export async function bindAdminSocket(server: grpc.Server, socketPath: string, group: string): Promise<void> {
-  const gid = group === '' ? undefined : await groupId(group);
+/** `gid` undefined: the daemon's own group. */
+export async function bindAdminSocket(server: grpc.Server, socketPath: string, gid: number | undefined): Promise<void> {
   const fail = (what: string) => new StartupError(`cannot serve on MANAGER_ADMIN_SOCKET=${JSON.stringify(socketPath)}: ${what}`);
   // systemd's RuntimeDirectory= makes /run/cocos-manager; elsewhere (development) it is made here.
   // 0755: the socket's own mode decides who may connect.
