@@ -100,6 +100,56 @@ async function throughput(client, seconds, callers = 64) {
   return count / seconds;
 }
 
+/** One new connection, one CVMInfo, closed: what a caller that does not keep its channel pays. */
+async function freshConnection(port) {
+  const t0 = process.hrtime.bigint();
+  const c = new managerPkg.ManagerService(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  await call(c, 'CVMInfo', { id: 'bench' }, 10_000);
+  c.close();
+  return ms(t0);
+}
+
+/**
+ * The guest-peer check (MANAGER_REFUSE_GUEST_CALLS): made once per connection, so CVMInfo
+ * throughput over a kept connection must not move; a new connection pays one look at
+ * /proc/net/tcp and at the descriptors of the running QEMUs. Measured against a second daemon
+ * with the check off, both with the same number of VMs running, interleaved.
+ */
+async function guestPeerCheck(env, on, onClient) {
+  const VMS = quick ? 5 : 20;
+  const off = await Daemon.start({ ...env, MANAGER_REFUSE_GUEST_CALLS: 'false', MANAGER_QEMU_HOST_FWD_RANGE: nextRange(VMS + 5), MANAGER_STATE_DIR: tmpDir('cocos-bench-off-') }, { nodeFlags: NODE_FLAGS });
+  const offClient = off.client();
+  const running = [];
+  for (let i = 0; i < VMS; i++) {
+    running.push([onClient, await call(onClient, 'CreateVm', {}, 30_000)]);
+    running.push([offClient, await call(offClient, 'CreateVm', {}, 30_000)]);
+  }
+  await throughput(onClient, 1);
+  await throughput(offClient, 1);
+  const rounds = quick ? 2 : 4;
+  const withCheck = [];
+  const without = [];
+  for (let r = 0; r < rounds; r++) {
+    withCheck.push(await throughput(onClient, 2));
+    without.push(await throughput(offClient, 2));
+  }
+  const a = pct(withCheck, 50);
+  const b = pct(without, 50);
+  figure({ figure: `CVMInfo calls/s with / without the guest-peer check (${VMS} VMs running)`, value: a.toFixed(0), floor: b.toFixed(0), ratio: (a / b).toFixed(2), target: '>= 0.95 (no loss)', ok: a / b >= 0.95 });
+  const n = quick ? 20 : 100;
+  const connOn = [];
+  const connOff = [];
+  for (let i = 0; i < n; i++) {
+    connOn.push(await freshConnection(on.port));
+    connOff.push(await freshConnection(off.port));
+  }
+  const over = pct(connOn, 50) - pct(connOff, 50);
+  figure({ figure: `new connection + CVMInfo p50 with / without the check (${VMS} VMs, ms)`, value: pct(connOn, 50).toFixed(2), floor: pct(connOff, 50).toFixed(2), over_ms: over.toFixed(2), target: '<= 2 ms over', ok: over <= 2 });
+  await Promise.all(running.map(([c, vm]) => call(c, 'RemoveVm', { cvm_id: vm.cvm_id }, 30_000)));
+  offClient.close();
+  await off.stop();
+}
+
 const results = { machine: {}, figures: [] };
 const figure = (f) => {
   results.figures.push(f);
@@ -228,6 +278,8 @@ async function main() {
   bareClient.close();
   bare.kill('SIGTERM');
   figure({ figure: 'CVMInfo calls/s, 64 concurrent callers', value: ourRps.toFixed(0), floor: bareRps.toFixed(0), ratio: (ourRps / bareRps).toFixed(2), target: '>= 0.8 of the bare server', ok: ourRps / bareRps >= 0.8 });
+
+  await guestPeerCheck(env, daemon, client);
 
   client.close();
   await daemon.stop();
