@@ -47,6 +47,8 @@ export function describeGuestPeerMode(s: GuestPeerSettings): string {
 export class GuestPeerGate {
   private readonly verdicts = new WeakMap<object, Promise<PeerVerdict>>();
   private readonly logged = new Map<string, { at: number; suppressed: number }>();
+  /** Attributions run one at a time, each after a turn of the event loop (see decide()). */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
     readonly settings: GuestPeerSettings,
@@ -70,9 +72,15 @@ export class GuestPeerGate {
     const { remoteAddress, remotePort, localAddress, localPort } = socket;
     // A Unix socket (or a closed one) has no address: not a guest's way in.
     if (!remoteAddress || remotePort === undefined || !localAddress || localPort === undefined) return ALLOWED;
+    // One at a time, each after a turn of the event loop: a guest that floods the port with
+    // connections delays new connections' verdicts, not the calls of connections already open.
+    const run = this.queue.then(
+      () => new Promise<void>((r) => setImmediate(r)),
+    ).then(() => this.attribute({ address: remoteAddress, port: remotePort }, { address: localAddress, port: localPort }));
+    this.queue = run.catch(() => undefined);
     let who: PeerAttribution;
     try {
-      who = await this.attribute({ address: remoteAddress, port: remotePort }, { address: localAddress, port: localPort });
+      who = await run;
     } catch (err) {
       who = { kind: 'unattributed', reason: `attribution failed: ${String(err)}` };
     }

@@ -30,7 +30,7 @@ export async function processCmdline(pid: number): Promise<string[] | undefined>
 }
 
 /** The process and all its descendants (QEMU under sudo is a child of sudo). */
-export async function processTree(pid: number): Promise<number[]> {
+async function processTree(pid: number): Promise<number[]> {
   const out = [pid];
   for (let i = 0; i < out.length && out.length < 64; i++) {
     const p = out[i]!;
