@@ -114,6 +114,7 @@ export class Daemon {
     const d = new Daemon(proc, port, logs);
     d.httpPort = httpPort;
     d.adminSocket = adminSocket;
+    d.env = env;
     d.stateDir = env.MANAGER_STATE_DIR;
     try {
       await d.waitUntilServing(timeoutMs);

@@ -23,9 +23,9 @@ async function startWithModeFile(extra = {}) {
   return { d, dir, modeFile };
 }
 
-async function hostileGuest({ d, dir, modeFile }, client, victim, calls) {
+async function hostileGuest({ d, dir, modeFile }, client, victim, calls, again) {
   const out = path.join(dir, `calls-${Date.now()}.json`);
-  fs.writeFileSync(modeFile, `call-home ${JSON.stringify({ grpc: d.port, http: d.httpPort, victim, out, calls })}`);
+  fs.writeFileSync(modeFile, `call-home ${JSON.stringify({ grpc: d.port, http: d.httpPort, victim, out, calls, again })}`);
   const vm = await call(client, 'CreateVm', {});
   fs.writeFileSync(modeFile, 'normal');
   assert.ok(await waitFor(() => fs.existsSync(out), 20_000, 50), 'the stand-in guest finished its calls');
@@ -64,6 +64,34 @@ test('calls through a VM\'s user-mode network are refused; the host\'s succeed; 
     assert.equal(health.status, 200);
     await call(client, 'RemoveVm', { cvm_id: victim.cvm_id });
     await call(client, 'RemoveVm', { cvm_id: attacker.cvm_id });
+  } finally {
+    client.close();
+  }
+});
+
+test('a re-adopted VM\'s calls are refused too, after a daemon restart', async () => {
+  const s = await startWithModeFile();
+  let client = s.d.client();
+  const again = path.join(s.dir, 'again');
+  const victim = await call(client, 'CreateVm', {});
+  const { vm: attacker } = await hostileGuest(s, client, victim.cvm_id, 1, again);
+  client.close();
+  await s.d.stop('SIGTERM', { keepVms: true });
+  // The same ports: the stand-in guest calls where it called before.
+  const env = fakeQemuEnv(s.d.stateDir, { FAKE_QEMU_MODE_FILE: s.modeFile });
+  const d2 = await Daemon.start({ ...env, MANAGER_QEMU_HOST_FWD_RANGE: s.d.env.MANAGER_QEMU_HOST_FWD_RANGE }, { port: s.d.port, httpPort: s.d.httpPort });
+  daemons.push(d2);
+  assert.ok(d2.logs.lines.some((l) => l.msg === 're-adopted a running VM' && l.cvm_id === attacker.cvm_id));
+  fs.writeFileSync(again, '');
+  assert.ok(await waitFor(() => fs.existsSync(`${again}.out`), 20_000, 50), 'the re-adopted stand-in guest called again');
+  const results = JSON.parse(fs.readFileSync(`${again}.out`, 'utf8'));
+  assert.equal(results.http[0].status, 403);
+  assert.deepEqual(results.grpc.map((r) => r.code), [grpc.status.PERMISSION_DENIED, grpc.status.PERMISSION_DENIED]);
+  client = d2.client();
+  try {
+    const v = await status(d2, victim.cvm_id);
+    assert.equal(v.state, 'running');
+    assert.ok(d2.logs.lines.some((l) => l.msg === 'call from a guest refused' && l.cvm_id === attacker.cvm_id));
   } finally {
     client.close();
   }
