@@ -88,17 +88,20 @@ test('a guest flooding its console does not starve the daemon, its memory or its
     const report = (name, m) => `${name}: p50 ${m.p50.toFixed(2)} ms, p99 ${m.p99.toFixed(2)} ms over ${m.latencies.length} calls, max RSS ${(m.maxRssKiB / 1024).toFixed(0)} MiB`;
     process.stderr.write(`# ${report('idle', idle)}\n# ${report('same load, not through the daemon', baseline)}\n# ${report('console flood', flooded)}\n# console.log max ${(flooded.sizes[0] / 2 ** 20).toFixed(1)} MiB, console.log.1 max ${(flooded.sizes[1] / 2 ** 20).toFixed(1)} MiB\n`);
 
-    // Latency: within 2x of the baseline's p99 (a floor of 2 ms: below it, a scheduler tick decides).
-    assert.ok(flooded.p99 <= 2 * Math.max(baseline.p99, 2), `p99 ${flooded.p99.toFixed(2)} ms under the flood vs ${baseline.p99.toFixed(2)} ms without`);
+    // Latency: within 2x of the baseline's p99, with a floor of 10 ms: on this shared 2-core
+    // machine (load often above 10) a p99 below that is decided by the scheduler, not by the
+    // daemon. A starved daemon is far beyond it (logging each line synchronously: hundreds of ms).
+    assert.ok(flooded.p99 <= 2 * Math.max(baseline.p99, 10), `p99 ${flooded.p99.toFixed(2)} ms under the flood vs ${baseline.p99.toFixed(2)} ms without`);
     // Throughput, which a starved event loop loses first: at least half the baseline's calls.
     assert.ok(flooded.latencies.length >= baseline.latencies.length / 2, `${flooded.latencies.length} calls under the flood vs ${baseline.latencies.length}`);
     // Memory: the daemon does not buffer the flood.
     assert.ok(flooded.maxRssKiB <= baseline.maxRssKiB + 64 * 1024, `RSS ${flooded.maxRssKiB} KiB vs ${baseline.maxRssKiB} KiB`);
-    // Disk: rotation starts at 3/4 of the cap, checked on every change QEMU makes; QEMU, not the
-    // daemon, writes the file, so what the flood adds before the daemon's event loop gets to
-    // that check comes on top (a few MiB at worst on a loaded machine).
-    const slack = CAP / 2;
-    assert.ok(flooded.sizes[0] <= CAP + slack && flooded.sizes[1] <= CAP + slack, `console files ${flooded.sizes.join(', ')} bytes, cap ${CAP}`);
+    // Disk: console.log.1 never passes the cap. console.log is rotated from 3/4 of the cap and
+    // emptied at once if it reaches the cap while a rotation's copy still runs; QEMU, not the
+    // daemon, writes it, so what the flood adds before the daemon's event loop reacts comes on
+    // top (tens of milliseconds at worst on a loaded machine: at 50 MB/s, a few MiB).
+    assert.ok(flooded.sizes[1] <= CAP, `console.log.1 ${flooded.sizes[1]} bytes, cap ${CAP}`);
+    assert.ok(flooded.sizes[0] <= CAP * 1.5, `console.log ${flooded.sizes[0]} bytes, cap ${CAP}`);
 
     // The log: a bounded number of console lines, and a summary of the rest.
     assert.ok(await waitFor(() => daemon.logs.lines.some((l) => l.cvm_id === vm.cvm_id && l.lines_not_logged > 0), 15_000), 'summary logged');

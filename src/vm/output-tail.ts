@@ -41,6 +41,8 @@ export class OutputTail {
   /** Held open (read-write: ftruncate needs it) so the check on each change is one fstat. */
   private capFd: number | undefined;
   private rotating = false;
+  private truncatedDuringCopy = false;
+  private truncating = false;
   /** The last lines seen, for error messages when QEMU fails to start. */
   readonly recent: string[] = [];
   /**
@@ -48,6 +50,7 @@ export class OutputTail {
    * runs, and the last quarter is its room to do so without passing the cap.
    */
   private readonly rotateAt: number;
+  private readonly capBytes: number;
 
   constructor(
     private readonly file: string,
@@ -56,6 +59,7 @@ export class OutputTail {
     private readonly budget: LineBudget = UNLIMITED,
     private readonly keepRecent = 20,
   ) {
+    this.capBytes = capBytes;
     this.rotateAt = Math.floor((capBytes * 3) / 4);
   }
 
@@ -143,34 +147,58 @@ export class OutputTail {
    */
   private rotateIfFull(): boolean {
     const fd = this.capFd;
-    if (fd === undefined || this.rotating) return this.rotating;
+    if (fd === undefined) return false;
     let size: number;
     try {
-      size = fs.fstatSync(fd).size;
+      size = fs.fstatSync(fd).size; // microseconds; everything that frees pages runs off the loop
     } catch {
       return false;
     }
+    if (this.rotating) {
+      // The copy is slower than the writer (a loaded disk): the cap is kept at the cost of what
+      // the copy did not get, which is counted as not read.
+      if (size >= this.capBytes && !this.truncating) {
+        this.truncatedDuringCopy = true;
+        this.truncate(fd, size);
+      }
+      return true;
+    }
     if (size < this.rotateAt) return false;
     this.rotating = true;
+    this.truncatedDuringCopy = false;
     const tmp = `${this.file}.1.tmp`;
-    fs.copyFile(this.file, tmp, (err) => {
+    void (async () => {
       try {
-        if (err || this.capFd === undefined) return;
-        fs.renameSync(tmp, `${this.file}.1`);
-        const upTo = fs.fstatSync(fd).size;
-        fs.ftruncateSync(fd, 0); // QEMU's descriptor is O_APPEND: its next write lands at the new end
-        if (upTo > this.position) this.budget.skippedBytes(upTo - this.position);
-        this.position = 0;
-        this.resync = this.partial.length > 0;
-        this.partial = Buffer.alloc(0);
-        this.again = this.reading !== undefined; // a round in progress reads again from the start
+        await fsp.copyFile(this.file, tmp);
+        if (this.capFd === undefined) return;
+        // The copy may have caught some of what was written while it ran: at most the cap is kept.
+        if ((await fsp.stat(tmp)).size > this.capBytes) await fsp.truncate(tmp, this.capBytes);
+        await fsp.rename(tmp, `${this.file}.1`);
+        if (!this.truncatedDuringCopy && !this.truncating) await this.truncate(fd, fs.fstatSync(fd).size);
       } catch {
         /* removed (VM removed) or unwritable: the next change tries again */
       } finally {
         this.rotating = false;
       }
-    });
+    })();
     return true;
+  }
+
+  /** Empties the file (QEMU's descriptor is O_APPEND: its next write lands at the new end). */
+  private async truncate(fd: number, upTo: number): Promise<void> {
+    this.truncating = true;
+    try {
+      await new Promise<void>((resolve, reject) => fs.ftruncate(fd, 0, (err) => (err ? reject(err) : resolve())));
+    } catch {
+      return;
+    } finally {
+      this.truncating = false;
+    }
+    if (upTo > this.position) this.budget.skippedBytes(upTo - this.position);
+    this.position = 0;
+    this.resync = this.partial.length > 0;
+    this.partial = Buffer.alloc(0);
+    this.again = this.reading !== undefined; // a round in progress reads again from the start
   }
 
   private consume(buf: Buffer): void {
@@ -220,8 +248,10 @@ export class OutputTail {
   async close(): Promise<void> {
     this.closed = true;
     this.watcher?.close();
-    if (this.capFd !== undefined) fs.closeSync(this.capFd);
+    const fd = this.capFd;
     this.capFd = undefined;
+    // Closed once no truncation can still use it.
+    if (fd !== undefined) setTimeout(() => fs.close(fd, () => undefined), 1_000).unref();
     await this.poll();
     if (this.partial.length > 0) {
       const line = this.partial.toString('utf8');
