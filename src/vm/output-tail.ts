@@ -186,6 +186,7 @@ export class OutputTail {
 
   /** Empties the file (QEMU's descriptor is O_APPEND: its next write lands at the new end). */
   private async truncate(fd: number, upTo: number): Promise<void> {
+    if (this.capFd !== fd) return; // closed meanwhile: the number may belong to another file soon
     this.truncating = true;
     try {
       await new Promise<void>((resolve, reject) => fs.ftruncate(fd, 0, (err) => (err ? reject(err) : resolve())));
