@@ -13,13 +13,18 @@ export class TokenBucket {
   }
 
   take(): boolean {
+    if (this.empty()) return false;
+    this.tokens--;
+    return true;
+  }
+
+  /** No token now (refilled first; nothing is taken). */
+  empty(): boolean {
     if (this.tokens < 1) {
       const t = this.now();
       this.tokens = Math.min(this.burst, this.tokens + ((t - this.last) / 1000) * this.ratePerSecond);
       this.last = t;
-      if (this.tokens < 1) return false;
     }
-    this.tokens--;
-    return true;
+    return this.tokens < 1;
   }
 }

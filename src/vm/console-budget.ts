@@ -30,6 +30,10 @@ export class ConsoleBudget implements LineBudget {
     return this.bucket.take();
   }
 
+  spent(): boolean {
+    return this.bucket.empty();
+  }
+
   dropped(lines: number): void {
     this.droppedLines += lines;
   }

@@ -17,16 +17,20 @@ const READ_CHUNK = 256 * 1024;
 const MAX_LINE = 16 * 1024;
 /** Unread output beyond this is skipped rather than read: nobody could log it anyway. */
 const SKIP_BEYOND = 1024 * 1024;
+const SKIP_BEYOND_WHEN_SPENT = 64 * 1024;
+const SPENT_POLL_MS = 100;
 
 /** Decides, line by line, whether a line is passed on; told how many were not. */
 export interface LineBudget {
   take(): boolean;
+  /** No line could be passed on now (nothing is taken). */
+  spent(): boolean;
   dropped(lines: number): void;
   /** Output skipped unread (the writer is far ahead). */
   skippedBytes(bytes: number): void;
 }
 
-const UNLIMITED: LineBudget = { take: () => true, dropped: () => undefined, skippedBytes: () => undefined };
+const UNLIMITED: LineBudget = { take: () => true, spent: () => false, dropped: () => undefined, skippedBytes: () => undefined };
 
 export class OutputTail {
   private position = 0;
@@ -43,6 +47,9 @@ export class OutputTail {
   private rotating = false;
   private truncatedDuringCopy = false;
   private truncating = false;
+  /** The descriptor to close once no copy or truncation can still use its number. */
+  private closingFd: number | undefined;
+  private pollTimer: NodeJS.Timeout | undefined;
   /** The last lines seen, for error messages when QEMU fails to start. */
   readonly recent: string[] = [];
   /**
@@ -80,13 +87,30 @@ export class OutputTail {
     try {
       this.watcher = fs.watch(this.file, { persistent: false }, () => {
         this.rotateIfFull();
-        void this.poll();
+        this.pollSoon();
       });
       this.watcher.on('error', () => undefined);
     } catch {
       /* file gone: nothing to follow */
     }
     await this.poll();
+  }
+
+  /**
+   * A poll on each change, except while the budget is spent: then at most one per
+   * SPENT_POLL_MS (nothing read could be logged; the rotation check above still runs each time).
+   */
+  private pollSoon(): void {
+    if (!this.budget.spent()) {
+      void this.poll();
+      return;
+    }
+    if (this.pollTimer) return;
+    this.pollTimer = setTimeout(() => {
+      this.pollTimer = undefined;
+      void this.poll();
+    }, SPENT_POLL_MS);
+    this.pollTimer.unref();
   }
 
   /** Reads what was appended since the last call; concurrent calls coalesce. */
@@ -118,10 +142,12 @@ export class OutputTail {
       if (size < this.position) this.position = 0; // rotated or truncated
       // Over the threshold: rotate first, read afterwards (what was not read yet is in <file>.1).
       if (size >= this.rotateAt && this.rotateIfFull()) return;
-      // Far behind (a flood): what lies beyond the last window is not read, only counted.
-      if (size - this.position > SKIP_BEYOND) {
-        this.budget.skippedBytes(size - SKIP_BEYOND - this.position);
-        this.position = size - SKIP_BEYOND;
+      // Far behind (a flood): what lies beyond the last window is not read, only counted. With
+      // the budget spent, the window is small: reading only to count lines costs CPU too.
+      const window = this.budget.spent() ? SKIP_BEYOND_WHEN_SPENT : SKIP_BEYOND;
+      if (size - this.position > window) {
+        this.budget.skippedBytes(size - window - this.position);
+        this.position = size - window;
         this.resync = true;
       }
       while (this.position < size) {
@@ -179,9 +205,16 @@ export class OutputTail {
         /* removed (VM removed) or unwritable: the next change tries again */
       } finally {
         this.rotating = false;
+        this.closeFdWhenIdle();
       }
     })();
     return true;
+  }
+
+  private closeFdWhenIdle(): void {
+    if (this.closingFd === undefined || this.rotating || this.truncating) return;
+    fs.closeSync(this.closingFd);
+    this.closingFd = undefined;
   }
 
   /** Empties the file (QEMU's descriptor is O_APPEND: its next write lands at the new end). */
@@ -194,6 +227,7 @@ export class OutputTail {
       return;
     } finally {
       this.truncating = false;
+      this.closeFdWhenIdle();
     }
     if (upTo > this.position) this.budget.skippedBytes(upTo - this.position);
     this.position = 0;
@@ -249,10 +283,10 @@ export class OutputTail {
   async close(): Promise<void> {
     this.closed = true;
     this.watcher?.close();
-    const fd = this.capFd;
+    clearTimeout(this.pollTimer);
+    this.closingFd = this.capFd;
     this.capFd = undefined;
-    // Closed once no truncation can still use it.
-    if (fd !== undefined) setTimeout(() => fs.close(fd, () => undefined), 1_000).unref();
+    this.closeFdWhenIdle();
     await this.poll();
     if (this.partial.length > 0) {
       const line = this.partial.toString('utf8');
