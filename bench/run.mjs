@@ -136,6 +136,78 @@ async function throughput(client, seconds, callers = 64) {
   return count / seconds;
 }
 
+/** One new connection, one CVMInfo, closed: what a caller that does not keep its channel pays. */
+async function freshConnection(port) {
+  const t0 = process.hrtime.bigint();
+  // Its own subchannel: grpc-js would otherwise share one connection among clients of a target.
+  const c = new managerPkg.ManagerService(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
+  await call(c, 'CVMInfo', { id: 'bench' }, 10_000);
+  c.close();
+  return ms(t0);
+}
+
+/**
+ * The guest-peer check (MANAGER_REFUSE_GUEST_CALLS): made once per connection, so CVMInfo
+ * throughput over a kept connection must not move; a new connection pays one look at
+ * /proc/net/tcp and at the descriptors of the running QEMUs. Measured against a second daemon
+ * with the check off, both with the same number of VMs running, interleaved.
+ */
+async function guestPeerCheck(env) {
+  const VMS = quick ? 5 : 20;
+  // Two daemons with the same history, the check on in one and off in the other.
+  const start = (refuse) => Daemon.start({ ...env, MANAGER_REFUSE_GUEST_CALLS: refuse, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(VMS + 5), MANAGER_STATE_DIR: tmpDir('cocos-bench-peer-') }, { nodeFlags: NODE_FLAGS });
+  const on = await start('true');
+  const off = await start('false');
+  const onClient = on.client();
+  const offClient = off.client();
+  const running = [];
+  for (let i = 0; i < VMS; i++) {
+    running.push([onClient, await call(onClient, 'CreateVm', {}, 30_000)]);
+    running.push([offClient, await call(offClient, 'CreateVm', {}, 30_000)]);
+  }
+  await throughput(onClient, 1);
+  await throughput(offClient, 1);
+  const rounds = quick ? 4 : 8;
+  const withCheck = [];
+  const without = [];
+  // Interleaved, the order swapped each round, so the machine's drift hits both alike.
+  for (let r = 0; r < rounds; r++) {
+    if (r % 2 === 0) {
+      withCheck.push(await throughput(onClient, 2));
+      without.push(await throughput(offClient, 2));
+    } else {
+      without.push(await throughput(offClient, 2));
+      withCheck.push(await throughput(onClient, 2));
+    }
+  }
+  const a = pct(withCheck, 50);
+  const b = pct(without, 50);
+  figure({ figure: `CVMInfo calls/s with / without the guest-peer check (${VMS} VMs running)`, value: a.toFixed(0), floor: b.toFixed(0), ratio: (a / b).toFixed(2), target: '>= 0.95 (no loss)', ok: a / b >= 0.95 });
+  const n = quick ? 20 : 100;
+  const connOn = [];
+  const connOff = [];
+  for (let i = 0; i < n; i++) {
+    connOn.push(await freshConnection(on.port));
+    connOff.push(await freshConnection(off.port));
+  }
+  const over = pct(connOn, 50) - pct(connOff, 50);
+  // What the check cannot avoid: the kernel generates /proc/net/tcp by walking its whole TCP hash
+  // table (milliseconds on a large host, however few sockets there are).
+  const tableReads = [];
+  for (let i = 0; i < 20; i++) {
+    const t0 = process.hrtime.bigint();
+    await fs.promises.readFile('/proc/net/tcp', 'utf8');
+    tableReads.push(ms(t0));
+  }
+  const table = pct(tableReads, 50);
+  figure({ figure: `new connection + CVMInfo p50 with / without the check (${VMS} VMs, ms)`, value: pct(connOn, 50).toFixed(2), floor: pct(connOff, 50).toFixed(2), over_ms: over.toFixed(2), target: `<= 2 reads of /proc/net/tcp (${table.toFixed(2)} ms each) + 1 ms over`, ok: over <= 2 * table + 1 });
+  await Promise.all(running.map(([c, vm]) => call(c, 'RemoveVm', { cvm_id: vm.cvm_id }, 30_000)));
+  onClient.close();
+  offClient.close();
+  await on.stop();
+  await off.stop();
+}
+
 const results = { machine: {}, figures: [] };
 const figure = (f) => {
   results.figures.push(f);
@@ -163,6 +235,12 @@ async function main() {
   // What the daemon's own environment is (test/daemon.mjs starts it with PATH, HOME and these).
   const daemonEnv = { PATH: process.env.PATH, HOME: process.env.HOME ?? '/root', ...env };
   const template = JSON.parse(execFileSync(process.execPath, [CLI, 'qemu-args'], { env: { PATH: process.env.PATH, ...env }, encoding: 'utf8' }));
+
+  // BENCH_ONLY=guest-peer: only the figures of the guest-peer check.
+  if (process.env.BENCH_ONLY === 'guest-peer') {
+    await guestPeerCheck(env);
+    return;
+  }
 
   // Start to serving, against `node -e ''`.
   const starts = [];
@@ -290,6 +368,8 @@ async function main() {
 
   client.close();
   await daemon.stop();
+  await guestPeerCheck(env);
+
   fs.rmSync(root, { recursive: true, force: true });
 
   const rows = [['figure', 'value', 'floor', 'ratio', 'target', 'met'], ...results.figures.map((f) => [f.figure, String(f.value), String(f.floor), f.ratio ?? (f.over_ms ? `+${f.over_ms} ms` : '-'), f.target, f.ok === undefined ? '-' : f.ok ? 'yes' : 'NO'])];

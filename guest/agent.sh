@@ -9,4 +9,5 @@ for f in /etc/certs/*; do
 done
 echo "== cmdline"
 cat /proc/cmdline
+[ -f /tmp/probe.out ] && cat /tmp/probe.out
 echo "== end"

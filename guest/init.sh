@@ -41,5 +41,7 @@ fi
 
 # The agent: one report per connection, for as long as the guest runs.
 nc -ll -p 7002 -e /agent.sh &
+# A hostile workload, only when the environment asks for one (tests of what a guest can reach).
+/probe.sh &
 echo "COCOS-GUEST-READY"
 while true; do sleep 3600; done

@@ -20,7 +20,7 @@ if [ -z "$pkg" ]; then
 fi
 kver=${pkg#linux-image-}
 
-inputs=(guest/init.sh guest/agent.sh guest/udhcpc.sh guest/power-button.sh scripts/build-guest.sh /bin/busybox)
+inputs=(guest/init.sh guest/agent.sh guest/probe.sh guest/udhcpc.sh guest/power-button.sh scripts/build-guest.sh /bin/busybox)
 if [ -f "$OUT/initramfs.cpio.gz" ] && [ -f "$OUT/vmlinuz" ] && [ "$(cat "$OUT/kernel-version" 2>/dev/null)" = "$kver" ]; then
   fresh=1
   for f in "${inputs[@]}"; do [ "$f" -nt "$OUT/initramfs.cpio.gz" ] && fresh=0; done
@@ -64,6 +64,7 @@ mkdir -p "$root"/{bin,dev,proc,sys,tmp,modules,env,etc/certs}
 cp /bin/busybox "$root/bin/busybox"
 install -m 0755 guest/init.sh "$root/init"
 install -m 0755 guest/agent.sh "$root/agent.sh"
+install -m 0755 guest/probe.sh "$root/probe.sh"
 install -m 0755 guest/udhcpc.sh "$root/udhcpc.sh"
 mkdir -p "$root/etc/acpi/PWRF"
 install -m 0755 guest/power-button.sh "$root/etc/acpi/PWRF/00000080"

@@ -34,8 +34,11 @@ function boundPorts(lines) {
  * JSON log lines as they come.
  */
 export function spawnServe(env, nodeFlags = [], { uid, gid, cwd } = {}) {
+  // Each daemon its own admin socket, in a short path (a Unix socket path has at most 107 bytes).
+  const adminSocket = env.MANAGER_ADMIN_SOCKET ?? path.join(fs.mkdtempSync('/tmp/cocos-admin-'), 'admin.sock');
+  if (uid !== undefined && env.MANAGER_ADMIN_SOCKET === undefined) fs.chownSync(path.dirname(adminSocket), uid, gid);
   const proc = spawn(process.execPath, [...nodeFlags, CLI, 'serve'], {
-    env: baseEnv({ MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: '0', MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: '0', ...env }),
+    env: baseEnv({ MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: '0', MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: '0', MANAGER_ADMIN_SOCKET: adminSocket, ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],
     // Another user (the USE_SUDO test runs the daemon as a system user), another working directory.
     ...(uid === undefined ? {} : { uid, gid }),
@@ -52,7 +55,7 @@ export function spawnServe(env, nodeFlags = [], { uid, gid, cwd } = {}) {
     }
   });
   proc.stderr.on('data', (d) => { logs.stderr += d.toString('utf8'); });
-  return { proc, logs };
+  return { proc, logs, adminSocket };
 }
 
 /** The port the daemon's HTTP endpoint bound, once it has logged it (bounded). */
@@ -132,8 +135,10 @@ export class Daemon {
    * both ports are 0: the daemon binds free ones and logs them, and the test reads them there.
    */
   static async start(env, { timeoutMs = 20_000, port = 0, httpPort = 0, nodeFlags = [], uid, gid, cwd } = {}) {
-    const { proc, logs } = spawnServe({ MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_PORT: String(httpPort), ...env }, nodeFlags, { uid, gid, cwd });
+    const { proc, logs, adminSocket } = spawnServe({ MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_PORT: String(httpPort), ...env }, nodeFlags, { uid, gid, cwd });
     const d = new Daemon(proc, port, logs);
+    d.adminSocket = adminSocket;
+    d.env = env;
     d.stateDir = env.MANAGER_STATE_DIR;
     const deadline = Date.now() + timeoutMs;
     try {
@@ -182,9 +187,9 @@ export class Daemon {
     return new managerPkg.ManagerService(`127.0.0.1:${this.port}`, creds, options);
   }
 
-  /** A ManagerAdmin client (ListVms, GetVm, WatchVms). */
-  adminClient(creds = grpc.credentials.createInsecure(), options = {}) {
-    return new adminPkg.ManagerAdmin(`127.0.0.1:${this.port}`, creds, options);
+  /** A ManagerAdmin client (ListVms, GetVm, WatchVms) on the daemon's admin socket. */
+  adminClient(options = {}) {
+    return new adminPkg.ManagerAdmin(`unix:${this.adminSocket}`, grpc.credentials.createInsecure(), options);
   }
 
   /**

@@ -19,8 +19,8 @@ after(async () => {
   await daemon?.stop();
 });
 
-function check(service) {
-  const client = new healthPkg.grpc.health.v1.Health(`127.0.0.1:${daemon.port}`, grpc.credentials.createInsecure());
+function check(service, target = `127.0.0.1:${daemon.port}`) {
+  const client = new healthPkg.grpc.health.v1.Health(target, grpc.credentials.createInsecure());
   return new Promise((resolve, reject) => {
     client.Check({ service }, { deadline: Date.now() + 5_000 }, (err, res) => {
       client.close();
@@ -46,7 +46,10 @@ function reflect(request) {
 test('health says SERVING for the server and each service once started', async () => {
   assert.equal(await check(''), 'SERVING');
   assert.equal(await check('manager.ManagerService'), 'SERVING');
-  assert.equal(await check('manager.ManagerAdmin'), 'SERVING');
+  // ManagerAdmin is on the admin socket, not on TCP (unless MANAGER_ADMIN_ON_GRPC_PORT and mutual TLS).
+  await assert.rejects(check('manager.ManagerAdmin'), (e) => e.code === grpc.status.NOT_FOUND);
+  assert.equal(await check('manager.ManagerAdmin', `unix:${daemon.adminSocket}`), 'SERVING');
+  assert.equal(await check('manager.ManagerService', `unix:${daemon.adminSocket}`), 'SERVING');
   await assert.rejects(check('no.such.Service'), (e) => e.code === grpc.status.NOT_FOUND);
 });
 

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { CLI, baseEnv, runCli } from './helpers.mjs';
 import { Daemon, fakeQemuEnv, tmpDir } from './daemon.mjs';
+import { makePki } from './pki.mjs';
 
 let daemon;
 let dir;
@@ -33,6 +34,8 @@ function cli(args, env = {}) {
 
 test('vm create / ls / info / policy / rm round-trip, human and --json', async () => {
   const addr = ['--addr', `127.0.0.1:${daemon.port}`];
+  // ls and info go to the admin socket (ManagerAdmin is not on TCP by default).
+  const admin = ['--admin-socket', daemon.adminSocket];
   const cert = path.join(dir, 'cert.pem');
   fs.writeFileSync(cert, 'CERT');
   const secret = path.join(dir, 'secret');
@@ -44,7 +47,7 @@ test('vm create / ls / info / policy / rm round-trip, human and --json', async (
   assert.ok(env.includes('AWS_SECRET_ACCESS_KEY=from-a-file\n'));
   assert.ok(env.includes('AGENT_CVM_GRPC_CLIENT_CERT=/etc/certs/cert.pem\n'));
 
-  const ls = await cli(['vm', 'ls', ...addr, '--json']);
+  const ls = await cli(['vm', 'ls', '--json'], { MANAGER_ADMIN_SOCKET: daemon.adminSocket });
   const vms = JSON.parse(ls.stdout);
   assert.equal(vms.length, 1);
   assert.equal(vms[0].id, id);
@@ -53,11 +56,11 @@ test('vm create / ls / info / policy / rm round-trip, human and --json', async (
   assert.ok(vms[0].pid > 0);
   assert.ok(Date.parse(vms[0].ttl_deadline) - Date.parse(vms[0].created_at) === 3_600_000);
 
-  const human = await cli(['vm', 'ls', ...addr]);
+  const human = await cli(['vm', 'ls', ...admin]);
   assert.match(human.stdout, /^ID\s+STATE\s+PID\s+PORT\s+CREATED\s+TTL DEADLINE\s+EXIT\n/);
   assert.ok(human.stdout.includes(id));
 
-  const info = await cli(['vm', 'info', id, ...addr]);
+  const info = await cli(['vm', 'info', id, ...admin]);
   assert.equal(info.status, 0, info.stderr);
   assert.match(info.stdout, /kernel command line\s+quiet console=null agent\.aa_kbc_params=kbs1/);
   assert.match(info.stdout, /state\s+running/);
@@ -69,10 +72,21 @@ test('vm create / ls / info / policy / rm round-trip, human and --json', async (
   const rm = await cli(['vm', 'rm', id, ...addr]);
   assert.equal(rm.status, 0);
   assert.equal(rm.stdout.trim(), `removed ${id}`);
-  const gone = await cli(['vm', 'info', id, ...addr]);
+  const gone = await cli(['vm', 'info', id, ...admin]);
   assert.equal(gone.status, 1);
   assert.match(gone.stderr, /GetVm: NOT_FOUND/);
-  assert.equal((await cli(['vm', 'ls', ...addr])).stdout.trim(), 'no VMs');
+  assert.equal((await cli(['vm', 'ls', ...admin])).stdout.trim(), 'no VMs');
+  // Over TCP, ManagerAdmin is not served unless asked for (and then only with mutual TLS).
+  const tcp = await cli(['vm', 'ls', ...addr]);
+  assert.equal(tcp.status, 1);
+  assert.match(tcp.stderr, /ListVms: UNIMPLEMENTED/);
+});
+
+test('vm ls with no admin socket names the socket it tried, and what to do', async () => {
+  const sock = path.join(dir, 'none.sock');
+  const r = await cli(['vm', 'ls', '--timeout', '10s'], { MANAGER_ADMIN_SOCKET: sock });
+  assert.equal(r.status, 1);
+  assert.equal(r.stderr, `cocos-manager: no daemon at ${sock}: is cocos-manager running? (make run, or systemctl start cocos-manager; --admin-socket sets where to look)\n`);
 });
 
 test('vm against no daemon fails with one line that says what to do', async () => {
@@ -83,21 +97,44 @@ test('vm against no daemon fails with one line that says what to do', async () =
   assert.doesNotMatch(r.stderr, /Resolution note|Last error/);
 });
 
-test('check passes what this host has (plain OVMF under TCG) and exits 0', () => {
+const tcgCheckEnv = () => {
   const kernel = path.join(dir, 'bzImage');
   fs.writeFileSync(kernel, 'k');
-  const r = runCli(['check'], {
+  return {
     MANAGER_QEMU_ENABLE_KVM: 'false', MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
     MANAGER_QEMU_DISK_IMG_KERNEL_FILE: kernel, MANAGER_QEMU_DISK_IMG_ROOTFS_FILE: kernel,
     MANAGER_STATE_DIR: path.join(dir, 'state'), MANAGER_QEMU_HOST_FWD_RANGE: '47000-47009',
+  };
+};
+
+test('check passes what this host has (plain OVMF under TCG, mutual TLS) and exits 0', () => {
+  const pki = makePki(tmpDir('cocos-check-pki-'));
+  const r = runCli(['check'], {
+    ...tcgCheckEnv(),
+    MANAGER_GRPC_SERVER_CERT: pki.file('server.pem'), MANAGER_GRPC_SERVER_KEY: pki.file('server.key'),
+    MANAGER_GRPC_CLIENT_CA_CERTS: pki.file('ca.pem'),
   });
   assert.equal(r.status, 0, r.stdout);
+  assert.match(r.stdout, /^PASS\s+client authentication\s+ManagerService requires a client certificate/m);
+  assert.match(r.stdout, /^PASS\s+calls from guests\s+on: calls from supervised QEMUs are refused/m);
+  assert.match(r.stdout, /^PASS\s+admin socket\s+ManagerAdmin on \/run\/cocos-manager\/admin.sock \(mode 0660\); not on TCP/m);
   assert.match(r.stdout, /^PASS\s+qemu binary\s+\/usr\/bin\/qemu-system-x86_64 \(QEMU emulator version/m);
   assert.match(r.stdout, /^PASS\s+qemu device virtio-9p-pci/m);
   assert.match(r.stdout, /^PASS\s+OVMF variables\s+\/usr\/share\/OVMF\/OVMF_VARS.fd/m);
   assert.match(r.stdout, /^PASS\s+host ports\s+10 of 10 free/m);
   assert.match(r.stdout, /all checks passed/);
   assert.equal(fs.existsSync(path.join(dir, 'state')), false, 'check creates nothing');
+});
+
+test('check fails when ManagerService accepts calls without client authentication, naming risk and remedy', () => {
+  const r = runCli(['check'], tcgCheckEnv());
+  assert.equal(r.status, 1, r.stdout);
+  assert.match(r.stdout, /^FAIL\s+client authentication\s+ManagerService accepts calls without client authentication: anyone who can reach \*:7001 can create and remove VMs/m);
+  assert.match(r.stdout, /configure mutual TLS for the control plane: MANAGER_GRPC_SERVER_CERT, MANAGER_GRPC_SERVER_KEY and MANAGER_GRPC_CLIENT_CA_CERTS$/m);
+  assert.match(r.stdout, /1 check\(s\) failed/);
+  const off = runCli(['check'], { ...tcgCheckEnv(), MANAGER_REFUSE_GUEST_CALLS: 'false' });
+  assert.match(off.stdout, /can reach \*:7001, guests included through 10\.0\.2\.2, can create and remove VMs/);
+  assert.match(off.stdout, /^WARN\s+calls from guests\s+off: calls from guests/m);
 });
 
 test('check fails what this host lacks for SEV-SNP, each with a remedy, and exits 1', () => {

@@ -32,6 +32,8 @@ test('systemd-analyze verify accepts the unit with no warning', () => {
   assert.match(unit, /^EnvironmentFile=\/etc\/cocos\/cocos-manager.env$/m);
   assert.match(unit, /^Restart=on-failure$/m);
   assert.match(unit, /^StateDirectory=cocos-manager$/m);
+  // The admin socket's directory (MANAGER_ADMIN_SOCKET=/run/cocos-manager/admin.sock).
+  assert.match(unit, /^RuntimeDirectory=cocos-manager$/m);
   assert.doesNotMatch(unit, /^(PrivateDevices|MemoryDenyWriteExecute|NoNewPrivileges)=(yes|true)$/m);
 });
 

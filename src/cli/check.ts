@@ -1,5 +1,6 @@
 /** `cocos-manager check`: the preflight as a table; the daemon logs the same at start. */
 import type { Logger } from 'pino';
+import { describeGuestPeerMode } from '../api/guest-peer.js';
 import type { Config } from '../config/types.js';
 import { type CheckResult, preflight } from '../host/preflight.js';
 import { tcpPortIsFree } from '../manager/port-probe.js';
@@ -8,9 +9,48 @@ export const CHECK_HELP = `Usage: cocos-manager check
 
 Checks this host for the current configuration: the QEMU binary and the objects the
 configuration needs, /dev/kvm, SEV-SNP or TDX support, firmware, IGVM, kernel and initramfs
-files, igvmmeasure, free ports in the range, the state directory. Prints a table with a remedy
-for each problem. Exit status 1 when anything the configuration needs fails.
+files, igvmmeasure, free ports in the range, the state directory; and who can drive the
+manager: client authentication of ManagerService, the admin socket, and whether calls from
+guests are refused. Prints a table with a remedy for each problem. Exit status 1 when anything
+the configuration needs fails.
 `;
+
+/**
+ * Who can drive the manager with this configuration. Pure: from the configuration alone (and
+ * whether this process is root), so the daemon says the same once at start.
+ */
+export function securityChecks(config: Config, uid = process.getuid?.() ?? 0): CheckResult[] {
+  const out: CheckResult[] = [];
+  if (config.grpc.clientCaCerts === '') {
+    out.push({
+      check: 'client authentication',
+      status: 'fail',
+      detail: `ManagerService accepts calls without client authentication: anyone who can reach ${config.grpc.host || '*'}:${config.grpc.port}${config.guestPeers.refuse ? '' : ', guests included through 10.0.2.2,'} can create and remove VMs`,
+      remedy: 'configure mutual TLS for the control plane: MANAGER_GRPC_SERVER_CERT, MANAGER_GRPC_SERVER_KEY and MANAGER_GRPC_CLIENT_CA_CERTS',
+    });
+  } else {
+    out.push({ check: 'client authentication', status: 'pass', detail: 'ManagerService requires a client certificate (mutual TLS)', remedy: '' });
+  }
+  const mode = describeGuestPeerMode(config.guestPeers);
+  if (!config.guestPeers.refuse) {
+    out.push({ check: 'calls from guests', status: 'warn', detail: mode, remedy: 'set MANAGER_REFUSE_GUEST_CALLS=true' });
+  } else if (config.qemu.useSudo && uid !== 0 && !config.guestPeers.refuseUnattributed) {
+    out.push({
+      check: 'calls from guests',
+      status: 'warn',
+      detail: `${mode}; QEMU runs under sudo and this daemon is not root, so a guest cannot be told apart from other root processes on the host`,
+      remedy: 'set MANAGER_REFUSE_UNATTRIBUTED_LOCAL_PEERS=true (local root clients then use MANAGER_ADMIN_SOCKET), or run the daemon as root',
+    });
+  } else {
+    out.push({ check: 'calls from guests', status: 'pass', detail: mode, remedy: '' });
+  }
+  out.push(
+    config.admin.socket === ''
+      ? { check: 'admin socket', status: 'warn', detail: 'MANAGER_ADMIN_SOCKET is empty: no admin socket', remedy: 'set MANAGER_ADMIN_SOCKET (e.g. /run/cocos-manager/admin.sock) for `cocos-manager vm ls` and `vm info`' }
+      : { check: 'admin socket', status: 'pass', detail: `ManagerAdmin on ${config.admin.socket} (mode 0660${config.admin.socketGroup ? `, group ${config.admin.socketGroup}` : ''})${config.admin.onGrpcPort ? ' and on the TCP port (mutual TLS)' : '; not on TCP'}`, remedy: '' },
+  );
+  return out;
+}
 
 export function renderTable(results: CheckResult[]): string {
   const rows = [['STATUS', 'CHECK', 'DETAIL', 'REMEDY'], ...results.map((r) => [r.status.toUpperCase(), r.check, r.detail, r.remedy])];
@@ -19,7 +59,7 @@ export function renderTable(results: CheckResult[]): string {
 }
 
 export async function checkCommand(config: Config): Promise<{ text: string; ok: boolean }> {
-  const results = await preflight(config, tcpPortIsFree);
+  const results = [...(await preflight(config, tcpPortIsFree)), ...securityChecks(config)];
   const failed = results.filter((r) => r.status === 'fail').length;
   const warned = results.filter((r) => r.status === 'warn').length;
   const summary = failed > 0 ? `${failed} check(s) failed, ${warned} warning(s): this host cannot run the configured VMs yet.` : `all checks passed${warned ? ` (${warned} warning(s))` : ''}.`;

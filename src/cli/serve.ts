@@ -5,7 +5,10 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { bindGrpc, createGrpcServer, serverCredentials, setServing } from '../api/grpc/server.js';
+import { bindAdminSocket, groupId, removeAdminSocket } from '../api/grpc/admin-socket.js';
+import { GuestConnections, listenGrpc } from '../api/grpc/listener.js';
+import { createGrpcServer, createRefusingServer, serverCredentials, setServing } from '../api/grpc/server.js';
+import { describeGuestPeerMode, GuestPeerGate, REFUSAL_TEXT } from '../api/guest-peer.js';
 import { createHttpServer, type Lifecycle, listen } from '../api/http/server.js';
 import { loadTlsMaterial } from '../api/tls.js';
 import type { Config } from '../config/types.js';
@@ -14,6 +17,7 @@ import { AttestationPolicies } from '../manager/attestation-policy.js';
 import { IgvmMeasurer } from '../manager/igvm-measurement.js';
 import { LaunchPinner } from '../manager/launch-pin.js';
 import { PortPool } from '../manager/port-pool.js';
+import { ownerOfPeer } from '../vm/socket-owner.js';
 import { preloadSpawner } from '../vm/spawner.js';
 import { tcpPortIsFree } from '../manager/port-probe.js';
 import { lockStateDir } from '../host/state-dir-lock.js';
@@ -23,15 +27,17 @@ import { createLogger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
 import { startTracing } from '../telemetry/tracing.js';
 import { StartupError } from '../util/startup-error.js';
-import { logPreflight } from './check.js';
+import { logPreflight, securityChecks } from './check.js';
 import { templateCommandLine } from './qemu-args.js';
 
 export const SERVE_HELP = `Usage: cocos-manager serve
 
 Runs the daemon in the foreground: the gRPC API (ManagerService, ManagerAdmin, health,
-reflection) on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT and /health and /metrics on
-MANAGER_HTTP_HOST:MANAGER_HTTP_PORT. Stops on SIGTERM or SIGINT, leaving VMs running; they
-are re-adopted at the next start. Exit status 2: bad configuration (one line on stderr).
+reflection) on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT, ManagerAdmin and ManagerService on the
+Unix socket MANAGER_ADMIN_SOCKET, and /health and /metrics on MANAGER_HTTP_HOST:MANAGER_HTTP_PORT.
+Calls from the supervised VMs' guests are refused (MANAGER_REFUSE_GUEST_CALLS). Stops on
+SIGTERM or SIGINT, leaving VMs running; they are re-adopted at the next start. Exit status 2:
+bad configuration (one line on stderr).
 `;
 
 async function prepareStateDir(dir: string): Promise<void> {
@@ -62,6 +68,7 @@ export async function serveCommand(config: Config): Promise<void> {
   const signingKey = loadSigningKey(config.corimSigningKey);
   await prepareStateDir(config.stateDir);
   const stateLock = await lockStateDir(config.stateDir);
+  const adminGid = config.admin.socket !== '' && config.admin.socketGroup !== '' ? await groupId(config.admin.socketGroup) : undefined;
 
   const instanceId = config.instanceId || randomUUID();
   const log = createLogger(config.logLevel, instanceId);
@@ -80,9 +87,15 @@ export async function serveCommand(config: Config): Promise<void> {
     portsFree: () => manager?.portsFree() ?? 0,
   });
   manager = new VmManager(config, log, ports, policies, metrics);
+  const vms = manager;
+  // Who is calling, once per connection: a supervised QEMU's socket means a guest (10.0.2.2).
+  const gate = new GuestPeerGate(config.guestPeers, (peer, self) => ownerOfPeer(peer, self, () => vms.supervisedPids()), log);
+  log.info({ mode: describeGuestPeerMode(config.guestPeers) }, 'calls from guests');
+  // Said once at start: what a guest or any other reacher of the port could do.
+  for (const r of securityChecks(config)) if (r.status !== 'pass') log.warn({ check: r.check, remedy: r.remedy }, r.detail);
 
   // Health answers (503) while the daemon recovers its VMs.
-  const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls);
+  const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls, gate);
   let httpPort: number;
   try {
     httpPort = await listen(httpServer, config.http.host, config.http.port);
@@ -94,17 +107,30 @@ export async function serveCommand(config: Config): Promise<void> {
   const recovered = await manager.recover();
   log.info(recovered, 'state recovered');
 
-  const { server, health } = createGrpcServer(manager, log, metrics);
-  let bound: { address: string; port: number };
+  // ManagerAdmin on TCP only when asked for (the configuration demands mutual TLS then).
+  const grpcServer = createGrpcServer(manager, log, metrics, { admin: config.admin.onGrpcPort });
+  const { server } = grpcServer;
+  const guests = new GuestConnections();
+  const refusing = createRefusingServer((peer, method) => {
+    gate.refused(guests.get(peer) ?? { refuse: true, reason: 'guest connection' }, 'grpc', method);
+  }, REFUSAL_TEXT);
+  let listener;
   try {
-    bound = await bindGrpc(server, config.grpc.host, config.grpc.port, serverCredentials(grpcTls));
+    listener = await listenGrpc({ host: config.grpc.host, port: config.grpc.port, credentials: serverCredentials(grpcTls), server, refusing, gate, log }, guests);
   } catch (err) {
     const where = `${config.grpc.host || '*'}:${config.grpc.port}`;
     throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${where}): ${(err as Error).message}`);
   }
+  let admin: ReturnType<typeof createGrpcServer> | undefined;
+  if (config.admin.socket !== '') {
+    admin = createGrpcServer(manager, log, metrics, { admin: true });
+    await bindAdminSocket(admin.server, config.admin.socket, adminGid);
+    setServing(admin, true);
+    log.info({ socket: config.admin.socket, group: config.admin.socketGroup || null }, 'admin socket listening (ManagerAdmin and ManagerService)');
+  }
   lifecycle = 'serving';
-  setServing(health, true);
-  log.info({ ...bound, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, startup_ms: Math.round(performance.now()) }, 'gRPC server listening');
+  setServing(grpcServer, true);
+  log.info({ address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()) }, 'gRPC server listening');
   // After serving, so neither slows the start: the preflight is logged for the operator (the
   // host can be fixed while the daemon runs), and the process spawner is loaded ahead of the
   // first CreateVm.
@@ -123,16 +149,24 @@ export async function serveCommand(config: Config): Promise<void> {
     if (stopping) return;
     stopping = true;
     lifecycle = 'stopping';
-    setServing(health, false);
+    setServing(grpcServer, false);
+    listener.close();
+    if (admin) setServing(admin, false);
     // CreateVm may legitimately take the whole start timeout; let it finish, then no longer.
     const graceMs = config.startTimeoutMs + STOP_GRACE_EXTRA_MS;
     log.info({ signal, grace_ms: graceMs }, 'stopping: no new calls, VMs keep running');
-    const callsDone = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+    const callsDone = Promise.all([
+      new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
+      new Promise<void>((resolve) => (admin ? admin.server.tryShutdown(() => resolve()) : resolve())),
+    ]);
     const graceOver = new Promise<void>((resolve) => setTimeout(resolve, graceMs).unref());
     void (async () => {
       manager.beginShutdown();
       await Promise.race([callsDone, graceOver]);
       server.forceShutdown();
+      refusing.forceShutdown();
+      admin?.server.forceShutdown();
+      if (admin) await removeAdminSocket(config.admin.socket);
       await manager.drain(STOP_DRAIN_MS);
       httpServer.close();
       await Promise.race([tracing.shutdown(), new Promise((r) => setTimeout(r, STOP_TRACES_MS))]);

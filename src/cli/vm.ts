@@ -24,6 +24,10 @@ Commands:
                           (until Ctrl-C, or N events)
 
 Connection:
+  ls and info use the admin socket (ManagerAdmin is not on TCP unless the daemon is told to),
+  unless --addr is given; the other commands use --addr.
+  --admin-socket PATH     the daemon's admin socket (default $MANAGER_ADMIN_SOCKET or
+                          /run/cocos-manager/admin.sock)
   --addr HOST:PORT        the daemon (default 127.0.0.1:$MANAGER_GRPC_PORT or 7001)
   --ca FILE               TLS: CA bundle that issued the daemon's certificate
   --cert FILE --key FILE  mutual TLS: this client's certificate and key
@@ -39,6 +43,7 @@ create flags (a value @FILE is read from FILE):
 
 const OPTIONS = {
   addr: { type: 'string' },
+  'admin-socket': { type: 'string' },
   ca: { type: 'string' },
   cert: { type: 'string' },
   key: { type: 'string' },
@@ -79,6 +84,17 @@ function parse(args: string[]) {
   return parseArgs({ args, allowPositionals: true, options: OPTIONS });
 }
 
+export const DEFAULT_ADMIN_SOCKET = '/run/cocos-manager/admin.sock';
+
+/** The admin socket's clients (ManagerAdmin and ManagerService, no TLS: the file mode guards it). */
+function socketClients(v: Values) {
+  const socket = v['admin-socket'] ?? (process.env.MANAGER_ADMIN_SOCKET || DEFAULT_ADMIN_SOCKET);
+  const creds = grpc.credentials.createInsecure();
+  const pkg = grpc.loadPackageDefinition(loadPackageDefinition()) as unknown as ManagerProto & AdminProto;
+  const target = `unix:${socket}`;
+  return { api: new pkg.manager.ManagerService(target, creds), admin: new pkg.manager.ManagerAdmin(target, creds), addr: target };
+}
+
 function clients(v: Values) {
   const addr = v.addr ?? `127.0.0.1:${process.env.MANAGER_GRPC_PORT || 7001}`;
   let creds = grpc.credentials.createInsecure();
@@ -102,8 +118,9 @@ export class CallError extends Error {}
  */
 export function describeCallError(method: string, err: grpc.ServiceError, target: string): string {
   const where = target.replace(/^(dns|ipv4|ipv6|unix):(\/\/\/)?/, '');
+  const option = target.startsWith('unix:') ? '--admin-socket' : '--addr';
   if (err.code === grpc.status.UNAVAILABLE && /No connection established|ECONNREFUSED|ENOENT|connect/i.test(err.details)) {
-    return `no daemon at ${where}: is cocos-manager running? (make run, or systemctl start cocos-manager; --addr sets where to look)`;
+    return `no daemon at ${where}: is cocos-manager running? (make run, or systemctl start cocos-manager; ${option} sets where to look)`;
   }
   if (err.code === grpc.status.DEADLINE_EXCEEDED && /Waiting for LB pick|connect|Deadline exceeded/i.test(err.details)) {
     return `${method}: no answer from ${where} in time (--timeout to wait longer): ${err.details.split('\n')[0]}`;
@@ -185,7 +202,9 @@ export async function vmCommand(args: string[]): Promise<string> {
     if (!id) throw new StartupError(`usage: cocos-manager vm ${command} ID`);
     return id;
   };
-  const c = clients(v);
+  // Operators' reads go to the admin socket unless a TCP address is named (admin over mutual TLS).
+  const viaSocket = (command === 'ls' || command === 'info' || command === 'events') && (v['admin-socket'] !== undefined || v.addr === undefined);
+  const c = viaSocket ? socketClients(v) : clients(v);
   try {
     switch (command) {
       case 'create': {

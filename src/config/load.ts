@@ -127,6 +127,15 @@ export const SPECS = {
   MANAGER_TDX_TD_ATTRIBUTES: hexBytes(8)({ default: '' }),
   MANAGER_TDX_XFAM: hexBytes(8)({ default: '' }),
   MANAGER_TDX_MIN_TEE_TCB_SVN: hexBytes(16)({ default: '' }),
+  // The guest as an adversary (SECURITY.md): calls through a VM's user-mode network, the admin
+  // API's socket, and how much of a VM's console reaches the log and the disk.
+  MANAGER_REFUSE_GUEST_CALLS: boolean({ default: true }),
+  MANAGER_REFUSE_UNATTRIBUTED_LOCAL_PEERS: boolean({ default: false }),
+  MANAGER_ADMIN_SOCKET: text({ default: '/run/cocos-manager/admin.sock' }),
+  MANAGER_ADMIN_SOCKET_GROUP: text({ default: '' }),
+  MANAGER_ADMIN_ON_GRPC_PORT: boolean({ default: false }),
+  MANAGER_CONSOLE_LOG_MAX_SIZE: memorySize({ default: '8M' }),
+  MANAGER_CONSOLE_LINES_PER_SECOND: count({ default: 100 }),
 };
 
 /** Variables whose value is not free text: for these an empty value means "unset", as in the Go manager. */
@@ -255,6 +264,19 @@ export function loadConfig(rawEnv: Readonly<Record<string, string | undefined>>)
         minTeeTcbSvn: e.MANAGER_TDX_MIN_TEE_TCB_SVN,
       },
     },
+    guestPeers: {
+      refuse: e.MANAGER_REFUSE_GUEST_CALLS,
+      refuseUnattributed: e.MANAGER_REFUSE_UNATTRIBUTED_LOCAL_PEERS,
+    },
+    admin: {
+      socket: e.MANAGER_ADMIN_SOCKET,
+      socketGroup: e.MANAGER_ADMIN_SOCKET_GROUP,
+      onGrpcPort: e.MANAGER_ADMIN_ON_GRPC_PORT,
+    },
+    console: {
+      logMaxBytes: Number(sizeInBytes(e.MANAGER_CONSOLE_LOG_MAX_SIZE, 'M')),
+      linesPerSecond: e.MANAGER_CONSOLE_LINES_PER_SECOND,
+    },
   };
   checkCombinations(config, env);
   return config;
@@ -291,9 +313,32 @@ function checkCombinations(c: Config, env: Record<string, string | undefined>): 
       throw describe(`${name}CLIENT_CA_CERTS`, s.clientCaCerts, `mutual TLS needs ${name}SERVER_CERT and ${name}SERVER_KEY`);
     }
   }
+  checkGuestFacingSettings(c, env);
   try {
     new URL(c.jaegerUrl);
   } catch {
     throw describe('COCOS_JAEGER_URL', c.jaegerUrl, 'expected an absolute URL like http://localhost:4318');
+  }
+}
+
+/** Unix socket paths live in a 108-byte sun_path, NUL included. */
+const MAX_UNIX_SOCKET_PATH = 107;
+
+function checkGuestFacingSettings(c: Config, env: Record<string, string | undefined>): void {
+  if (c.admin.onGrpcPort && c.grpc.clientCaCerts === '') {
+    throw describe(
+      'MANAGER_ADMIN_ON_GRPC_PORT',
+      env.MANAGER_ADMIN_ON_GRPC_PORT,
+      'ManagerAdmin on the TCP port needs mutual TLS: set MANAGER_GRPC_CLIENT_CA_CERTS (with MANAGER_GRPC_SERVER_CERT and _KEY), or use MANAGER_ADMIN_SOCKET',
+    );
+  }
+  if (Buffer.byteLength(c.admin.socket) > MAX_UNIX_SOCKET_PATH) {
+    throw describe('MANAGER_ADMIN_SOCKET', c.admin.socket, `expected a path of at most ${MAX_UNIX_SOCKET_PATH} bytes (a Unix socket's limit)`);
+  }
+  if (c.admin.socketGroup !== '' && !/^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$/.test(c.admin.socketGroup)) {
+    throw describe('MANAGER_ADMIN_SOCKET_GROUP', c.admin.socketGroup, 'expected a group name or numeric id');
+  }
+  if (c.console.logMaxBytes < 1024 * 1024) {
+    throw describe('MANAGER_CONSOLE_LOG_MAX_SIZE', env.MANAGER_CONSOLE_LOG_MAX_SIZE, 'expected at least 1M');
   }
 }

@@ -98,6 +98,26 @@ export interface Config {
   powerdownTimeoutMs: number;
   attestationPolicyFormat: PolicyFormat;
   attestation: AttestationConfig;
+  /** Calls that arrive through a VM's user-mode network (a guest reaching 10.0.2.2). */
+  guestPeers: {
+    refuse: boolean;
+    /** Also refuse local peers that cannot be attributed (QEMU's fds unreadable, e.g. under sudo). */
+    refuseUnattributed: boolean;
+  };
+  admin: {
+    /** Unix socket of ManagerAdmin (and ManagerService); empty: none. */
+    socket: string;
+    /** Group given the socket (mode 0660); empty: the daemon's own group. */
+    socketGroup: string;
+    /** ManagerAdmin also on the gRPC TCP port (needs mutual TLS). */
+    onGrpcPort: boolean;
+  };
+  console: {
+    /** Cap of a VM's console.log; one rotated copy (console.log.1) is kept. */
+    logMaxBytes: number;
+    /** Console lines per VM per second that reach the daemon's log (a token bucket). */
+    linesPerSecond: number;
+  };
 }
 
 /** Which confidential-computing technology a VM launched with this configuration uses. */

@@ -11,7 +11,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { allCommandLines, childPids, processCmdline, processStartTime } from '../vm/proc.js';
-import { QemuProcess } from '../vm/qemu-process.js';
+import { type OutputLimits, QemuProcess } from '../vm/qemu-process.js';
 import { QmpChannel } from '../vm/qmp.js';
 import { listVmDirs, removeVmDir, type VmPaths, vmPaths } from '../vm/vm-dir.js';
 import { readRecord, type VmRecord } from '../vm/vm-record.js';
@@ -115,13 +115,14 @@ export async function recoverVms(
   registry: VmRegistry,
   log: Logger,
   policies?: AttestationPolicies,
+  output?: Omit<OutputLimits, 'vmId'>,
 ): Promise<RecoveryResult> {
   const result: RecoveryResult = { adopted: 0, cleaned: 0, skipped: 0, failed: 0 };
   for (const action of await planRecovery(stateDir, qemuBinPath)) {
     const vmLog = log.child({ cvm_id: action.name });
     switch (action.kind) {
       case 'adopt':
-        await adopt(action.record, action.paths, registry, vmLog, policies);
+        await adopt(action.record, action.paths, registry, vmLog, policies, output);
         result.adopted++;
         break;
       case 'skip':
@@ -151,11 +152,11 @@ export async function recoverVms(
   return result;
 }
 
-async function adopt(record: VmRecord, paths: VmPaths, registry: VmRegistry, log: Logger, policies?: AttestationPolicies): Promise<void> {
+async function adopt(record: VmRecord, paths: VmPaths, registry: VmRegistry, log: Logger, policies?: AttestationPolicies, output?: Omit<OutputLimits, 'vmId'>): Promise<void> {
   // QEMU reconnects to the new listener by itself (chardev reconnect) and is asked its status then.
   const qmp = new QmpChannel(paths.qmpSocket);
   await qmp.listen().catch((err) => log.error({ err: String(err) }, "could not reopen the VM's QMP socket"));
-  const proc = await QemuProcess.adopt(record.pid!, record.pidStartTime!, paths, qmp, log);
+  const proc = await QemuProcess.adopt(record.pid!, record.pidStartTime!, paths, qmp, log, output && { vmId: record.id, ...output });
   const state = record.state === 'paused' || record.state === 'stopping' ? record.state : 'running';
   const vm = {
     id: record.id,

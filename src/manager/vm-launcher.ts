@@ -125,7 +125,7 @@ export class VmLauncher {
       const spawnedAt = process.hrtime.bigint();
       const proc = await inSpan('spawn-qemu', async (span) => {
         try {
-          const p = await QemuProcess.spawn(cmd.file, argv, paths, qmp, log);
+          const p = await QemuProcess.spawn(cmd.file, argv, paths, qmp, log, { vmId: id, ...this.config.console });
           span.setAttribute('process.pid', p.pid);
           return p;
         } catch (err) {

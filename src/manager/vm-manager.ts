@@ -137,7 +137,7 @@ export class VmManager {
   }
 
   recover(): Promise<RecoveryResult> {
-    return recoverVms(this.config.stateDir, this.config.qemu.binPath, this.registry, this.log, this.policies);
+    return recoverVms(this.config.stateDir, this.config.qemu.binPath, this.registry, this.log, this.policies, this.config.console);
   }
 
   /** Refuses new VMs and stops TTL timers; VMs keep running (the next start re-adopts them). */

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
+import { ConsoleBudget } from './console-budget.js';
 import { OutputTail } from './output-tail.js';
 import { loadExeca } from './spawner.js';
 import { processStartTime } from './proc.js';
@@ -21,7 +22,21 @@ export interface QemuOutput {
   qemuLog: string;
 }
 
+/** What a VM's output may cost: file size (one rotated copy besides) and log lines per second. */
+export interface OutputLimits {
+  vmId: string;
+  logMaxBytes: number;
+  linesPerSecond: number;
+}
+
+const DEFAULT_LIMITS: Omit<OutputLimits, 'vmId'> = { logMaxBytes: 8 * 1024 * 1024, linesPerSecond: 100 };
+
 const ERROR_LIKE = /\b(error|failed|fatal|cannot|could not|unable|not supported|invalid)\b/i;
+
+interface Tails {
+  tails: OutputTail[];
+  budgets: ConsoleBudget[];
+}
 
 const ADOPTED_POLL_MS = 250;
 /** How long a SIGKILLed QEMU may take to be reaped before the stop is reported as failed. */
@@ -38,7 +53,7 @@ export class QemuProcess {
     readonly pid: number,
     readonly startTime: string,
     exited: Promise<ExitInfo>,
-    tails: OutputTail[],
+    { tails, budgets }: Tails,
     /** QEMU's QMP channel; its owner closes it. */
     readonly qmp: QmpChannel | undefined,
   ) {
@@ -46,6 +61,7 @@ export class QemuProcess {
     this.exited = exited.then(async (info) => {
       this.exitInfo = info;
       await Promise.all(this.tails.map((t) => t.close()));
+      for (const b of budgets) b.close();
       return info;
     });
   }
@@ -61,7 +77,7 @@ export class QemuProcess {
     return lines.slice(-max);
   }
 
-  static async spawn(file: string, args: string[], out: QemuOutput, qmp: QmpChannel, log: Logger): Promise<QemuProcess> {
+  static async spawn(file: string, args: string[], out: QemuOutput, qmp: QmpChannel, log: Logger, limits?: OutputLimits): Promise<QemuProcess> {
     const { execa } = await loadExeca();
     const stdout = fs.openSync(out.consoleLog, 'a', 0o600);
     const stderr = fs.openSync(out.qemuLog, 'a', 0o600);
@@ -96,9 +112,9 @@ export class QemuProcess {
       const why = code === 'ENOENT' ? 'no such file (check MANAGER_QEMU_BIN_PATH)' : code === 'EACCES' ? 'permission denied' : (r.originalMessage ?? 'spawn failed');
       throw new Error(`cannot run ${JSON.stringify(file)}: ${why}`);
     }
-    const tails = QemuProcess.tails(out, log);
+    const tails = QemuProcess.tails(out, log, limits);
     // Following the output needs no waiting for; the start time is needed before any signal.
-    for (const t of tails) void t.start(false);
+    for (const t of tails.tails) void t.start(false);
     const startTime = (await processStartTime(pid)) ?? '';
     return new QemuProcess(pid, startTime, exited, tails, qmp);
   }
@@ -107,7 +123,7 @@ export class QemuProcess {
    * Takes over a QEMU started by an earlier run of the daemon. Its exit is noticed by polling
    * /proc (it is not our child), comparing the start time so a reused PID reads as "exited".
    */
-  static async adopt(pid: number, startTime: string, out: QemuOutput, qmp: QmpChannel, log: Logger): Promise<QemuProcess> {
+  static async adopt(pid: number, startTime: string, out: QemuOutput, qmp: QmpChannel, log: Logger, limits?: OutputLimits): Promise<QemuProcess> {
     // A lost QMP connection is the first sign of an exit: look at once, not at the next poll.
     let wake: (() => void) | undefined;
     qmp.onDisconnect(() => wake?.());
@@ -124,19 +140,32 @@ export class QemuProcess {
       }
       return { code: null, signal: null };
     })();
-    const tails = QemuProcess.tails(out, log);
+    const tails = QemuProcess.tails(out, log, limits);
     const proc = new QemuProcess(pid, startTime, exited, tails, qmp);
-    await Promise.all(tails.map((t) => t.start(true)));
+    await Promise.all(tails.tails.map((t) => t.start(true)));
     return proc;
   }
 
-  private static tails(out: QemuOutput, log: Logger): OutputTail[] {
-    return [
-      new OutputTail(out.consoleLog, (line) => log.info({ stream: 'console' }, line)),
-      new OutputTail(out.qemuLog, (line) =>
-        ERROR_LIKE.test(line) ? log.error({ stream: 'qemu' }, line) : log.warn({ stream: 'qemu' }, line),
-      ),
-    ];
+  /**
+   * The console (what the guest prints) and QEMU's stderr, each rate-limited into the log and
+   * capped on disk: a guest flooding its console must not starve the daemon or fill the disk.
+   */
+  private static tails(out: QemuOutput, log: Logger, limits?: OutputLimits): Tails {
+    const { vmId, logMaxBytes, linesPerSecond } = { vmId: '?', ...DEFAULT_LIMITS, ...limits };
+    const consoleBudget = new ConsoleBudget(vmId, 'console', linesPerSecond, log);
+    const qemuBudget = new ConsoleBudget(vmId, 'qemu', linesPerSecond, log);
+    return {
+      tails: [
+        new OutputTail(out.consoleLog, (line) => log.info({ stream: 'console' }, line), logMaxBytes, consoleBudget),
+        new OutputTail(
+          out.qemuLog,
+          (line) => (ERROR_LIKE.test(line) ? log.error({ stream: 'qemu' }, line) : log.warn({ stream: 'qemu' }, line)),
+          logMaxBytes,
+          qemuBudget,
+        ),
+      ],
+      budgets: [consoleBudget, qemuBudget],
+    };
   }
 
   /** Sends a signal only while the PID is still this QEMU (never to a process that reused it). */

@@ -226,29 +226,32 @@ export function serverCredentials(tls: TlsMaterial | undefined): grpc.ServerCred
 export interface GrpcServer {
   server: grpc.Server;
   health: HealthImplementation;
+  /** The names health answers for ('' is the whole server). */
+  services: string[];
 }
 
-export function createGrpcServer(manager: VmManager, log: Logger, recorder: CallRecorder): GrpcServer {
+/**
+ * A server of ManagerService, health and reflection, and of ManagerAdmin when `admin` (the admin
+ * socket always; the TCP port only when asked for and behind mutual TLS).
+ */
+export function createGrpcServer(manager: VmManager, log: Logger, recorder: CallRecorder, { admin = true } = {}): GrpcServer {
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
   // One load for the services and for reflection, which describes health too so grpcurl needs no .proto.
   const def = loadPackageDefinition();
   const pkg = grpc.loadPackageDefinition(def) as unknown as ManagerProto & AdminProto;
   server.addService(pkg.manager.ManagerService.service, managerHandlers(manager, log, recorder));
-  server.addService(pkg.manager.ManagerAdmin.service, adminHandlers(manager, log, recorder));
+  if (admin) server.addService(pkg.manager.ManagerAdmin.service, adminHandlers(manager, log, recorder));
   // Not serving until the daemon has recovered its VMs and says so.
-  const health = new HealthImplementation({
-    '': 'NOT_SERVING',
-    'manager.ManagerService': 'NOT_SERVING',
-    'manager.ManagerAdmin': 'NOT_SERVING',
-  });
+  const services = ['', 'manager.ManagerService', ...(admin ? ['manager.ManagerAdmin'] : [])];
+  const health = new HealthImplementation(Object.fromEntries(services.map((n) => [n, 'NOT_SERVING'])));
   health.addToServer(server);
   new ReflectionService(def).addToServer(server);
-  return { server, health };
+  return { server, health, services };
 }
 
-export function setServing(health: HealthImplementation, serving: boolean): void {
+export function setServing(g: GrpcServer, serving: boolean): void {
   const status = serving ? 'SERVING' : 'NOT_SERVING';
-  for (const name of ['', 'manager.ManagerService', 'manager.ManagerAdmin']) health.setStatus(name, status);
+  for (const name of g.services) g.health.setStatus(name, status);
 }
 
 export function bindServer(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
@@ -257,25 +260,39 @@ export function bindServer(server: grpc.Server, address: string, creds: grpc.Ser
   });
 }
 
-/**
- * Binds host:port (port 0 picks a free one) and says where. An empty host means every interface,
- * as Go's ":port" does: `[::]` dual-stack, or 0.0.0.0 on a host without IPv6.
- */
-export async function bindGrpc(
-  server: grpc.Server,
-  host: string,
-  port: number,
-  creds: grpc.ServerCredentials,
-): Promise<{ address: string; port: number }> {
-  const at = (h: string, p = port) => `${h.includes(':') ? `[${h}]` : h}:${p}`;
-  const bindAt = async (h: string) => {
-    const bound = await bindServer(server, at(h), creds);
-    return { address: at(h, bound), port: bound };
-  };
-  if (host !== '') return bindAt(host);
-  try {
-    return await bindAt('::');
-  } catch {
-    return bindAt('0.0.0.0');
+/** Every method of a service answered by nothing: the refusing server's interceptor answers first. */
+function unreachable(service: grpc.ServiceDefinition): grpc.UntypedServiceImplementation {
+  const out: grpc.UntypedServiceImplementation = {};
+  for (const name of Object.keys(service)) {
+    out[name] = () => {
+      throw new Error('unreachable: the refusing server answers every call in its interceptor');
+    };
   }
+  return out;
+}
+
+/**
+ * The server that guests' connections are handed to: the same services, none of their
+ * handlers; every call is answered PERMISSION_DENIED before it reaches anything.
+ */
+export function createRefusingServer(onRefused: (peer: { address: string; port: number }, method: string) => void, details: string): grpc.Server {
+  const refuse: grpc.ServerInterceptor = (method, call) =>
+    new grpc.ServerInterceptingCall(call, {
+      start: (next) => {
+        next({
+          onReceiveMetadata: () => {
+            const c = call.getConnectionInfo();
+            onRefused({ address: c.remoteAddress ?? '', port: c.remotePort ?? 0 }, method.path);
+            call.sendStatus({ code: grpc.status.PERMISSION_DENIED, details, metadata: new grpc.Metadata() });
+          },
+        });
+      },
+    });
+  const server = new grpc.Server({ interceptors: [refuse], 'grpc.max_receive_message_length': 64 * 1024 });
+  const def = loadPackageDefinition();
+  const pkg = grpc.loadPackageDefinition(def) as unknown as ManagerProto & AdminProto;
+  server.addService(pkg.manager.ManagerService.service, unreachable(pkg.manager.ManagerService.service));
+  server.addService(pkg.manager.ManagerAdmin.service, unreachable(pkg.manager.ManagerAdmin.service));
+  new HealthImplementation({ '': 'NOT_SERVING' }).addToServer(server);
+  return server;
 }

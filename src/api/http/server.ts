@@ -6,6 +6,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { Registry } from 'prom-client';
 import type { BuildInfo } from '../../telemetry/build-info.js';
+import type { GuestPeerGate } from '../guest-peer.js';
 import type { TlsMaterial } from '../tls.js';
 
 export type Lifecycle = 'starting' | 'serving' | 'stopping';
@@ -52,9 +53,29 @@ export function httpHandler(deps: HttpEndpointDeps): http.RequestListener {
   };
 }
 
-export function createHttpServer(deps: HttpEndpointDeps, tls: TlsMaterial | undefined): http.Server {
-  const handler = httpHandler(deps);
-  if (!tls) return http.createServer(handler);
+/** Answers 403 to a guest's connection (the verdict is the connection's, made when it opened). */
+function guarded(gate: GuestPeerGate, handler: http.RequestListener): http.RequestListener {
+  return (req, res) => {
+    gate.verdictFor(req.socket).then(
+      (v) => {
+        if (!v.refuse) return handler(req, res);
+        gate.refused(v, 'http', `${req.method} ${(req.url ?? '/').split('?', 1)[0]}`);
+        send(res, 403, 'text/plain; charset=utf-8', 'forbidden: the manager does not answer guest VMs\n', { connection: 'close' });
+      },
+      () => send(res, 403, 'text/plain; charset=utf-8', 'forbidden\n', { connection: 'close' }),
+    );
+  };
+}
+
+export function createHttpServer(deps: HttpEndpointDeps, tls: TlsMaterial | undefined, gate?: GuestPeerGate): http.Server {
+  const handler = gate ? guarded(gate, httpHandler(deps)) : httpHandler(deps);
+  const server = tls ? httpsServer(handler, tls) : http.createServer(handler);
+  // Who is calling is found out as soon as the connection opens, once.
+  if (gate) server.on(tls ? 'secureConnection' : 'connection', (socket: import('node:net').Socket) => void gate.verdictFor(socket));
+  return server;
+}
+
+function httpsServer(handler: http.RequestListener, tls: TlsMaterial): http.Server {
   return https.createServer(
     {
       key: tls.key,

@@ -1,0 +1,78 @@
+/**
+ * The gRPC TCP listener: the daemon accepts each connection itself, asks the guest-peer gate who
+ * is calling (once per connection), then hands the connection to the real server or, for a
+ * guest, to the refusing one. A guest's calls therefore never reach a handler, and host callers
+ * pay nothing per call.
+ */
+import net from 'node:net';
+import type * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { type GuestPeerGate, type PeerVerdict } from '../guest-peer.js';
+
+export interface GrpcListener {
+  port: number;
+  /** Where it listens, as host:port (`[::]:7001` for every interface, dual-stack). */
+  address: string;
+  /** Stops accepting; connections already handed over are closed by their servers' shutdown. */
+  close(): void;
+}
+
+export interface GrpcListenerOptions {
+  host: string;
+  port: number;
+  credentials: grpc.ServerCredentials;
+  server: grpc.Server;
+  refusing: grpc.Server;
+  gate: GuestPeerGate;
+  log: Logger;
+}
+
+/** The verdicts of guests' live connections, by "address:port" of the peer (what grpc-js reports). */
+export class GuestConnections {
+  private readonly byPeer = new Map<string, PeerVerdict>();
+  add(socket: net.Socket, v: PeerVerdict): void {
+    const key = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.byPeer.set(key, v);
+    socket.once('close', () => this.byPeer.delete(key));
+  }
+  get(peer: { address: string; port: number }): PeerVerdict | undefined {
+    return this.byPeer.get(`${peer.address}:${peer.port}`);
+  }
+}
+
+export function listenGrpc(o: GrpcListenerOptions, guests: GuestConnections): Promise<GrpcListener> {
+  const main = o.server.createConnectionInjector(o.credentials);
+  const refusing = o.refusing.createConnectionInjector(o.credentials);
+  // Paused: nothing is read from a connection before it is known whose it is.
+  const tcp = net.createServer({ pauseOnConnect: true }, (socket) => {
+    socket.on('error', () => undefined);
+    o.gate.verdictFor(socket).then(
+      (v) => {
+        if (socket.destroyed) return;
+        if (v.refuse) {
+          guests.add(socket, v);
+          refusing.injectConnection(socket);
+        } else {
+          main.injectConnection(socket);
+        }
+        // The HTTP/2 session has taken the socket over; let it read.
+        socket.resume();
+      },
+      (err: unknown) => {
+        o.log.error({ err: String(err) }, 'could not attribute a gRPC connection; closed');
+        socket.destroy();
+      },
+    );
+  });
+  return new Promise((resolve, reject) => {
+    tcp.once('error', reject);
+    // An empty host is every interface, as Go's ":7001": Node listens on `::` dual-stack where
+    // IPv6 exists and on 0.0.0.0 otherwise.
+    tcp.listen({ host: o.host === '' ? undefined : o.host, port: o.port }, () => {
+      tcp.off('error', reject);
+      tcp.on('error', (err) => o.log.error({ err: String(err) }, 'gRPC listener error'));
+      const a = tcp.address() as net.AddressInfo;
+      resolve({ port: a.port, address: `${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`, close: () => tcp.close() });
+    });
+  });
+}

@@ -1,0 +1,123 @@
+/**
+ * The guard between guests and the API: a connection whose peer is a supervised QEMU (a guest
+ * speaking through QEMU's user-mode network, which makes the host's loopback reachable at
+ * 10.0.2.2) is refused. Attributed once per connection and cached on the socket; refusals are
+ * logged with the VM's id, at most one line per VM per window.
+ */
+import type net from 'node:net';
+import type { Logger } from 'pino';
+
+export interface Endpoint {
+  address: string;
+  port: number;
+}
+
+/** Who holds the peer's end (src/vm/socket-owner.ts finds out). */
+export type PeerAttribution =
+  | { kind: 'guest'; vmId: string; pid: number }
+  | { kind: 'remote' }
+  | { kind: 'host' }
+  | { kind: 'unattributed'; reason: string };
+
+export type AttributePeer = (peer: Endpoint, self: Endpoint) => Promise<PeerAttribution>;
+
+export interface PeerVerdict {
+  refuse: boolean;
+  /** The VM whose guest is calling, when it is one. */
+  vmId?: string;
+  /** Why, for the log and for the refused caller. */
+  reason: string;
+}
+
+export interface GuestPeerSettings {
+  refuse: boolean;
+  refuseUnattributed: boolean;
+}
+
+const ALLOWED: PeerVerdict = { refuse: false, reason: 'not a guest' };
+
+/** What `check` and the start-up log say about the mode in force. */
+export function describeGuestPeerMode(s: GuestPeerSettings): string {
+  if (!s.refuse) return 'off: calls from guests (through 10.0.2.2) are served (MANAGER_REFUSE_GUEST_CALLS=false)';
+  return s.refuseUnattributed
+    ? 'strict: calls from supervised QEMUs are refused, and so are local peers that cannot be attributed'
+    : 'on: calls from supervised QEMUs are refused; local peers that cannot be attributed (QEMU under sudo, daemon not root) are served';
+}
+
+export class GuestPeerGate {
+  private readonly verdicts = new WeakMap<object, Promise<PeerVerdict>>();
+  private readonly logged = new Map<string, { at: number; suppressed: number }>();
+  /** Attributions run one at a time, each after a turn of the event loop (see decide()). */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    readonly settings: GuestPeerSettings,
+    private readonly attribute: AttributePeer,
+    private readonly log: Logger,
+    private readonly logWindowMs = 10_000,
+  ) {}
+
+  /** The verdict of the connection `socket`, computed on first use and kept for its life. */
+  verdictFor(socket: net.Socket): Promise<PeerVerdict> {
+    let v = this.verdicts.get(socket);
+    if (!v) {
+      v = this.decide(socket);
+      this.verdicts.set(socket, v);
+    }
+    return v;
+  }
+
+  private async decide(socket: net.Socket): Promise<PeerVerdict> {
+    if (!this.settings.refuse) return ALLOWED;
+    const { remoteAddress, remotePort, localAddress, localPort } = socket;
+    // A Unix socket (or a closed one) has no address: not a guest's way in.
+    if (!remoteAddress || remotePort === undefined || !localAddress || localPort === undefined) return ALLOWED;
+    // One at a time, each after a turn of the event loop: a guest that floods the port with
+    // connections delays new connections' verdicts, not the calls of connections already open.
+    const run = this.queue.then(
+      () => new Promise<void>((r) => setImmediate(r)),
+    ).then(() => this.attribute({ address: remoteAddress, port: remotePort }, { address: localAddress, port: localPort }));
+    this.queue = run.catch(() => undefined);
+    let who: PeerAttribution;
+    try {
+      who = await run;
+    } catch (err) {
+      who = { kind: 'unattributed', reason: `attribution failed: ${String(err)}` };
+    }
+    switch (who.kind) {
+      case 'guest':
+        return { refuse: true, vmId: who.vmId, reason: `the caller is the guest of VM ${who.vmId} (through QEMU pid ${who.pid})` };
+      case 'unattributed':
+        if (this.settings.refuseUnattributed) return { refuse: true, reason: `local peer not attributable: ${who.reason} (MANAGER_REFUSE_UNATTRIBUTED_LOCAL_PEERS=true)` };
+        this.rateLimited(`unattributed`, (suppressed) =>
+          this.log.warn({ peer: `${remoteAddress}:${remotePort}`, reason: who.reason, suppressed }, 'a local caller could not be told apart from a guest and was served; set MANAGER_REFUSE_UNATTRIBUTED_LOCAL_PEERS=true to refuse such callers'),
+        );
+        return ALLOWED;
+      default:
+        return ALLOWED;
+    }
+  }
+
+  /** Logs a refusal, at most once per VM per window (with the number left out since). */
+  refused(verdict: PeerVerdict, api: 'grpc' | 'http', what: string): void {
+    this.rateLimited(verdict.vmId ?? 'unattributed-refused', (suppressed) =>
+      this.log.warn({ cvm_id: verdict.vmId ?? null, api, call: what, reason: verdict.reason, suppressed_since_last: suppressed }, 'call from a guest refused'),
+    );
+  }
+
+  private rateLimited(key: string, emit: (suppressed: number) => void): void {
+    const now = Date.now();
+    const entry = this.logged.get(key);
+    if (entry && now - entry.at < this.logWindowMs) {
+      entry.suppressed++;
+      return;
+    }
+    emit(entry?.suppressed ?? 0);
+    this.logged.set(key, { at: now, suppressed: 0 });
+    // Forget VMs not seen for a while (removed VMs leave no entry behind).
+    if (this.logged.size > 1024) for (const [k, e] of this.logged) if (now - e.at >= this.logWindowMs) this.logged.delete(k);
+  }
+}
+
+/** The message a refused caller gets. */
+export const REFUSAL_TEXT = 'calls from a guest VM are not accepted: the manager refuses callers that reach it through a VM\'s user-mode network';
