@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { CLI, baseEnv, runCli } from './helpers.mjs';
-import { Daemon, adminPkg, call, fakeQemuEnv, freePort, tmpDir } from './daemon.mjs';
+import { Daemon, adminPkg, call, fakeQemuEnv, tmpDir } from './daemon.mjs';
 import { makePki } from './pki.mjs';
 
 let pki;
@@ -40,9 +40,8 @@ test('a socket left by a daemon that died is replaced; one in use stops a second
   const socket = path.join(fs.mkdtempSync('/tmp/cocos-adm-'), 'admin.sock');
   const first = await Daemon.start(fakeQemuEnv(tmpDir(), { MANAGER_ADMIN_SOCKET: socket }));
   try {
-    const [grpcPort, httpPort] = [await freePort(), await freePort()];
     const r = await new Promise((resolve) => {
-      const p = spawn(process.execPath, [CLI, 'serve'], { env: baseEnv(fakeQemuEnv(tmpDir(), { MANAGER_ADMIN_SOCKET: socket, MANAGER_GRPC_PORT: String(grpcPort), MANAGER_HTTP_PORT: String(httpPort), MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_HTTP_HOST: '127.0.0.1' })), stdio: ['ignore', 'ignore', 'pipe'] });
+      const p = spawn(process.execPath, [CLI, 'serve'], { env: baseEnv(fakeQemuEnv(tmpDir(), { MANAGER_ADMIN_SOCKET: socket, MANAGER_GRPC_PORT: '0', MANAGER_HTTP_PORT: '0', MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_HTTP_HOST: '127.0.0.1' })), stdio: ['ignore', 'ignore', 'pipe'] });
       let stderr = '';
       p.stderr.on('data', (b) => { stderr += b; });
       const t = setTimeout(() => p.kill('SIGKILL'), 20_000);
@@ -85,7 +84,6 @@ const oneLine = (r) => {
 };
 
 test('admin settings that cannot work stop the start with exit 2 and one line', async () => {
-  const [grpcPort, httpPort] = [await freePort(), await freePort()];
   assert.match(oneLine(runCli(['qemu-args'], { MANAGER_ADMIN_ON_GRPC_PORT: 'true' })),
     /^cocos-manager: invalid MANAGER_ADMIN_ON_GRPC_PORT="true": ManagerAdmin on the TCP port needs mutual TLS: set MANAGER_GRPC_CLIENT_CA_CERTS/);
   const long = `/tmp/${'a'.repeat(110)}/admin.sock`;
@@ -93,6 +91,6 @@ test('admin settings that cannot work stop the start with exit 2 and one line', 
     /^cocos-manager: invalid MANAGER_ADMIN_SOCKET=".*": expected a path of at most 107 bytes \(a Unix socket's limit\)$/);
   assert.match(oneLine(runCli(['qemu-args'], { MANAGER_ADMIN_SOCKET_GROUP: 'no such group' })),
     /^cocos-manager: invalid MANAGER_ADMIN_SOCKET_GROUP="no such group": expected a group name or numeric id$/);
-  assert.match(oneLine(runCli(['serve'], fakeQemuEnv(tmpDir(), { MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: String(grpcPort), MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: String(httpPort), MANAGER_ADMIN_SOCKET: path.join(fs.mkdtempSync('/tmp/cocos-adm-'), 'a.sock'), MANAGER_ADMIN_SOCKET_GROUP: 'cocosnosuchgroup' }))),
+  assert.match(oneLine(runCli(['serve'], fakeQemuEnv(tmpDir(), { MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: '0', MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: '0', MANAGER_ADMIN_SOCKET: path.join(fs.mkdtempSync('/tmp/cocos-adm-'), 'a.sock'), MANAGER_ADMIN_SOCKET_GROUP: 'cocosnosuchgroup' }))),
     /^cocos-manager: invalid MANAGER_ADMIN_SOCKET_GROUP="cocosnosuchgroup": no such group in \/etc\/group$/);
 });
