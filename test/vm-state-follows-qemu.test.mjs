@@ -162,7 +162,7 @@ test('RemoveVm with MANAGER_QEMU_POWERDOWN_TIMEOUT: the guest gets the power but
 
 test('`cocos-manager vm events` prints the current VMs, then transitions as they happen; `vm ls` and `vm info` show state and exit cause', async () => {
   const vm = await call(client, 'CreateVm', {});
-  const p = spawn(process.execPath, [CLI, 'vm', 'events', '--addr', `127.0.0.1:${daemon.port}`, '--count', '3'], { env: baseEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const p = spawn(process.execPath, [CLI, 'vm', 'events', '--admin-socket', daemon.adminSocket, '--count', '3'], { env: baseEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   p.stdout.on('data', (d) => { out += d; });
   const exited = new Promise((resolve) => p.on('exit', resolve));
@@ -178,7 +178,7 @@ test('`cocos-manager vm events` prints the current VMs, then transitions as they
     assert.match(lines[1], /running -> stopping {2}QMP SHUTDOWN \(guest-shutdown\)/);
     assert.match(lines[2], /stopping -> stopped \(guest shutdown\)/);
     const cli = (...args) => new Promise((resolve) => {
-      const c = spawn(process.execPath, [CLI, 'vm', ...args, '--addr', `127.0.0.1:${daemon.port}`], { env: baseEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+      const c = spawn(process.execPath, [CLI, 'vm', ...args, '--admin-socket', daemon.adminSocket], { env: baseEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
       let o = '';
       c.stdout.on('data', (d) => { o += d; });
       c.on('exit', () => resolve(o));
