@@ -86,43 +86,32 @@ export const ratio = makeValidator<number>((input) => {
   return n;
 });
 
-/** A Go duration that must be > 0; parsed to milliseconds. */
-export const positiveDuration = makeValidator<number>((input) => {
-  let ms: number;
-  try {
-    ms = parseGoDuration(input.trim());
-  } catch {
-    throw new Error('expected a positive Go duration like 300ms, 10s or 1m30s');
-  }
-  if (!(ms > 0)) throw new Error('expected a positive Go duration like 300ms, 10s or 1m30s');
-  return ms;
-});
-
-/** A Go duration that may be 0 ("off"); parsed to milliseconds. */
-export const nonNegativeDuration = makeValidator<number>((input) => {
-  let ms: number;
-  try {
-    ms = parseGoDuration(input.trim());
-  } catch {
-    throw new Error('expected a Go duration like 0 (off), 300ms, 10s or 1m30s');
-  }
-  if (!(ms >= 0)) throw new Error('expected a Go duration like 0 (off), 300ms, 10s or 1m30s');
-  return ms;
-});
-
-/** A positive Go duration no longer than `maxMs` (a bound other settings, e.g. the unit's stop timeout, rely on). */
-export function boundedDuration(maxMs: number, maxText: string) {
+/**
+ * A Go duration in milliseconds within [min, max]: `min` 0 allows "0" for off, 1 demands a
+ * positive one; a finite `max` is a bound other settings rely on (e.g. the unit's stop timeout).
+ */
+function durationIn(expected: string, min: number, max = Infinity) {
   return makeValidator<number>((input) => {
-    const expected = `expected a positive Go duration of at most ${maxText}, like 300ms, 10s or 1m30s`;
     let ms: number;
     try {
       ms = parseGoDuration(input.trim());
     } catch {
       throw new Error(expected);
     }
-    if (!(ms > 0) || ms > maxMs) throw new Error(expected);
+    if (!(ms >= min) || ms > max) throw new Error(expected);
     return ms;
   });
+}
+
+/** A Go duration that must be > 0. */
+export const positiveDuration = durationIn('expected a positive Go duration like 300ms, 10s or 1m30s', Number.MIN_VALUE);
+
+/** A Go duration that may be 0 ("off"). */
+export const nonNegativeDuration = durationIn('expected a Go duration like 0 (off), 300ms, 10s or 1m30s', 0);
+
+/** A positive Go duration no longer than `maxMs`. */
+export function boundedDuration(maxMs: number, maxText: string) {
+  return durationIn(`expected a positive Go duration of at most ${maxText}, like 300ms, 10s or 1m30s`, Number.MIN_VALUE, maxMs);
 }
 
 export function oneOf<T extends string>(choices: readonly T[]) {
