@@ -92,8 +92,11 @@ test('a guest flooding its console does not starve the daemon, its memory or its
     // machine (load often above 10) a p99 below that is decided by the scheduler, not by the
     // daemon. A starved daemon is far beyond it (logging each line synchronously: hundreds of ms).
     assert.ok(flooded.p99 <= 2 * Math.max(baseline.p99, 10), `p99 ${flooded.p99.toFixed(2)} ms under the flood vs ${baseline.p99.toFixed(2)} ms without`);
-    // Throughput, which a starved event loop loses first: at least half the baseline's calls.
-    assert.ok(flooded.latencies.length >= baseline.latencies.length / 2, `${flooded.latencies.length} calls under the flood vs ${baseline.latencies.length}`);
+    // Throughput, which a starved event loop loses first: a starved daemon answers about 2% of
+    // the baseline's calls (measured with the line limit off); a healthy one, also rotating
+    // the flood's files, keeps 0.5-1.0 of it, and 0.47 was seen with four CPU burners beside the
+    // test on 2 cores. A quarter separates the two without depending on the machine's load.
+    assert.ok(flooded.latencies.length >= baseline.latencies.length / 4, `${flooded.latencies.length} calls under the flood vs ${baseline.latencies.length}`);
     // Memory: the daemon does not buffer the flood.
     assert.ok(flooded.maxRssKiB <= baseline.maxRssKiB + 64 * 1024, `RSS ${flooded.maxRssKiB} KiB vs ${baseline.maxRssKiB} KiB`);
     // Disk: console.log.1 never passes the cap. console.log is rotated from 3/4 of the cap and
