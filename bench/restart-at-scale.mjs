@@ -10,6 +10,7 @@ import path from 'node:path';
 import { Daemon, call, fakeQemuEnv, nextRange, tmpDir } from '../test/daemon.mjs';
 
 const NODE_FLAGS = (process.env.COCOS_NODE_FLAGS ?? '').split(/\s+/).filter(Boolean);
+const RESTARTS = Number(process.env.BENCH_RESTARTS ?? 3);
 const SCALES = (process.env.BENCH_RESTART_N ?? '100').split(/\s+/).filter(Boolean).map(Number);
 const log = (s) => process.stderr.write(`bench: ${s}\n`);
 const rssMiB = (pid) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) / 1024;
@@ -52,24 +53,34 @@ async function atScale(n) {
   log(`${n} VMs created in ${Date.now() - t0} ms`);
   client.close();
   const rssBefore = rssMiB(first.proc.pid);
-  await first.stop('SIGKILL', { keepVms: true });
-  const s = await timedStart(env);
-  const adopted = s.d.logs.lines.filter((l) => l.msg === 're-adopted a running VM').length;
-  await new Promise((r) => setTimeout(r, 1_000));
-  const rss = rssMiB(s.d.proc.pid);
-  await s.d.stop(); // SIGTERM, then the stand-ins of this state directory are killed
+  // Killed with -9 and restarted RESTARTS times on the same VMs (medians reported).
+  let daemon = first;
+  const runs = [];
+  for (let k = 0; k < RESTARTS; k++) {
+    await daemon.stop('SIGKILL', { keepVms: true });
+    const s = await timedStart(env);
+    daemon = s.d;
+    s.adopted = s.d.logs.lines.filter((l) => l.msg === 're-adopted a running VM').length;
+    await new Promise((r) => setTimeout(r, 1_000));
+    s.rss = rssMiB(s.d.proc.pid);
+    runs.push(s);
+    log(`restart ${k + 1}: serving ${s.serving} ms, recovered ${s.recovered} ms (HTTP up at ${s.http} ms), ${s.adopted} adopted, RSS ${s.rss.toFixed(1)} MiB`);
+  }
+  await daemon.stop(); // SIGTERM, then the stand-ins of this state directory are killed
+  const m = (k) => median(runs.map((r) => r[k]));
   const f = {
     n,
+    restarts: RESTARTS,
     bare_node_ms: median(bare),
     empty_start_serving_ms: median(empty),
-    restart_serving_ms: s.serving,
-    restart_http_ms: s.http,
-    restart_recovered_ms: s.recovered,
-    recovery_ms: s.recovered - s.http,
-    per_vm_ms: +((s.recovered - s.http) / n).toFixed(2),
-    adopted,
-    serving_ratio_to_empty: +(s.serving / median(empty)).toFixed(2),
-    rss_mib_after_restart: +rss.toFixed(1),
+    restart_serving_ms: m('serving'),
+    restart_http_ms: m('http'),
+    restart_recovered_ms: m('recovered'),
+    recovery_ms: median(runs.map((r) => r.recovered - r.http)),
+    per_vm_ms: +(median(runs.map((r) => r.recovered - r.http)) / n).toFixed(2),
+    adopted: Math.min(...runs.map((r) => r.adopted)),
+    serving_ratio_to_empty: +(m('serving') / median(empty)).toFixed(2),
+    rss_mib_after_restart: +m('rss').toFixed(1),
     rss_mib_before_kill: +rssBefore.toFixed(1),
   };
   log(JSON.stringify(f));
