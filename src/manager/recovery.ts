@@ -64,47 +64,36 @@ async function orphanQemus(paths: VmPaths, realDir: string, qemuBinPath: string,
   return found;
 }
 
-/**
- * Runs `fn` on each item, at most `limit` at a time, results in the items' order. A restart with
- * hundreds of VMs waits on a few small reads per VM (record, /proc, QMP socket, log files):
- * overlapping them keeps the restart short. Each VM has its own directory, record and QEMU, so
- * nothing is shared between the VMs' steps.
- */
-export async function eachLimited<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}
-
-/** VMs recovered at once: enough to overlap their reads, few enough to bound open files. */
-const RECOVERY_CONCURRENCY = 16;
-
 export async function planRecovery(stateDir: string, qemuBinPath: string): Promise<RecoveryAction[]> {
+  const actions: RecoveryAction[] = [];
   // /proc is read once, however many VM directories there are (a host back from a reboot has
-  // one per VM it ran, all to clean); the VMs that need it share the one read.
-  let commandLines: Promise<Map<number, string[]>> | undefined;
-  return eachLimited(await listVmDirs(stateDir), RECOVERY_CONCURRENCY, async (name): Promise<RecoveryAction> => {
+  // one per VM it ran, all to clean).
+  let commandLines: Map<number, string[]> | undefined;
+  for (const name of await listVmDirs(stateDir)) {
     const paths = vmPaths(stateDir, name);
     const realDir = await realOrSame(paths.dir);
     const read = await readRecord(paths.dir);
-    if (!read.ok && read.reason !== 'no record file') return { kind: 'skip', name, paths, reason: read.reason };
+    if (!read.ok && read.reason !== 'no record file') {
+      actions.push({ kind: 'skip', name, paths, reason: read.reason });
+      continue;
+    }
     const record = read.ok ? read.record : undefined;
-    if (record && record.id !== name) return { kind: 'skip', name, paths, reason: `the record names another id (${record.id})` };
+    if (record && record.id !== name) {
+      actions.push({ kind: 'skip', name, paths, reason: `the record names another id (${record.id})` });
+      continue;
+    }
     const alive = record && record.pid !== null && record.pidStartTime !== null && (await processStartTime(record.pid)) === record.pidStartTime;
     if (record && alive) {
       const cmd = (await processCmdline(record.pid!)) ?? [];
-      if (LIVE_STATES.has(record.state) && (await namesDir(cmd, paths, realDir))) return { kind: 'adopt', name, paths, record };
+      if (LIVE_STATES.has(record.state) && (await namesDir(cmd, paths, realDir))) {
+        actions.push({ kind: 'adopt', name, paths, record });
+        continue;
+      }
     }
-    commandLines ??= allCommandLines();
-    return { kind: 'clean', name, paths, state: record?.state ?? 'no record', orphans: await orphanQemus(paths, realDir, qemuBinPath, await commandLines) };
-  });
+    commandLines ??= await allCommandLines();
+    actions.push({ kind: 'clean', name, paths, state: record?.state ?? 'no record', orphans: await orphanQemus(paths, realDir, qemuBinPath, commandLines) });
+  }
+  return actions;
 }
 
 export interface RecoveryResult {
@@ -129,7 +118,7 @@ export async function recoverVms(
   output?: Omit<OutputLimits, 'vmId'>,
 ): Promise<RecoveryResult> {
   const result: RecoveryResult = { adopted: 0, cleaned: 0, skipped: 0, failed: 0 };
-  await eachLimited(await planRecovery(stateDir, qemuBinPath), RECOVERY_CONCURRENCY, async (action) => {
+  for (const action of await planRecovery(stateDir, qemuBinPath)) {
     const vmLog = log.child({ cvm_id: action.name });
     switch (action.kind) {
       case 'adopt':
@@ -159,7 +148,7 @@ export async function recoverVms(
         }
         break;
     }
-  });
+  }
   return result;
 }
 
