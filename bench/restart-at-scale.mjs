@@ -14,6 +14,12 @@ const RESTARTS = Number(process.env.BENCH_RESTARTS ?? 3);
 const SCALES = (process.env.BENCH_RESTART_N ?? '100').split(/\s+/).filter(Boolean).map(Number);
 const log = (s) => process.stderr.write(`bench: ${s}\n`);
 const rssMiB = (pid) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) / 1024;
+// utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/<pid>/stat).
+const cpuTicks = (pid) => {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return Number(f[11]) + Number(f[12]);
+};
+const TICKS_PER_S = 100;
 const lineTime = (d, msg) => Date.parse(d.logs.lines.find((l) => l.msg === msg)?.time);
 
 /** Starts a daemon; the times (ms since the spawn) of its log lines that mark the start. */
@@ -63,8 +69,12 @@ async function atScale(n) {
     s.adopted = s.d.logs.lines.filter((l) => l.msg === 're-adopted a running VM').length;
     await new Promise((r) => setTimeout(r, 1_000));
     s.rss = rssMiB(s.d.proc.pid);
+    // CPU of the restarted daemon doing nothing but supervising the re-adopted VMs, over 5 s.
+    const c0 = cpuTicks(s.d.proc.pid);
+    await new Promise((r) => setTimeout(r, 5_000));
+    s.idleCpu = ((cpuTicks(s.d.proc.pid) - c0) / TICKS_PER_S / 5) * 100;
     runs.push(s);
-    log(`restart ${k + 1}: serving ${s.serving} ms, recovered ${s.recovered} ms (HTTP up at ${s.http} ms), ${s.adopted} adopted, RSS ${s.rss.toFixed(1)} MiB`);
+    log(`restart ${k + 1}: serving ${s.serving} ms, recovered ${s.recovered} ms (HTTP up at ${s.http} ms), ${s.adopted} adopted, RSS ${s.rss.toFixed(1)} MiB, idle CPU ${s.idleCpu.toFixed(1)} % of a core`);
   }
   await daemon.stop(); // SIGTERM, then the stand-ins of this state directory are killed
   const m = (k) => median(runs.map((r) => r[k]));
@@ -82,6 +92,7 @@ async function atScale(n) {
     serving_ratio_to_empty: +(m('serving') / median(empty)).toFixed(2),
     rss_mib_after_restart: +m('rss').toFixed(1),
     rss_mib_before_kill: +rssBefore.toFixed(1),
+    idle_cpu_pct_after_restart: +m('idleCpu').toFixed(1),
   };
   log(JSON.stringify(f));
   return f;
