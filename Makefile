@@ -49,6 +49,7 @@ demo: build guest
 # Benchmarks (not part of `make test`): figures against floors measured in the same run.
 bench: build
 	COCOS_NODE_FLAGS="$(NODE_FLAGS)" node bench/run.mjs
+	COCOS_NODE_FLAGS="$(NODE_FLAGS)" node bench/restart-at-scale.mjs
 
 # Installs the build, its production dependencies, the systemd unit and the env file.
 # DESTDIR stages the whole tree elsewhere (packaging, tests). An existing env file is kept.

@@ -68,11 +68,13 @@ export async function serveCommand(config: Config): Promise<void> {
   const signingKey = loadSigningKey(config.corimSigningKey);
   await prepareStateDir(config.stateDir);
   const stateLock = await lockStateDir(config.stateDir);
+  mark('locked');
   const adminGid = config.admin.socket !== '' && config.admin.socketGroup !== '' ? await groupId(config.admin.socketGroup) : undefined;
 
   const instanceId = config.instanceId || randomUUID();
   const log = createLogger(config.logLevel, instanceId);
   const build = readBuildInfo();
+  mark('logger');
   const tracing = await startTracing({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio, instanceId, version: build.version, log });
   let lifecycle: Lifecycle = 'starting';
 
@@ -104,12 +106,15 @@ export async function serveCommand(config: Config): Promise<void> {
   }
   log.info({ host: config.http.host || '*', port: httpPort, tls: httpTls !== undefined }, 'HTTP endpoint listening');
 
+  mark('http');
   const recovered = await manager.recover();
+  mark('recovered');
   log.info(recovered, 'state recovered');
 
   // ManagerAdmin on TCP only when asked for (the configuration demands mutual TLS then).
   const grpcServer = createGrpcServer(manager, log, metrics, { admin: config.admin.onGrpcPort });
   const { server } = grpcServer;
+  mark('grpc server');
   const guests = new GuestConnections();
   const refusing = createRefusingServer((peer, method) => {
     gate.refused(guests.get(peer) ?? { refuse: true, reason: 'guest connection' }, 'grpc', method);
@@ -121,6 +126,7 @@ export async function serveCommand(config: Config): Promise<void> {
     const where = `${config.grpc.host || '*'}:${config.grpc.port}`;
     throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${where}): ${(err as Error).message}`);
   }
+  mark('grpc listening');
   let admin: ReturnType<typeof createGrpcServer> | undefined;
   if (config.admin.socket !== '') {
     admin = createGrpcServer(manager, log, metrics, { admin: true });
@@ -128,6 +134,7 @@ export async function serveCommand(config: Config): Promise<void> {
     setServing(admin, true);
     log.info({ socket: config.admin.socket, group: config.admin.socketGroup || null }, 'admin socket listening (ManagerAdmin and ManagerService)');
   }
+  mark('admin listening');
   lifecycle = 'serving';
   setServing(grpcServer, true);
   log.info({ address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()) }, 'gRPC server listening');

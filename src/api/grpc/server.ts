@@ -32,9 +32,22 @@ export const LOADER_OPTIONS: protoLoader.Options = {
   oneofs: true,
 };
 
-/** Every service this daemon serves (health included, for reflection); loaded once per process. */
+/** Every service this daemon serves (health included, for reflection). */
 export function loadPackageDefinition(): protoLoader.PackageDefinition {
   return protoLoader.loadSync([...PROTO_FILES, healthProtoPath], LOADER_OPTIONS);
+}
+
+// Loaded once per process and shared by the TCP server, the refusing server and the admin
+// socket's server: each load parses the .proto text again (~5-10 ms), and reflection builds its
+// own index of the descriptors (~8 ms). The definitions are only read by the servers.
+let loaded: { def: protoLoader.PackageDefinition; pkg: ManagerProto & AdminProto; reflection: ReflectionService } | undefined;
+function services(): NonNullable<typeof loaded> {
+  if (loaded === undefined) {
+    const def = loadPackageDefinition();
+    const pkg = grpc.loadPackageDefinition(def) as unknown as ManagerProto & AdminProto;
+    loaded = { def, pkg, reflection: new ReflectionService(def) };
+  }
+  return loaded;
 }
 
 const STATUS: Record<ErrorKind, grpc.status> = {
@@ -237,16 +250,15 @@ export interface GrpcServer {
 export function createGrpcServer(manager: VmManager, log: Logger, recorder: CallRecorder, { admin = true } = {}): GrpcServer {
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
   // One load for the services and for reflection, which describes health too so grpcurl needs no .proto.
-  const def = loadPackageDefinition();
-  const pkg = grpc.loadPackageDefinition(def) as unknown as ManagerProto & AdminProto;
+  const { pkg, reflection } = services();
   server.addService(pkg.manager.ManagerService.service, managerHandlers(manager, log, recorder));
   if (admin) server.addService(pkg.manager.ManagerAdmin.service, adminHandlers(manager, log, recorder));
   // Not serving until the daemon has recovered its VMs and says so.
-  const services = ['', 'manager.ManagerService', ...(admin ? ['manager.ManagerAdmin'] : [])];
-  const health = new HealthImplementation(Object.fromEntries(services.map((n) => [n, 'NOT_SERVING'])));
+  const names = ['', 'manager.ManagerService', ...(admin ? ['manager.ManagerAdmin'] : [])];
+  const health = new HealthImplementation(Object.fromEntries(names.map((n) => [n, 'NOT_SERVING'])));
   health.addToServer(server);
-  new ReflectionService(def).addToServer(server);
-  return { server, health, services };
+  reflection.addToServer(server);
+  return { server, health, services: names };
 }
 
 export function setServing(g: GrpcServer, serving: boolean): void {
@@ -289,8 +301,7 @@ export function createRefusingServer(onRefused: (peer: { address: string; port: 
       },
     });
   const server = new grpc.Server({ interceptors: [refuse], 'grpc.max_receive_message_length': 64 * 1024 });
-  const def = loadPackageDefinition();
-  const pkg = grpc.loadPackageDefinition(def) as unknown as ManagerProto & AdminProto;
+  const { pkg } = services();
   server.addService(pkg.manager.ManagerService.service, unreachable(pkg.manager.ManagerService.service));
   server.addService(pkg.manager.ManagerAdmin.service, unreachable(pkg.manager.ManagerAdmin.service));
   new HealthImplementation({ '': 'NOT_SERVING' }).addToServer(server);
