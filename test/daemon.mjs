@@ -23,10 +23,9 @@ export const adminPkg = grpc.loadPackageDefinition(adminDef).manager;
  * The two ports a daemon bound, read from its log: tests start it on port 0 so no port is ever
  * picked, released and raced for.
  */
+const loggedPort = (lines, msg) => lines.find((l) => l.msg === msg)?.port;
 function boundPorts(lines) {
-  const grpcLine = lines.find((l) => l.msg === 'gRPC server listening');
-  const httpLine = lines.find((l) => l.msg === 'HTTP endpoint listening');
-  return grpcLine && httpLine ? { port: grpcLine.port, httpPort: httpLine.port } : undefined;
+  return { port: loggedPort(lines, 'gRPC server listening'), httpPort: loggedPort(lines, 'HTTP endpoint listening') };
 }
 
 /**
@@ -60,10 +59,10 @@ export function spawnServe(env, nodeFlags = [], { uid, gid, cwd } = {}) {
 
 /** The port the daemon's HTTP endpoint bound, once it has logged it (bounded). */
 export async function httpPortOf(logs, timeoutMs = 15_000) {
-  let line;
-  await waitFor(() => (line = logs.lines.find((l) => l.msg === 'HTTP endpoint listening')) !== undefined, timeoutMs, 10);
-  if (!line) throw new Error(`no 'HTTP endpoint listening' line within ${timeoutMs} ms; stderr: ${logs.stderr}`);
-  return line.port;
+  await waitFor(() => loggedPort(logs.lines, 'HTTP endpoint listening') !== undefined, timeoutMs, 10);
+  const port = loggedPort(logs.lines, 'HTTP endpoint listening');
+  if (port === undefined) throw new Error(`no 'HTTP endpoint listening' line within ${timeoutMs} ms; stderr: ${logs.stderr}`);
+  return port;
 }
 
 /** A loopback listener on a kernel-chosen port, kept open by the caller (close it when done). */

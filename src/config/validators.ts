@@ -54,18 +54,13 @@ export const uint32 = makeValidator<number>((input) =>
   integer(input, 0, 4294967295, 'an integer in 0..4294967295'),
 );
 
-/**
- * A size as QEMU reads it: digits, a fraction only with a suffix, and an optional suffix
- * B, K, M, G, T, P or E in either case (1.5G, 4g, 2048M, 4096). What a bare number means
- * depends on where QEMU reads it (-m: MiB; maxmem= and objects: bytes), see sizeInBytes.
- */
-const SIZE = /^(\d+)(?:\.(\d+))?([bBkKmMgGtTpPeE])?$/;
+/** A size as QEMU reads it (util/size.ts); what a bare number means depends on where QEMU reads it. */
 const SIZE_HELP = 'expected a size like 2048M, 4G, 1.5G or 4096 (QEMU\'s grammar: a number and an optional suffix B, K, M, G, T, P, E)';
 
 export const memorySize = makeValidator<string>((input) => {
   const v = input.trim();
-  const m = SIZE.exec(v);
-  if (!m || (m[2] !== undefined && m[3] === undefined) || sizeInBytes(v, 'M') === 0n) throw new Error(SIZE_HELP);
+  const bytes = sizeInBytes(v, 'M');
+  if (bytes === undefined || bytes === 0n) throw new Error(SIZE_HELP);
   return v;
 });
 

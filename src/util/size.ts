@@ -1,4 +1,7 @@
-/** Sizes in QEMU's grammar (see memorySize in config/validators.ts), for comparing them. */
+/**
+ * Sizes in QEMU's grammar: digits, a fraction only with a suffix, and an optional suffix B, K,
+ * M, G, T, P or E in either case (1.5G, 4g, 2048M, 4096).
+ */
 const UNIT: Record<string, bigint> = { B: 1n, K: 1n << 10n, M: 1n << 20n, G: 1n << 30n, T: 1n << 40n, P: 1n << 50n, E: 1n << 60n };
 
 /**
@@ -8,7 +11,7 @@ const UNIT: Record<string, bigint> = { B: 1n, K: 1n << 10n, M: 1n << 20n, G: 1n 
  */
 export function sizeInBytes(size: string, bareUnit: 'M' | 'B'): bigint | undefined {
   const m = /^(\d+)(?:\.(\d+))?([bBkKmMgGtTpPeE])?$/.exec(size.trim());
-  if (!m) return undefined;
+  if (!m || (m[2] !== undefined && m[3] === undefined)) return undefined;
   const unit = UNIT[(m[3] ?? bareUnit).toUpperCase()]!;
   const frac = m[2] ?? '';
   const scale = 10n ** BigInt(frac.length);
