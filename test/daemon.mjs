@@ -130,10 +130,11 @@ export class Daemon {
   }
 
   /**
-   * Starts `cocos-manager serve` on loopback and waits (bounded) until it serves. Unless given,
+   * Starts `cocos-manager serve` on loopback and waits (bounded) until it serves and has
+   * recovered the VMs an earlier run left (unless `recovered: false`). Unless given,
    * both ports are 0: the daemon binds free ones and logs them, and the test reads them there.
    */
-  static async start(env, { timeoutMs = 20_000, port = 0, httpPort = 0, nodeFlags = [], uid, gid, cwd } = {}) {
+  static async start(env, { timeoutMs = 20_000, port = 0, httpPort = 0, nodeFlags = [], uid, gid, cwd, recovered = true } = {}) {
     const { proc, logs, adminSocket } = spawnServe({ MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_PORT: String(httpPort), ...env }, nodeFlags, { uid, gid, cwd });
     const d = new Daemon(proc, port, logs);
     d.adminSocket = adminSocket;
@@ -144,6 +145,9 @@ export class Daemon {
       await d.waitForLog((l) => l.msg === 'gRPC server listening', timeoutMs);
       Object.assign(d, boundPorts(logs.lines));
       await d.waitUntilServing(Math.max(1_000, deadline - Date.now()));
+      // The daemon serves before it has re-adopted what an earlier run left; most tests look
+      // at the VMs afterwards (recovered: false to start looking at once).
+      if (recovered) await d.waitForLog((l) => l.msg === 'state recovered', Math.max(1_000, deadline - Date.now()));
     } catch (err) {
       proc.kill('SIGKILL');
       throw err;

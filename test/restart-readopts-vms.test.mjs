@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { randomUUID } from 'node:crypto';
 import { Daemon, call, fakeQemuEnv, isAlive, portIsFree, readAgent, tmpDir, waitFor } from './daemon.mjs';
 
 const recordPath = (state, id) => path.join(state, 'vms', id, 'record.json');
@@ -157,5 +158,44 @@ test('a VM caught mid-CreateVm (record "starting") has its QEMU killed and its f
     assert.ok(await portIsFree(Number(vm.forwarded_port)));
   } finally {
     await again.stop();
+  }
+});
+
+test('a restarted daemon serves before its VMs are re-adopted: calls about them wait for them, CreateVm keeps their ports and slots', async () => {
+  const state = tmpDir();
+  const env = fakeQemuEnv(state, { MANAGER_MAX_VMS: '4' });
+  const first = await Daemon.start(env);
+  let client = first.client();
+  const vms = [];
+  for (let i = 0; i < 3; i++) vms.push(await call(client, 'CreateVm', {}));
+  client.close();
+  await first.stop('SIGKILL', { keepVms: true });
+  // Leftovers to clean besides: recovery takes a while after the port opens.
+  for (let i = 0; i < 300; i++) fs.mkdirSync(path.join(state, 'vms', randomUUID()), { recursive: true });
+
+  const second = await Daemon.start(env, { recovered: false });
+  client = second.client();
+  const admin = second.adminClient();
+  try {
+    const [listed, info, created] = await Promise.all([
+      call(admin, 'ListVms', {}),
+      call(admin, 'GetVm', { id: vms[2].cvm_id }),
+      call(client, 'CreateVm', {}),
+    ]);
+    // ListVms waited for the whole recovery; GetVm for its VM.
+    assert.deepEqual(listed.vms.filter((v) => v.state === 'running').map((v) => v.id).sort(), [...vms.map((v) => v.cvm_id), created.cvm_id].sort());
+    assert.equal(info.state, 'running');
+    assert.equal(info.forwarded_port, vms[2].forwarded_port);
+    // The new VM got a port none of the re-adopted ones holds, and the fifth slot does not exist.
+    assert.ok(!vms.some((v) => v.forwarded_port === created.forwarded_port), 'an adopted port handed out again');
+    await assert.rejects(call(client, 'CreateVm', {}), (e) => e.code === 8);
+    await second.waitForLog((l) => l.msg === 'state recovered');
+    const msgs = second.logs.lines.map((l) => l.msg);
+    assert.ok(msgs.indexOf('gRPC server listening') < msgs.indexOf('state recovered'), 'the port opened before recovery ended');
+    assert.equal(second.logs.lines.find((l) => l.msg === 'state recovered').adopted, 3);
+  } finally {
+    client.close();
+    admin.close();
+    await second.stop();
   }
 });

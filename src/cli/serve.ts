@@ -107,9 +107,10 @@ export async function serveCommand(config: Config): Promise<void> {
   log.info({ host: config.http.host || '*', port: httpPort, tls: httpTls !== undefined }, 'HTTP endpoint listening');
 
   mark('http');
-  const recovered = await manager.recover();
-  mark('recovered');
-  log.info(recovered, 'state recovered');
+  // Before the port opens, only the records of what an earlier run left are read: their ports,
+  // slots and processes (whose guests are refused) are reserved. /proc and QMP come after.
+  const leftovers = await manager.expectLeftovers();
+  mark('leftovers');
 
   // ManagerAdmin on TCP only when asked for (the configuration demands mutual TLS then).
   const grpcServer = createGrpcServer(manager, log, metrics, { admin: config.admin.onGrpcPort });
@@ -135,9 +136,26 @@ export async function serveCommand(config: Config): Promise<void> {
     log.info({ socket: config.admin.socket, group: config.admin.socketGroup || null }, 'admin socket listening (ManagerAdmin and ManagerService)');
   }
   mark('admin listening');
-  lifecycle = 'serving';
+  lifecycle = 'recovering';
   setServing(grpcServer, true);
-  log.info({ address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()) }, 'gRPC server listening');
+  log.info(
+    { address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()), vm_dirs_to_recover: leftovers.length },
+    'gRPC server listening',
+  );
+  // Calls are served meanwhile; one about a VM not yet decided waits for it (ListVms for all).
+  const recoveryStarted = performance.now();
+  manager.recover(leftovers).then(
+    (recovered) => {
+      mark('recovered');
+      log.info({ ...recovered, ms: Math.round(performance.now() - recoveryStarted), since_start_ms: Math.round(performance.now()) }, 'state recovered');
+      if (lifecycle === 'recovering') lifecycle = 'serving';
+    },
+    (err) => {
+      // Each VM's failure is caught inside; this is the state directory itself failing.
+      log.error({ err: String(err) }, 'recovery failed: VMs of an earlier run may be left unsupervised; restart the daemon once the state directory is readable');
+      if (lifecycle === 'recovering') lifecycle = 'serving';
+    },
+  );
   // After serving, so neither slows the start: the preflight is logged for the operator (the
   // host can be fixed while the daemon runs), and the process spawner is loaded ahead of the
   // first CreateVm.

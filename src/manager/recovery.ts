@@ -4,6 +4,11 @@
  * cleaned up (its QEMU is gone, or it never finished starting: its caller never got an answer),
  * or skipped (the record cannot be read: nothing of it is touched).
  *
+ * It runs in two steps around the opening of the API: before, only the records are read
+ * (findLeftovers), so the daemon knows which ports, slots and processes earlier VMs may hold;
+ * after, each VM is checked in /proc and re-adopted or cleaned (recoverVms), while calls are
+ * served (a call about a VM not yet decided waits for it; see VmRegistry.settled).
+ *
  * Paths are compared after realpath: a symlinked or relative MANAGER_STATE_DIR names the same
  * VMs as the path an earlier run put in QEMU's command line.
  */
@@ -13,19 +18,31 @@ import type { Logger } from 'pino';
 import { allCommandLines, childPids, processCmdline, processStartTime } from '../vm/proc.js';
 import { type OutputLimits, QemuProcess } from '../vm/qemu-process.js';
 import { QmpChannel } from '../vm/qmp.js';
-import { listVmDirs, removeVmDir, type VmPaths, vmPaths } from '../vm/vm-dir.js';
-import { readRecord, type VmRecord } from '../vm/vm-record.js';
+import { listVmDirs, removeVmDir, type VmPaths, vmPaths, vmsRoot } from '../vm/vm-dir.js';
+import { parseRecord, peekRecord, type RecordPeek, readRecordText, type VmRecord } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
 import type { VmRegistry } from './vm-registry.js';
 import { VmStateMachine } from './vm-state.js';
 
+/** A VM directory an earlier run left, with its record's text as read at start (read once). */
+export interface Leftover {
+  name: string;
+  paths: VmPaths;
+  /** The record's text, or why it could not be read ('no record file' when there is none). */
+  record: { ok: true; text: string } | { ok: false; reason: string };
+  /** What the record says of the process and port, before the schema is checked. */
+  peek: RecordPeek | undefined;
+}
+
 export type RecoveryAction =
-  | { kind: 'adopt'; name: string; paths: VmPaths; record: VmRecord }
+  | { kind: 'adopt'; name: string; paths: VmPaths; record: VmRecord; underSudo: boolean }
   | { kind: 'clean'; name: string; paths: VmPaths; state: string; orphans: number[] }
   | { kind: 'skip'; name: string; paths: VmPaths; reason: string };
 
 /** States a record is written in while its QEMU runs. */
 const LIVE_STATES = new Set(['running', 'paused', 'stopping']);
+/** Record files read at once at start: enough to keep the thread pool busy, few enough descriptors. */
+const READ_CONCURRENCY = 32;
 
 async function realOrSame(p: string): Promise<string> {
   try {
@@ -64,36 +81,65 @@ async function orphanQemus(paths: VmPaths, realDir: string, qemuBinPath: string,
   return found;
 }
 
-export async function planRecovery(stateDir: string, qemuBinPath: string): Promise<RecoveryAction[]> {
-  const actions: RecoveryAction[] = [];
-  // /proc is read once, however many VM directories there are (a host back from a reboot has
-  // one per VM it ran, all to clean).
-  let commandLines: Map<number, string[]> | undefined;
-  for (const name of await listVmDirs(stateDir)) {
+/** Runs fn over items, at most `limit` at a time, keeping the order of the results. */
+async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+/**
+ * Every VM directory and its record's text: all a starting daemon reads before it serves
+ * (no /proc, no schema), so the start grows by one small read per VM.
+ */
+export async function findLeftovers(stateDir: string): Promise<Leftover[]> {
+  return mapLimit(await listVmDirs(stateDir), READ_CONCURRENCY, async (name) => {
     const paths = vmPaths(stateDir, name);
-    const realDir = await realOrSame(paths.dir);
-    const read = await readRecord(paths.dir);
-    if (!read.ok && read.reason !== 'no record file') {
-      actions.push({ kind: 'skip', name, paths, reason: read.reason });
-      continue;
+    const record = await readRecordText(paths.dir);
+    return { name, paths, record, peek: record.ok ? peekRecord(record.text) : undefined };
+  });
+}
+
+/**
+ * The leftovers whose QEMU may still run, by what their records say: the daemon holds their
+ * ports and slots, and treats their processes as guests, until recovery has decided each.
+ */
+export function mayStillRun(l: Leftover): { id: string; pid: number; hostPort: number | null } | undefined {
+  const p = l.peek;
+  if (!p || p.id !== l.name || p.pid === null || !LIVE_STATES.has(p.state)) return undefined;
+  return { id: p.id, pid: p.pid, hostPort: p.hostPort };
+}
+
+/** What to do with one leftover: /proc is asked about its process only now, after the port is open. */
+export async function planOne(l: Leftover, realVmsRoot: string, qemuBinPath: string, commandLines: () => Promise<Map<number, string[]>>): Promise<RecoveryAction> {
+  const { name, paths } = l;
+  // listVmDirs returns real directories only (no symlinks), so the real path follows from the root's.
+  const realDir = path.join(realVmsRoot, name);
+  const read = l.record.ok ? await parseRecord(l.record.text) : l.record;
+  if (!read.ok && read.reason !== 'no record file') return { kind: 'skip', name, paths, reason: read.reason };
+  const record = read.ok ? read.record : undefined;
+  if (record && record.id !== name) return { kind: 'skip', name, paths, reason: `the record names another id (${record.id})` };
+  const alive = record && record.pid !== null && record.pidStartTime !== null && (await processStartTime(record.pid)) === record.pidStartTime;
+  if (record && alive) {
+    const cmd = (await processCmdline(record.pid!)) ?? [];
+    if (LIVE_STATES.has(record.state) && (await namesDir(cmd, paths, realDir))) {
+      return { kind: 'adopt', name, paths, record, underSudo: path.basename(cmd[0] ?? '') === 'sudo' };
     }
-    const record = read.ok ? read.record : undefined;
-    if (record && record.id !== name) {
-      actions.push({ kind: 'skip', name, paths, reason: `the record names another id (${record.id})` });
-      continue;
-    }
-    const alive = record && record.pid !== null && record.pidStartTime !== null && (await processStartTime(record.pid)) === record.pidStartTime;
-    if (record && alive) {
-      const cmd = (await processCmdline(record.pid!)) ?? [];
-      if (LIVE_STATES.has(record.state) && (await namesDir(cmd, paths, realDir))) {
-        actions.push({ kind: 'adopt', name, paths, record });
-        continue;
-      }
-    }
-    commandLines ??= await allCommandLines();
-    actions.push({ kind: 'clean', name, paths, state: record?.state ?? 'no record', orphans: await orphanQemus(paths, realDir, qemuBinPath, commandLines) });
   }
-  return actions;
+  return { kind: 'clean', name, paths, state: record?.state ?? 'no record', orphans: await orphanQemus(paths, realDir, qemuBinPath, await commandLines()) };
+}
+
+/** /proc's command lines, read on first need and once, however many VMs need cleaning (a host back from a reboot). */
+function onceCommandLines(): () => Promise<Map<number, string[]>> {
+  let lines: Promise<Map<number, string[]>> | undefined;
+  return () => (lines ??= allCommandLines());
 }
 
 export interface RecoveryResult {
@@ -102,57 +148,93 @@ export interface RecoveryResult {
   skipped: number;
   /** Directories that could not be removed (logged; the daemon starts anyway). */
   failed: number;
+  /** Leftovers not looked at because the daemon began to stop (the next start takes them). */
+  deferred: number;
 }
 
 /**
  * Re-adopts the VMs an earlier run left running; cleans up what belonged to VMs that are gone
  * or never finished starting. A corrupt record is reported and left alone; a directory that
- * cannot be removed is reported and counted, never a reason not to start.
+ * cannot be removed is reported and counted, never a reason not to start. Each leftover is
+ * settled in the registry as soon as it is decided, so a call waiting for that VM goes on.
  */
 export async function recoverVms(
+  leftovers: Leftover[],
   stateDir: string,
   qemuBinPath: string,
   registry: VmRegistry,
   log: Logger,
-  policies?: AttestationPolicies,
-  output?: Omit<OutputLimits, 'vmId'>,
+  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; stopping?: () => boolean } = {},
 ): Promise<RecoveryResult> {
-  const result: RecoveryResult = { adopted: 0, cleaned: 0, skipped: 0, failed: 0 };
-  for (const action of await planRecovery(stateDir, qemuBinPath)) {
-    const vmLog = log.child({ cvm_id: action.name });
-    switch (action.kind) {
-      case 'adopt':
-        await adopt(action.record, action.paths, registry, vmLog, policies, output);
-        result.adopted++;
-        break;
-      case 'skip':
-        vmLog.error({ dir: action.paths.dir }, `VM record unreadable, VM skipped (fix or remove the directory by hand): ${action.reason}`);
-        result.skipped++;
-        break;
-      case 'clean':
-        for (const pid of action.orphans) {
-          vmLog.warn({ pid }, 'killing a QEMU of a VM that never finished starting');
-          try {
-            process.kill(pid, 'SIGKILL');
-          } catch (err) {
-            if ((err as NodeJS.ErrnoException).code !== 'ESRCH') vmLog.error({ pid }, `could not kill it: ${(err as NodeJS.ErrnoException).code}`);
-          }
-        }
-        try {
-          await removeVmDir(action.paths.dir);
-          vmLog.info({ state: action.state }, 'cleaned up a VM that is no longer running');
-          result.cleaned++;
-        } catch (err) {
-          vmLog.error({ dir: action.paths.dir }, `could not remove the directory of a VM that is no longer running: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
-          result.failed++;
-        }
-        break;
+  const result: RecoveryResult = { adopted: 0, cleaned: 0, skipped: 0, failed: 0, deferred: 0 };
+  const lines = onceCommandLines();
+  const root = await realOrSame(vmsRoot(stateDir));
+  for (const l of leftovers) {
+    if (opts.stopping?.()) {
+      result.deferred++;
+      registry.settle(l.name);
+      continue;
+    }
+    const vmLog = log.child({ cvm_id: l.name });
+    try {
+      await act(await planOne(l, root, qemuBinPath, lines), result, registry, vmLog, opts);
+    } catch (err) {
+      // One VM's surprise must not leave the others unrecovered or a caller waiting.
+      vmLog.error({ err: String(err) }, 'recovery of this VM failed; it is left as it is');
+      result.skipped++;
+    } finally {
+      registry.settle(l.name);
     }
   }
   return result;
 }
 
-async function adopt(record: VmRecord, paths: VmPaths, registry: VmRegistry, log: Logger, policies?: AttestationPolicies, output?: Omit<OutputLimits, 'vmId'>): Promise<void> {
+async function act(
+  action: RecoveryAction,
+  result: RecoveryResult,
+  registry: VmRegistry,
+  vmLog: Logger,
+  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'> },
+): Promise<void> {
+  switch (action.kind) {
+    case 'adopt':
+      await adopt(action.record, action.paths, action.underSudo, registry, vmLog, opts.policies, opts.output);
+      result.adopted++;
+      return;
+    case 'skip':
+      vmLog.error({ dir: action.paths.dir }, `VM record unreadable, VM skipped (fix or remove the directory by hand): ${action.reason}`);
+      result.skipped++;
+      return;
+    case 'clean':
+      for (const pid of action.orphans) {
+        vmLog.warn({ pid }, 'killing a QEMU of a VM that never finished starting');
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ESRCH') vmLog.error({ pid }, `could not kill it: ${(err as NodeJS.ErrnoException).code}`);
+        }
+      }
+      try {
+        await removeVmDir(action.paths.dir);
+        vmLog.info({ state: action.state }, 'cleaned up a VM that is no longer running');
+        result.cleaned++;
+      } catch (err) {
+        vmLog.error({ dir: action.paths.dir }, `could not remove the directory of a VM that is no longer running: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+        result.failed++;
+      }
+      return;
+  }
+}
+
+async function adopt(
+  record: VmRecord,
+  paths: VmPaths,
+  underSudo: boolean,
+  registry: VmRegistry,
+  log: Logger,
+  policies?: AttestationPolicies,
+  output?: Omit<OutputLimits, 'vmId'>,
+): Promise<void> {
   // QEMU reconnects to the new listener by itself (chardev reconnect) and is asked its status then.
   const qmp = new QmpChannel(paths.qmpSocket);
   await qmp.listen().catch((err) => log.error({ err: String(err) }, "could not reopen the VM's QMP socket"));
@@ -168,7 +250,8 @@ async function adopt(record: VmRecord, paths: VmPaths, registry: VmRegistry, log
     paths,
     proc,
     qmp,
-    qemuPids: await childPids(record.pid!),
+    // Only sudo has QEMU below it; a QEMU started directly is the PID itself.
+    qemuPids: underSudo ? await childPids(record.pid!) : [],
     ttl: undefined,
     removing: undefined,
   };

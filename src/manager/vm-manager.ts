@@ -12,7 +12,7 @@ import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
 import { type ManagerObserver, NO_OBSERVER } from './observer.js';
 import type { PortPool } from './port-pool.js';
-import { type RecoveryResult, recoverVms } from './recovery.js';
+import { findLeftovers, type Leftover, mayStillRun, type RecoveryResult, recoverVms } from './recovery.js';
 import { VmLauncher } from './vm-launcher.js';
 import { statusView, type VmEvent, VmRegistry, type VmStatusView } from './vm-registry.js';
 import type { VmState } from './vm-state.js';
@@ -91,17 +91,27 @@ export class VmManager {
     return this.track(this.launcher.launch(input));
   }
 
-  remove(id: string): Promise<void> {
+  async remove(id: string): Promise<void> {
+    await this.settled(id);
     return this.track(this.registry.remove(id, 'removed'));
   }
 
-  info(rawId: string): CvmInfo {
+  /**
+   * Waits until recovery has decided the VM a call names (at once for any other id, and for
+   * malformed ids, which the call itself then refuses).
+   */
+  private settled(rawId: string): Promise<void> {
+    return this.registry.settled(rawId);
+  }
+
+  async info(rawId: string): Promise<CvmInfo> {
     let id: string;
     try {
       id = validateVmId('id', rawId);
     } catch (err) {
       throw new ManagerError('invalid-argument', (err as Error).message);
     }
+    await this.settled(id);
     const vm = this.registry.has(id);
     const q = this.config.qemu;
     return {
@@ -114,16 +124,30 @@ export class VmManager {
     };
   }
 
-  list(): VmStatusView[] {
+  /** Every VM, once recovery has decided those an earlier run left. */
+  async list(): Promise<VmStatusView[]> {
+    await this.registry.recovered();
     return this.registry.list();
   }
 
-  status(rawId: string): VmStatusView {
+  /** Every VM the registry holds now (during recovery, without those not yet decided). */
+  listNow(): VmStatusView[] {
+    return this.registry.list();
+  }
+
+  /** Resolves once recovery has decided every VM an earlier run left. */
+  recovered(): Promise<void> {
+    return this.registry.recovered();
+  }
+
+  async status(rawId: string): Promise<VmStatusView> {
+    await this.settled(rawId);
     return statusView(this.registry.find('id', rawId));
   }
 
   /** The VM's record, or NOT_FOUND (FAILED_PRECONDITION while it starts). */
-  get(rawId: string): VmRecord {
+  async get(rawId: string): Promise<VmRecord> {
+    await this.settled(rawId);
     const vm = this.registry.find('id', rawId);
     if (!vm.record) throw new ManagerError('failed-precondition', `VM ${vm.id} is still starting`);
     return vm.record;
@@ -131,13 +155,30 @@ export class VmManager {
 
   /** The attestation policy of a VM, encoded as configured. */
   async attestationPolicy(rawId: string): Promise<Uint8Array> {
-    const record = this.get(rawId);
+    const record = await this.get(rawId);
     if (!this.policies) throw new ManagerError('unimplemented', 'attestation policies are not configured on this manager');
     return this.policies.policyFor(record);
   }
 
-  recover(): Promise<RecoveryResult> {
-    return recoverVms(this.config.stateDir, this.config.qemu.binPath, this.registry, this.log, this.policies, this.config.console);
+  /**
+   * Before serving: reads what an earlier run left and reserves, for each VM that may still
+   * run, its slot and port, and counts its process as a guest's (cheap: one record read per VM).
+   */
+  async expectLeftovers(): Promise<Leftover[]> {
+    const leftovers = await findLeftovers(this.config.stateDir);
+    this.registry.expect(leftovers.flatMap((l) => mayStillRun(l) ?? []));
+    return leftovers;
+  }
+
+  /** After serving: re-adopts or cleans up each leftover (calls about one wait for it). */
+  recover(leftovers: Leftover[]): Promise<RecoveryResult> {
+    return this.track(
+      recoverVms(leftovers, this.config.stateDir, this.config.qemu.binPath, this.registry, this.log, {
+        policies: this.policies,
+        output: this.config.console,
+        stopping: () => this.stopping,
+      }),
+    );
   }
 
   /** Refuses new VMs and stops TTL timers; VMs keep running (the next start re-adopts them). */

@@ -62,9 +62,19 @@ export interface VmEvent {
 
 export type StopCause = 'removed' | 'ttl';
 
+/** A VM an earlier run left, known from its record only, until recovery adopts or cleans it. */
+interface Expected {
+  pid: number;
+  hostPort: number | null;
+  settled: Promise<void>;
+  settle: () => void;
+}
+
 export class VmRegistry {
   private readonly vms = new Map<string, Vm>();
   private readonly watchers = new Set<(e: VmEvent) => void>();
+  private readonly expected = new Map<string, Expected>();
+  private allSettled: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly config: Config,
@@ -75,9 +85,10 @@ export class VmRegistry {
     private readonly track: <T>(p: Promise<T>) => Promise<T> = (p) => p,
   ) {}
 
-  /** VMs holding a slot of MANAGER_MAX_VMS: those whose QEMU may run. */
+  /** VMs holding a slot of MANAGER_MAX_VMS: those whose QEMU may run (expected ones included). */
   get slotsInUse(): number {
     let n = 0;
+    for (const id of this.expected.keys()) if (!this.vms.has(id)) n++;
     for (const vm of this.vms.values()) if (vm.machine.holdsResources) n++;
     return n;
   }
@@ -129,6 +140,40 @@ export class VmRegistry {
     this.releasePort(vm);
     if (this.vms.get(vm.id) === vm) this.vms.delete(vm.id);
     this.notify(vm, { from: vm.machine.state, to: 'removed', reason });
+  }
+
+  /**
+   * VMs an earlier run left that may still run, as their records say: until each is settled,
+   * its slot and port are held, its process counts as a guest's, and calls about it wait.
+   */
+  expect(vms: { id: string; pid: number; hostPort: number | null }[]): void {
+    for (const { id, pid, hostPort } of vms) {
+      let settle!: () => void;
+      const settled = new Promise<void>((resolve) => (settle = resolve));
+      this.expected.set(id, { pid, hostPort, settled, settle });
+      if (hostPort !== null) this.ports.hold(hostPort);
+    }
+    this.allSettled = Promise.all([...this.expected.values()].map((e) => e.settled)).then(() => undefined);
+  }
+
+  /** Recovery has decided this VM (adopted, cleaned or left): its reservation ends. */
+  settle(id: string): void {
+    const e = this.expected.get(id);
+    if (!e) return;
+    this.expected.delete(id);
+    // An adopted VM holds its port through its record from now on.
+    if (e.hostPort !== null && this.vms.get(id)?.hostPort !== e.hostPort) this.ports.release(e.hostPort);
+    e.settle();
+  }
+
+  /** Resolves once recovery has decided the VM `id` (at once for any other id). */
+  settled(id: string): Promise<void> {
+    return this.expected.get(id)?.settled ?? Promise.resolve();
+  }
+
+  /** Resolves once recovery has decided every VM an earlier run left. */
+  recovered(): Promise<void> {
+    return this.allSettled;
   }
 
   /** Registers a VM an earlier run of the daemon started (recovery). */
@@ -295,6 +340,9 @@ export class VmRegistry {
   /** The PIDs of the QEMUs this manager supervises (QEMU under sudo: sudo's and QEMU's), by VM id. */
   supervisedPids(): Map<number, string> {
     const out = new Map<number, string>();
+    // Before recovery has checked them, the PIDs the records name: a guest of a VM being
+    // re-adopted is refused like any other (a PID reused meanwhile is refused only until then).
+    for (const [id, e] of this.expected) out.set(e.pid, id);
     for (const vm of this.vms.values()) {
       if (!vm.machine.holdsResources || !vm.proc) continue;
       out.set(vm.proc.pid, vm.id);

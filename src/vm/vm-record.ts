@@ -117,13 +117,42 @@ export async function writeRecordAtomically(dir: string, record: VmRecord): Prom
 
 export type RecordReadResult = { ok: true; record: VmRecord } | { ok: false; reason: string };
 
-export async function readRecord(dir: string): Promise<RecordReadResult> {
-  let text: string;
+/** The record file's text, or why there is none ('no record file' when it does not exist). */
+export async function readRecordText(dir: string): Promise<{ ok: true; text: string } | { ok: false; reason: string }> {
   try {
-    text = await fs.readFile(path.join(dir, RECORD_FILE), 'utf8');
+    return { ok: true, text: await fs.readFile(path.join(dir, RECORD_FILE), 'utf8') };
   } catch (err) {
     return { ok: false, reason: (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no record file' : String(err) };
   }
+}
+
+/** What a starting daemon must know of a VM before it serves: which process and port it holds. */
+export interface RecordPeek {
+  id: string;
+  state: string;
+  pid: number | null;
+  hostPort: number | null;
+}
+
+/**
+ * The fields a starting daemon reserves before it serves, without the schema (zod's load is
+ * not worth holding the port closed for); parseRecord checks the whole record afterwards.
+ */
+export function peekRecord(text: string): RecordPeek | undefined {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (typeof json !== 'object' || json === null) return undefined;
+  const r = json as Record<string, unknown>;
+  const int = (v: unknown) => (typeof v === 'number' && Number.isInteger(v) && v > 0 ? v : null);
+  if (typeof r.id !== 'string' || typeof r.state !== 'string') return undefined;
+  return { id: r.id, state: r.state, pid: int(r.pid), hostPort: int(r.hostPort) };
+}
+
+export async function parseRecord(text: string): Promise<RecordReadResult> {
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -133,4 +162,9 @@ export async function readRecord(dir: string): Promise<RecordReadResult> {
   const parsed = (await recordSchema()).safeParse(json);
   if (!parsed.success) return { ok: false, reason: `record does not match its schema: ${parsed.error.issues[0]?.message ?? ''}` };
   return { ok: true, record: parsed.data };
+}
+
+export async function readRecord(dir: string): Promise<RecordReadResult> {
+  const read = await readRecordText(dir);
+  return read.ok ? parseRecord(read.text) : read;
 }

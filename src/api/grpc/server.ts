@@ -137,8 +137,8 @@ export function managerHandlers(manager: VmManager, log: Logger, recorder: CallR
       await manager.remove(req.cvm_id);
       return {};
     }),
-    CVMInfo: unary(S, 'CVMInfo', log, recorder, (req) => {
-      const i = manager.info(req.id);
+    CVMInfo: unary(S, 'CVMInfo', log, recorder, async (req) => {
+      const i = await manager.info(req.id);
       return {
         id: i.id,
         ovmf_version: i.ovmfVersion,
@@ -201,7 +201,7 @@ function watchVms(manager: VmManager, log: Logger, recorder: CallRecorder): Mana
     call.on('drain', () => {
       queued = 0;
     });
-    const unsubscribe = manager.watch(send);
+    let unsubscribe = () => {};
     const offShutdown = manager.onShutdown(() => {
       finish('UNAVAILABLE');
       call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the manager is shutting down; watch again once it is back' });
@@ -209,8 +209,14 @@ function watchVms(manager: VmManager, log: Logger, recorder: CallRecorder): Mana
     call.on('cancelled', () => finish('CANCELLED'));
     call.on('close', () => finish('OK'));
     call.on('error', () => finish('CANCELLED'));
-    const now = new Date().toISOString();
-    for (const v of manager.list()) send({ id: v.id, from: 'new', to: v.state, reason: 'current', at: now, vm: v });
+    // The current list once recovery has decided every VM an earlier run left, then each
+    // transition; subscribing and listing in one tick, so nothing falls between them.
+    void manager.recovered().then(() => {
+      if (done) return;
+      unsubscribe = manager.watch(send);
+      const now = new Date().toISOString();
+      for (const v of manager.listNow()) send({ id: v.id, from: 'new', to: v.state, reason: 'current', at: now, vm: v });
+    });
   };
 }
 
@@ -221,8 +227,8 @@ function toVmEvent(e: VmEvent): VmEventMsg {
 export function adminHandlers(manager: VmManager, log: Logger, recorder: CallRecorder): ManagerAdminHandlers {
   const S = 'manager.ManagerAdmin';
   return {
-    ListVms: unary(S, 'ListVms', log, recorder, () => ({ vms: manager.list().map(toVmStatus) })),
-    GetVm: unary(S, 'GetVm', log, recorder, (req) => toVmStatus(manager.status(req.id))),
+    ListVms: unary(S, 'ListVms', log, recorder, async () => ({ vms: (await manager.list()).map(toVmStatus) })),
+    GetVm: unary(S, 'GetVm', log, recorder, async (req) => toVmStatus(await manager.status(req.id))),
     WatchVms: watchVms(manager, log, recorder),
   };
 }

@@ -9,7 +9,8 @@ import type { BuildInfo } from '../../telemetry/build-info.js';
 import type { GuestPeerGate } from '../guest-peer.js';
 import type { TlsMaterial } from '../tls.js';
 
-export type Lifecycle = 'starting' | 'serving' | 'stopping';
+/** 'recovering': serving, while VMs an earlier run left are being re-adopted. */
+export type Lifecycle = 'starting' | 'recovering' | 'serving' | 'stopping';
 
 export interface HttpEndpointDeps {
   registry: Registry;
@@ -34,15 +35,16 @@ export function httpHandler(deps: HttpEndpointDeps): http.RequestListener {
     }
     if (path === '/health') {
       const state = deps.lifecycle();
-      const ok = state === 'serving';
+      const ok = state === 'serving' || state === 'recovering';
       const body = {
-        status: ok ? 'pass' : 'fail',
+        // draft-inadarei-api-health-check: 'warn' is healthy with a remark.
+        status: state === 'recovering' ? 'warn' : ok ? 'pass' : 'fail',
         version: deps.build.version,
         commit: deps.build.commit,
         description: deps.build.description,
         build_time: deps.build.build_time,
         instance_id: deps.instanceId,
-        ...(ok ? {} : { output: `the manager is ${state}` }),
+        ...(state === 'serving' ? {} : { output: state === 'recovering' ? 'serving; re-adopting the VMs an earlier run left' : `the manager is ${state}` }),
       };
       return send(res, ok ? 200 : 503, 'application/health+json', `${JSON.stringify(body)}\n`);
     }
