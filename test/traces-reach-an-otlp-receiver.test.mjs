@@ -40,6 +40,8 @@ test('CreateVm gives one server span continuing the traceparent, with the four s
   const rx = otlpReceiver();
   const port = await listenOnFreePort(rx.server);
   const d = await Daemon.start(fakeQemuEnv(tmpDir(), { COCOS_JAEGER_URL: `http://127.0.0.1:${port}`, COCOS_JAEGER_TRACE_RATIO: '1', MANAGER_INSTANCE_ID: 'trace-host' }));
+  // The SDK loads once the daemon serves; calls before that are not traced.
+  await d.waitForLog((l) => l.msg === 'tracing started');
   const client = d.client();
   try {
     const traceId = randomBytes(16).toString('hex');
@@ -74,6 +76,7 @@ test('an unreachable collector costs the calls nothing and is logged once', asyn
   const dropper = net.createServer((sock) => { attempts++; sock.destroy(); });
   const dead = await listenOnFreePort(dropper);
   const d = await Daemon.start(fakeQemuEnv(tmpDir(), { COCOS_JAEGER_URL: `http://127.0.0.1:${dead}`, COCOS_JAEGER_TRACE_RATIO: '1' }));
+  await d.waitForLog((l) => l.msg === 'tracing started');
   const client = d.client();
   try {
     let round = 0;

@@ -25,7 +25,7 @@ import { VmManager } from '../manager/vm-manager.js';
 import { readBuildInfo } from '../telemetry/build-info.js';
 import { createLogger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
-import { startTracing } from '../telemetry/tracing.js';
+import { startTracing, type Tracing } from '../telemetry/tracing.js';
 import { StartupError } from '../util/startup-error.js';
 import { logPreflight, securityChecks } from './check.js';
 import { templateCommandLine } from './qemu-args.js';
@@ -75,7 +75,9 @@ export async function serveCommand(config: Config): Promise<void> {
   const log = createLogger(config.logLevel, instanceId);
   const build = readBuildInfo();
   mark('logger');
-  const tracing = await startTracing({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio, instanceId, version: build.version, log });
+  // Tracing starts once the daemon serves (below): loading the SDK takes ~100 ms, longer than
+  // the rest of the start, and until it is loaded spans are no-ops (those calls are not traced).
+  let tracing: Tracing = { shutdown: () => Promise.resolve() };
   let lifecycle: Lifecycle = 'starting';
 
   stateLock.onLost(() => log.error({ lock: stateLock.file }, 'the state directory lock was lost (its flock process was killed): another daemon could now start on this MANAGER_STATE_DIR; restart this one'));
@@ -142,6 +144,15 @@ export async function serveCommand(config: Config): Promise<void> {
     { address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()), vm_dirs_to_recover: leftovers.length },
     'gRPC server listening',
   );
+  if (config.jaegerTraceRatio > 0) {
+    startTracing({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio, instanceId, version: build.version, log }).then(
+      (t) => {
+        tracing = t;
+        log.info({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio }, 'tracing started');
+      },
+      (err) => log.error({ err: String(err) }, 'tracing could not start: calls are served untraced'),
+    );
+  }
   // Calls are served meanwhile; one about a VM not yet decided waits for it (ListVms for all).
   const recoveryStarted = performance.now();
   manager.recover(leftovers).then(
