@@ -67,8 +67,9 @@ export async function serveCommand(config: Config): Promise<void> {
   const pcrs = loadPcrValues(config.pcrValuesFile);
   const signingKey = loadSigningKey(config.corimSigningKey);
   await prepareStateDir(config.stateDir);
-  const stateLock = await lockStateDir(config.stateDir);
-  mark('locked');
+  // flock(1) starts while the rest is set up; it is held before anything reads the state.
+  const locking = lockStateDir(config.stateDir);
+  locking.catch(() => undefined); // awaited below
   const adminGid = config.admin.socket !== '' && config.admin.socketGroup !== '' ? await groupId(config.admin.socketGroup) : undefined;
 
   const instanceId = config.instanceId || randomUUID();
@@ -80,7 +81,6 @@ export async function serveCommand(config: Config): Promise<void> {
   let tracing: Tracing = { shutdown: () => Promise.resolve() };
   let lifecycle: Lifecycle = 'starting';
 
-  stateLock.onLost(() => log.error({ lock: stateLock.file }, 'the state directory lock was lost (its flock process was killed): another daemon could now start on this MANAGER_STATE_DIR; restart this one'));
   log.info({ command: templateCommandLine(config), version: build.version, commit: build.commit }, 'QEMU template command line');
   const ports = new PortPool(config.qemu.hostFwdRange, tcpPortIsFree);
   const measurer = new IgvmMeasurer(config.attestationPolicyBinaryPath, config.attestation.measureTimeoutMs);
@@ -104,11 +104,15 @@ export async function serveCommand(config: Config): Promise<void> {
   try {
     httpPort = await listen(httpServer, config.http.host, config.http.port);
   } catch (err) {
+    await locking; // another daemon on this state directory is the likelier cause: say that first
     throw new StartupError(`cannot listen on MANAGER_HTTP_HOST:MANAGER_HTTP_PORT (${config.http.host || '*'}:${config.http.port}): ${(err as Error).message}`);
   }
   log.info({ host: config.http.host || '*', port: httpPort, tls: httpTls !== undefined }, 'HTTP endpoint listening');
 
   mark('http');
+  const stateLock = await locking;
+  stateLock.onLost(() => log.error({ lock: stateLock.file }, 'the state directory lock was lost (its flock process was killed): another daemon could now start on this MANAGER_STATE_DIR; restart this one'));
+  mark('locked');
   // Before the port opens, only the records of what an earlier run left are read: their ports,
   // slots and processes (whose guests are refused) are reserved. /proc and QMP come after.
   const leftovers = await manager.expectLeftovers();
