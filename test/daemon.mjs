@@ -138,7 +138,8 @@ export class Daemon {
     const d = new Daemon(proc, port, logs);
     d.adminSocket = adminSocket;
     d.env = env;
-    d.stateDir = env.MANAGER_STATE_DIR;
+    // As the daemon resolves it (against its working directory): what its QEMUs' command lines name.
+    d.stateDir = env.MANAGER_STATE_DIR && path.resolve(cwd ?? '.', env.MANAGER_STATE_DIR);
     d.startOptions = { timeoutMs, nodeFlags, uid, gid, cwd };
     const deadline = Date.now() + timeoutMs;
     try {
@@ -229,21 +230,23 @@ export class Daemon {
    * working directory; `env` and the start options given here override those, `samePorts` keeps
    * both ports. A daemon that had exited already is just started again. Resolves with the new
    * daemon once it serves and has logged 'state recovered': a daemon may serve before it has
-   * re-adopted every VM, so neither order of the two is assumed.
+   * re-adopted every VM, so neither order of the two is assumed. If `whileDown` or the start
+   * fails, the VMs are killed (no daemon is left to do it at the test's end).
    */
   async restart({ signal = 'SIGKILL', whileDown, env = {}, samePorts = false, ...startOptions } = {}) {
     const exit = await this.stop(signal, { keepVms: true });
-    await whileDown?.(exit);
     const ports = samePorts ? { port: this.port, httpPort: this.httpPort } : {};
     const opts = { ...this.startOptions, ...ports, ...startOptions };
-    const next = await Daemon.start({ ...this.env, MANAGER_ADMIN_SOCKET: this.adminSocket, ...env }, opts);
+    let next;
     try {
+      await whileDown?.(exit);
+      next = await Daemon.start({ ...this.env, MANAGER_ADMIN_SOCKET: this.adminSocket, ...env }, opts);
       await next.waitForLog((l) => l.msg === 'state recovered', opts.timeoutMs);
+      return next;
     } catch (err) {
-      await next.stop('SIGKILL', { keepVms: true });
+      await (next ?? this).stop('SIGKILL');
       throw err;
     }
-    return next;
   }
 
   allLogText() {
