@@ -72,15 +72,14 @@ export async function allCommandLines(): Promise<Map<number, string[]>> {
 }
 
 /**
- * The processes below `pid`, breadth first, at most `limit`: QEMU below sudo. Not just the
- * children: sudo puts a monitor process of its own between itself and the command when it gives
- * the command a pseudo-terminal (not with the daemon's detached, terminal-less QEMU: there QEMU
- * is sudo's child, checked with sudo 1.9.13, log_output too), and one read more covers it. Each process's children are
- * read from the world-readable /proc/<pid>/task/<pid>/children, which lists those its main
- * thread forked: sudo and its monitor are single-threaded, and QEMU's other threads (one per
- * vCPU and more) fork nothing, so the other tasks' files are not read. The one implementation:
- * recovery and the launcher read a VM's PIDs with it once, and the peer check (socket-owner.ts)
- * for a start under sudo whose QEMU PID is not read yet.
+ * The processes below `pid`, breadth first, at most `limit`: QEMU below sudo. The whole tree, not
+ * one level: sudo runs a monitor process between itself and the command when it gives the command
+ * a pseudo-terminal (not for the daemon's detached, terminal-less QEMU, which is sudo's child:
+ * seen with sudo 1.9.13, log_output too), and the walk costs one read per process. A process's
+ * children are read from the world-readable /proc/<pid>/task/<pid>/children, those its main thread
+ * forked: sudo is single-threaded and QEMU's other threads (vCPUs, I/O) fork nothing, so the other
+ * tasks' files are not read. The one reader of these files: the launcher and recovery read a VM's
+ * PIDs with it once, the peer check (socket-owner.ts) only for a start under sudo.
  */
 export async function descendantPids(pid: number, limit = 64): Promise<number[]> {
   const tree = [pid];
