@@ -254,18 +254,18 @@ test('a VM re-adopted from a record without pinned values is measured once, at a
   fs.writeFileSync(igvm, V1);
   const env = snpEnv(state, igvm);
   const first = await Daemon.start(env);
-  let client = first.client();
-  const vm = await call(client, 'CreateVm', {});
-  client.close();
-  await first.stop('SIGKILL', { keepVms: true });
-  // As written before pinning existed.
-  const rec = readRecord(state, vm.cvm_id);
-  delete rec.pinned;
-  fs.writeFileSync(path.join(state, 'vms', vm.cvm_id, 'record.json'), JSON.stringify(rec));
-  replace(igvm, V3);
-
-  const second = await Daemon.start(env);
-  client = second.client();
+  const [vm] = await first.createVms({});
+  const second = await first.restart({
+    whileDown: () => {
+      // As written before pinning existed.
+      const rec = readRecord(state, vm.cvm_id);
+      delete rec.pinned;
+      fs.writeFileSync(path.join(state, 'vms', vm.cvm_id, 'record.json'), JSON.stringify(rec));
+      replace(igvm, V3);
+    },
+  });
+  let third;
+  let client = second.client();
   try {
     const line = await second.waitForLog((l) => l.cvm_id === vm.cvm_id && /after the launch/.test(l.msg ?? ''));
     assert.equal(line.level, 'warn');
@@ -275,16 +275,12 @@ test('a VM re-adopted from a record without pinned values is measured once, at a
     const info = await policy(client, vm.cvm_id);
     assert.equal(launchDigest(info), contentDigest(V3));
     assert.match(inspect(info).pins.pinned, /after its launch/);
-  } finally {
     client.close();
-    await second.stop('SIGTERM', { keepVms: true });
-  }
 
-  // Once: a third start finds the values in the record.
-  const calls = callsOf(dirOf('content')).length;
-  const third = await Daemon.start(env);
-  client = third.client();
-  try {
+    // Once: a third start finds the values in the record.
+    let calls;
+    third = await second.restart({ signal: 'SIGTERM', whileDown: () => { calls = callsOf(dirOf('content')).length; } });
+    client = third.client();
     await third.waitForLog((l) => l.cvm_id === vm.cvm_id && l.msg === 're-adopted a running VM');
     assert.equal(third.logs.lines.some((l) => /after the launch/.test(l.msg ?? '')), false);
     assert.equal(launchDigest(await policy(client, vm.cvm_id)), contentDigest(V3));
@@ -292,7 +288,7 @@ test('a VM re-adopted from a record without pinned values is measured once, at a
     await call(client, 'RemoveVm', { cvm_id: vm.cvm_id });
   } finally {
     client.close();
-    await third.stop();
+    await (third ?? second).stop();
   }
 });
 

@@ -139,7 +139,9 @@ export class Daemon {
     const d = new Daemon(proc, port, logs);
     d.adminSocket = adminSocket;
     d.env = env;
-    d.stateDir = env.MANAGER_STATE_DIR;
+    // As the daemon resolves it (against its working directory): what its QEMUs' command lines name.
+    d.stateDir = env.MANAGER_STATE_DIR && path.resolve(cwd ?? '.', env.MANAGER_STATE_DIR);
+    d.startOptions = { timeoutMs, nodeFlags, uid, gid, cwd };
     const deadline = Date.now() + timeoutMs;
     try {
       await d.waitForLog((l) => l.msg === 'gRPC server listening', timeoutMs);
@@ -190,28 +192,80 @@ export class Daemon {
     return new managerPkg.ManagerService(`127.0.0.1:${this.port}`, creds, options);
   }
 
+  /** CreateVm once per request, one after the other, on a client of its own; the answers in order. */
+  async createVms(...requests) {
+    const client = this.client();
+    try {
+      const out = [];
+      for (const req of requests) out.push(await call(client, 'CreateVm', req));
+      return out;
+    } finally {
+      client.close();
+    }
+  }
+
   /** A ManagerAdmin client (ListVms, GetVm, WatchVms) on the daemon's admin socket. */
   adminClient(options = {}) {
     return new adminPkg.ManagerAdmin(`unix:${this.adminSocket}`, grpc.credentials.createInsecure(), options);
   }
 
   /**
-   * Stops the daemon. VMs outlive it by design; unless `keepVms`, the QEMUs it left (any process
-   * naming its state directory) are killed too, so a test never leaks processes.
+   * Stops the daemon and resolves with its exit ({ code, signal }). One that ignores `signal` for
+   * `timeoutMs` is killed, and one that outlives even that for 5 s is an error. VMs outlive the
+   * daemon by design; unless `keepVms`, the QEMUs it left (any process naming its state
+   * directory) are killed too, so a test never leaks processes.
    */
   async stop(signal = 'SIGTERM', { timeoutMs = 15_000, keepVms = false } = {}) {
     if (this.proc.exitCode === null && this.proc.signalCode === null) {
       this.proc.kill(signal);
-      const t = setTimeout(() => this.proc.kill('SIGKILL'), timeoutMs);
-      await this.exited;
-      clearTimeout(t);
+      if (!(await exitWithin(this.exited, timeoutMs))) {
+        this.proc.kill('SIGKILL');
+        if (!(await exitWithin(this.exited, 5_000))) throw new Error(`daemon pid ${this.proc.pid} still runs ${timeoutMs + 5_000} ms after ${signal}, 5 s after SIGKILL`);
+      }
     }
     if (!keepVms && this.stateDir) killProcessesMentioning(path.resolve(this.stateDir));
     return this.exited;
   }
 
+  /**
+   * A crash (SIGKILL) or a restart (`signal: 'SIGTERM'`) of the daemon alone: it is stopped
+   * (bounded, see stop()) with its VMs left running, `whileDown(exit)` runs while no daemon does,
+   * and a new one starts with the same environment, state directory, admin socket, user and
+   * working directory; `env` and the start options given here override those, `samePorts` keeps
+   * both ports. A daemon that had exited already is just started again. Resolves with the new
+   * daemon once it serves and has logged 'state recovered': a daemon may serve before it has
+   * re-adopted every VM, so neither order of the two is assumed. If `whileDown` or the start
+   * fails, the VMs are killed (no daemon is left to do it at the test's end).
+   */
+  async restart({ signal = 'SIGKILL', whileDown, env = {}, samePorts = false, ...startOptions } = {}) {
+    const exit = await this.stop(signal, { keepVms: true });
+    const ports = samePorts ? { port: this.port, httpPort: this.httpPort } : {};
+    const opts = { ...this.startOptions, ...ports, ...startOptions };
+    let next;
+    try {
+      await whileDown?.(exit);
+      next = await Daemon.start({ ...this.env, MANAGER_ADMIN_SOCKET: this.adminSocket, ...env }, opts);
+      await next.waitForLog((l) => l.msg === 'state recovered', opts.timeoutMs);
+      return next;
+    } catch (err) {
+      await (next ?? this).stop('SIGKILL');
+      throw err;
+    }
+  }
+
   allLogText() {
     return this.logs.lines.map((l) => JSON.stringify(l)).join('\n') + this.logs.stderr;
+  }
+}
+
+/** Whether `exited` settled within `ms` (its value then), else undefined; the timer never outlives it. */
+async function exitWithin(exited, ms) {
+  let t;
+  const timeout = new Promise((resolve) => { t = setTimeout(resolve, ms); });
+  try {
+    return await Promise.race([exited, timeout]);
+  } finally {
+    clearTimeout(t);
   }
 }
 

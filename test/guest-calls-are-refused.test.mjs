@@ -76,10 +76,8 @@ test('a re-adopted VM\'s calls are refused too, after a daemon restart', async (
   const victim = await call(client, 'CreateVm', {});
   const { vm: attacker } = await hostileGuest(s, client, victim.cvm_id, 1, again);
   client.close();
-  await s.d.stop('SIGTERM', { keepVms: true });
   // The same ports: the stand-in guest calls where it called before.
-  const env = fakeQemuEnv(s.d.stateDir, { FAKE_QEMU_MODE_FILE: s.modeFile });
-  const d2 = await Daemon.start({ ...env, MANAGER_QEMU_HOST_FWD_RANGE: s.d.env.MANAGER_QEMU_HOST_FWD_RANGE }, { port: s.d.port, httpPort: s.d.httpPort });
+  const d2 = await s.d.restart({ signal: 'SIGTERM', samePorts: true });
   daemons.push(d2);
   assert.ok(d2.logs.lines.some((l) => l.msg === 're-adopted a running VM' && l.cvm_id === attacker.cvm_id));
   fs.writeFileSync(again, '');

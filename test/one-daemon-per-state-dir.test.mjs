@@ -36,15 +36,10 @@ test('a second daemon on the same state directory exits 2 naming the PID that ho
 
 test('a daemon killed with -9 leaves no stale lock: the next one starts and re-adopts', async () => {
   const state = tmpDir();
-  const env = fakeQemuEnv(state);
-  const first = await Daemon.start(env);
-  let client = first.client();
-  const vm = await call(client, 'CreateVm', {});
-  client.close();
-  await first.stop('SIGKILL', { keepVms: true });
-  assert.equal(isAlive(first.proc.pid), false);
-  const second = await Daemon.start(env);
-  client = second.client();
+  const first = await Daemon.start(fakeQemuEnv(state));
+  const [vm] = await first.createVms({});
+  const second = await first.restart({ whileDown: () => assert.equal(isAlive(first.proc.pid), false) });
+  const client = second.client();
   try {
     assert.equal(second.logs.lines.filter((l) => l.msg === 're-adopted a running VM').length, 1);
     await call(client, 'RemoveVm', { cvm_id: vm.cvm_id });

@@ -1,6 +1,7 @@
 // Which process holds the other end of a local connection, from /proc: over IPv4, IPv6 and
-// IPv4-mapped addresses; and, for a daemon that is not root while QEMU runs as root (sudo), the
-// honest answer "cannot tell" for root's sockets and "not a QEMU" for other users' sockets.
+// IPv4-mapped addresses; below sudo while a start has not read QEMU's PID yet, and only then;
+// and, for a daemon that is not root while QEMU runs as root (sudo), the honest answer "cannot
+// tell" for root's sockets and "not a QEMU" for other users' sockets.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -39,6 +40,25 @@ test('a connection whose other end this process holds is attributed to it, over 
     const owner = await attribute(listen, connect, me);
     assert.deepEqual(owner, { kind: 'guest', vmId: 'vm-self', pid: process.pid }, `${listen} <- ${connect}`);
     assert.deepEqual(await attribute(listen, connect, () => []), { kind: 'host' }, `${listen} <- ${connect}, nothing supervised`);
+  }
+});
+
+test('below a supervised PID (sudo\'s, during a start) is searched only while the PID of the QEMU below it is not known', async () => {
+  // This process stands in for sudo, a child of it for QEMU: the child holds the peer's socket.
+  const server = net.createServer();
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const accepted = new Promise((r) => server.once('connection', r));
+  const qemu = spawn(process.execPath, ['-e', `require('net').connect(${server.address().port}, '127.0.0.1').on('error', () => {}); setTimeout(() => {}, 20000)`], { stdio: 'ignore' });
+  const s = await accepted;
+  const ask = (supervised) => ownerOfPeer({ address: s.remoteAddress, port: s.remotePort }, { address: s.localAddress, port: s.localPort }, () => supervised);
+  try {
+    assert.deepEqual(await ask([[process.pid, 'vm-starting', true]]), { kind: 'guest', vmId: 'vm-starting', pid: qemu.pid });
+    assert.deepEqual(await ask([[process.pid, 'vm-up', false]]), { kind: 'host' }, 'a known PID: nothing below it is searched');
+    assert.deepEqual(await ask([[process.pid, 'vm-up', false], [qemu.pid, 'vm-up', false]]), { kind: 'guest', vmId: 'vm-up', pid: qemu.pid });
+  } finally {
+    qemu.kill();
+    s.destroy();
+    server.close();
   }
 });
 

@@ -18,29 +18,24 @@ test('a symlinked or relative MANAGER_STATE_DIR re-adopts the VMs started throug
   fs.symlinkSync(real, path.join(base, 'link'));
   const env = fakeQemuEnv(real);
   const first = await Daemon.start(env);
-  let client = first.client();
-  const vm = await call(client, 'CreateVm', {});
+  const [vm] = await first.createVms({});
   const { pid } = record(real, vm.cvm_id);
-  client.close();
-  await first.stop('SIGKILL', { keepVms: true });
-  for (const stateDir of [path.join(base, 'link'), 'link']) {
-    const again = await Daemon.start({ ...env, MANAGER_STATE_DIR: stateDir }, { cwd: base });
-    try {
-      assert.ok(again.logs.lines.some((l) => l.cvm_id === vm.cvm_id && l.msg === 're-adopted a running VM'), `re-adopted with MANAGER_STATE_DIR=${stateDir}`);
+  let d = first;
+  let client;
+  try {
+    for (const stateDir of [path.join(base, 'link'), 'link']) {
+      d = await d.restart({ env: { MANAGER_STATE_DIR: stateDir }, cwd: base });
+      assert.ok(d.logs.lines.some((l) => l.cvm_id === vm.cvm_id && l.msg === 're-adopted a running VM'), `re-adopted with MANAGER_STATE_DIR=${stateDir}`);
       assert.ok(fs.existsSync(path.join(real, 'vms', vm.cvm_id, 'record.json')), 'its directory is kept');
       assert.ok(isAlive(pid));
-    } finally {
-      await again.stop('SIGKILL', { keepVms: true });
     }
-  }
-  const last = await Daemon.start(env);
-  client = last.client();
-  try {
+    d = await d.restart({ env: { MANAGER_STATE_DIR: real }, cwd: undefined });
+    client = d.client();
     await call(client, 'RemoveVm', { cvm_id: vm.cvm_id });
     assert.equal(isAlive(pid), false);
   } finally {
-    client.close();
-    await last.stop();
+    client?.close();
+    await d.stop();
   }
 });
 

@@ -16,18 +16,14 @@ test('daemon killed -9 with VMs up: restarted, it re-adopts all of them with por
   const state = tmpDir();
   const env = fakeQemuEnv(state, { MANAGER_MAX_VMS: '4' });
   const first = await Daemon.start(env);
-  let client = first.client();
-  const vms = [];
-  for (let i = 0; i < 2; i++) vms.push(await call(client, 'CreateVm', { agent_log_level: `vm${i}` }));
-  // Long enough to outlast the restart on a loaded machine, short enough to fire during the test.
-  const short = await call(client, 'CreateVm', { ttl: '6s' });
+  // The TTL: long enough to outlast the restart on a loaded machine, short enough to fire during the test.
+  const [vm0, vm1, short] = await first.createVms({ agent_log_level: 'vm0' }, { agent_log_level: 'vm1' }, { ttl: '6s' });
+  const vms = [vm0, vm1];
   const pids = [...vms, short].map((v) => readRecord(state, v.cvm_id).pid);
-  client.close();
-  await first.stop('SIGKILL', { keepVms: true });
-  for (const pid of pids) assert.ok(isAlive(pid), 'QEMU survives the daemon');
-
-  const second = await Daemon.start(env);
-  client = second.client();
+  const second = await first.restart({
+    whileDown: () => { for (const pid of pids) assert.ok(isAlive(pid), 'QEMU survives the daemon'); },
+  });
+  const client = second.client();
   try {
     const adopted = second.logs.lines.filter((l) => l.msg === 're-adopted a running VM');
     assert.equal(adopted.length, 3);
@@ -58,16 +54,16 @@ test('daemon killed -9 with VMs up: restarted, it re-adopts all of them with por
 
 test('SIGTERM stops the daemon with exit 0 and leaves the VMs running', async () => {
   const state = tmpDir();
-  const env = fakeQemuEnv(state);
-  const d = await Daemon.start(env);
-  const client = d.client();
-  const vm = await call(client, 'CreateVm', {});
+  const d = await Daemon.start(fakeQemuEnv(state));
+  const [vm] = await d.createVms({});
   const { pid } = readRecord(state, vm.cvm_id);
-  client.close();
-  const r = await d.stop('SIGTERM', { keepVms: true });
-  assert.deepEqual(r, { code: 0, signal: null });
-  assert.ok(isAlive(pid));
-  const again = await Daemon.start(env);
+  const again = await d.restart({
+    signal: 'SIGTERM',
+    whileDown: (r) => {
+      assert.deepEqual(r, { code: 0, signal: null });
+      assert.ok(isAlive(pid));
+    },
+  });
   const c2 = again.client();
   await call(c2, 'RemoveVm', { cvm_id: vm.cvm_id });
   assert.ok(await waitFor(() => !isAlive(pid), 2_000));
@@ -77,31 +73,29 @@ test('SIGTERM stops the daemon with exit 0 and leaves the VMs running', async ()
 
 test('a PID reused by an unrelated process is never adopted nor signalled', async () => {
   const state = tmpDir();
-  const env = fakeQemuEnv(state);
-  const d = await Daemon.start(env);
-  let client = d.client();
-  const a = await call(client, 'CreateVm', {});
-  const b = await call(client, 'CreateVm', {});
-  client.close();
-  await d.stop('SIGKILL', { keepVms: true });
-  // Both QEMUs die while the daemon is down; unrelated processes take "their" PIDs.
-  for (const v of [a, b]) process.kill(readRecord(state, v.cvm_id).pid, 'SIGKILL');
-  const strangers = [spawn('sleep', ['30']), spawn('sleep', ['30'])];
-  await waitFor(() => strangers.every((s) => s.pid), 1_000);
-  const ra = readRecord(state, a.cvm_id);
-  ra.pid = strangers[0].pid; // wrong start time
-  fs.writeFileSync(recordPath(state, a.cvm_id), JSON.stringify(ra));
-  const rb = readRecord(state, b.cvm_id);
-  rb.pid = strangers[1].pid; // right start time, wrong command line
-  rb.pidStartTime = fs.readFileSync(`/proc/${strangers[1].pid}/stat`, 'utf8').split(') ')[1].split(' ')[19];
-  fs.writeFileSync(recordPath(state, b.cvm_id), JSON.stringify(rb));
-
-  const again = await Daemon.start(env);
+  const d = await Daemon.start(fakeQemuEnv(state));
+  const [a, b] = await d.createVms({}, {});
+  const strangers = [];
+  const again = await d.restart({
+    whileDown: async () => {
+      // Both QEMUs die while the daemon is down; unrelated processes take "their" PIDs.
+      for (const v of [a, b]) process.kill(readRecord(state, v.cvm_id).pid, 'SIGKILL');
+      strangers.push(spawn('sleep', ['30']), spawn('sleep', ['30']));
+      await waitFor(() => strangers.every((s) => s.pid), 1_000);
+      const ra = readRecord(state, a.cvm_id);
+      ra.pid = strangers[0].pid; // wrong start time
+      fs.writeFileSync(recordPath(state, a.cvm_id), JSON.stringify(ra));
+      const rb = readRecord(state, b.cvm_id);
+      rb.pid = strangers[1].pid; // right start time, wrong command line
+      rb.pidStartTime = fs.readFileSync(`/proc/${strangers[1].pid}/stat`, 'utf8').split(') ')[1].split(' ')[19];
+      fs.writeFileSync(recordPath(state, b.cvm_id), JSON.stringify(rb));
+    },
+  });
   try {
     assert.equal(again.logs.lines.filter((l) => l.msg === 're-adopted a running VM').length, 0);
     for (const s of strangers) assert.ok(isAlive(s.pid), 'stranger untouched');
     assert.deepEqual(fs.readdirSync(path.join(state, 'vms')), [], 'dead VMs cleaned up');
-    client = again.client();
+    const client = again.client();
     await assert.rejects(call(client, 'RemoveVm', { cvm_id: a.cvm_id }), (e) => e.code === 5);
     client.close();
   } finally {
@@ -112,19 +106,17 @@ test('a PID reused by an unrelated process is never adopted nor signalled', asyn
 
 test('a corrupt record is reported and skipped; the other VMs load and nothing of it is deleted', async () => {
   const state = tmpDir();
-  const env = fakeQemuEnv(state);
-  const d = await Daemon.start(env);
-  let client = d.client();
-  const good = await call(client, 'CreateVm', {});
-  const bad = await call(client, 'CreateVm', {});
-  client.close();
-  await d.stop('SIGTERM', { keepVms: true });
+  const d = await Daemon.start(fakeQemuEnv(state));
+  const [good, bad] = await d.createVms({}, {});
   const badPid = readRecord(state, bad.cvm_id).pid;
-  const text = fs.readFileSync(recordPath(state, bad.cvm_id), 'utf8');
-  fs.writeFileSync(recordPath(state, bad.cvm_id), text.slice(0, text.length / 2));
-
-  const again = await Daemon.start(env);
-  client = again.client();
+  const again = await d.restart({
+    signal: 'SIGTERM',
+    whileDown: () => {
+      const text = fs.readFileSync(recordPath(state, bad.cvm_id), 'utf8');
+      fs.writeFileSync(recordPath(state, bad.cvm_id), text.slice(0, text.length / 2));
+    },
+  });
+  const client = again.client();
   try {
     const err = again.logs.lines.find((l) => l.cvm_id === bad.cvm_id && /record unreadable/.test(l.msg ?? ''));
     assert.ok(err, 'reported');
@@ -141,17 +133,16 @@ test('a corrupt record is reported and skipped; the other VMs load and nothing o
 
 test('a VM caught mid-CreateVm (record "starting") has its QEMU killed and its files removed at start', async () => {
   const state = tmpDir();
-  const env = fakeQemuEnv(state);
-  const d = await Daemon.start(env);
-  let client = d.client();
-  const vm = await call(client, 'CreateVm', {});
-  client.close();
-  await d.stop('SIGKILL', { keepVms: true });
+  const d = await Daemon.start(fakeQemuEnv(state));
+  const [vm] = await d.createVms({});
   const rec = readRecord(state, vm.cvm_id);
-  rec.state = 'starting';
-  fs.writeFileSync(recordPath(state, vm.cvm_id), JSON.stringify(rec));
   // And a directory with no record at all whose QEMU was already spawned is treated the same way.
-  const again = await Daemon.start(env);
+  const again = await d.restart({
+    whileDown: () => {
+      rec.state = 'starting';
+      fs.writeFileSync(recordPath(state, vm.cvm_id), JSON.stringify(rec));
+    },
+  });
   try {
     assert.ok(await waitFor(() => !isAlive(rec.pid), 2_000), 'orphan QEMU killed');
     assert.deepEqual(fs.readdirSync(path.join(state, 'vms')), []);

@@ -37,7 +37,7 @@ test('SIGTERM during CreateVm: calls finish, daemon exits 0, VMs survive and are
   for (const vm of vms) assert.match((await readAgent(Number(vm.forwarded_port))).environment, new RegExp(vm.cvm_id));
 
   fs.writeFileSync(modeFile, 'normal');
-  const again = await Daemon.start(env);
+  const again = await d.restart();
   const c2 = again.client();
   try {
     assert.equal(again.logs.lines.filter((l) => l.msg === 're-adopted a running VM').length, 2);

@@ -91,9 +91,7 @@ test('USE_SUDO: a non-root daemon drives a root QEMU through QMP: create, info, 
     const bPid = (await call(admin, 'GetVm', { id: b.cvm_id })).pid;
     client.close();
     admin.close();
-    await daemon.stop('SIGKILL', { keepVms: true });
-    assert.ok(isAlive(bPid), 'QEMU outlives the daemon');
-    daemon = await Daemon.start(env, { uid, gid });
+    daemon = await daemon.restart({ whileDown: () => assert.ok(isAlive(bPid), 'QEMU outlives the daemon') });
     client = daemon.client();
     admin = daemon.adminClient();
     assert.ok(daemon.logs.lines.some((l) => l.cvm_id === b.cvm_id && l.msg === 're-adopted a running VM'));

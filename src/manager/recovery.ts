@@ -15,7 +15,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { allCommandLines, childPids, processCmdline, processStartTime } from '../vm/proc.js';
+import { allCommandLines, descendantPids, processCmdline, processStartTime } from '../vm/proc.js';
 import { type OutputLimits, QemuProcess } from '../vm/qemu-process.js';
 import { QmpChannel } from '../vm/qmp.js';
 import { listVmDirs, removeVmDir, type VmPaths, vmPaths, vmsRoot } from '../vm/vm-dir.js';
@@ -251,7 +251,7 @@ async function adopt(
     proc,
     qmp,
     // Only sudo has QEMU below it; a QEMU started directly is the PID itself.
-    qemuPids: underSudo ? await childPids(record.pid!) : [],
+    qemuPids: underSudo ? await descendantPids(record.pid!) : [],
     ttl: undefined,
     removing: undefined,
   };

@@ -9,7 +9,7 @@ import { buildQemuArgs, kernelCommandLine, qemuCommand } from '../qemu/args.js';
 import { type CreateReqInput, RequestError, validateCreateReq } from '../request/create-request.js';
 import { inSpan } from '../telemetry/spans.js';
 import { shellCommandLine } from '../util/shell-quote.js';
-import { childPids, portIsListening } from '../vm/proc.js';
+import { descendantPids, portIsListening } from '../vm/proc.js';
 import { type ExitInfo, QemuProcess } from '../vm/qemu-process.js';
 import type { QemuFlavor, QemuFlavorCache } from '../vm/qemu-version.js';
 import { QmpChannel } from '../vm/qmp.js';
@@ -133,6 +133,9 @@ export class VmLauncher {
         }
       });
       vm.proc = proc;
+      // Under sudo, proc is sudo: QEMU's PID below it is read once QEMU is up; until then the
+      // peer check searches below sudo (undefined). Otherwise proc is QEMU, nothing is below.
+      vm.qemuPids = q.useSudo ? undefined : [];
       record.pid = proc.pid;
       record.pidStartTime = proc.startTime;
 
@@ -166,7 +169,7 @@ export class VmLauncher {
       await pinning?.confirm(); // QEMU has loaded its files by now: still the ones pinned?
       this.observer.vmStarted(Number(process.hrtime.bigint() - spawnedAt) / 1e9);
       vm.record = record;
-      if (q.useSudo) vm.qemuPids = await childPids(proc.pid);
+      if (q.useSudo) vm.qemuPids = await descendantPids(proc.pid);
       this.registry.apply(vm, { kind: 'status', status: 'running' });
       await this.registry.persist(vm);
       timings.recorded = at();

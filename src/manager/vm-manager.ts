@@ -65,7 +65,7 @@ export class VmManager {
   }
 
   /** The PIDs of the QEMUs this manager supervises, with their VM ids. */
-  supervisedPids(): Map<number, string> {
+  supervisedPids(): [pid: number, vmId: string, searchBelow: boolean][] {
     return this.registry.supervisedPids();
   }
 

@@ -28,8 +28,8 @@ export interface Vm {
   paths: VmPaths | undefined;
   proc: QemuProcess | undefined;
   qmp: QmpChannel | undefined;
-  /** QEMU's PID and, under sudo, the PIDs below sudo (QEMU itself). */
-  qemuPids: number[];
+  /** Under sudo, the PIDs below sudo's (QEMU itself); undefined until read, once QEMU is up. */
+  qemuPids: number[] | undefined;
   ttl: TtlTimer | undefined;
   removing: Promise<void> | undefined;
   /** Set once QEMU is gone. */
@@ -337,16 +337,20 @@ export class VmRegistry {
     return counts;
   }
 
-  /** The PIDs of the QEMUs this manager supervises (QEMU under sudo: sudo's and QEMU's), by VM id. */
-  supervisedPids(): Map<number, string> {
-    const out = new Map<number, string>();
-    // Before recovery has checked them, the PIDs the records name: a guest of a VM being
-    // re-adopted is refused like any other (a PID reused meanwhile is refused only until then).
-    for (const [id, e] of this.expected) out.set(e.pid, id);
+  /**
+   * The PIDs of the QEMUs this manager supervises (QEMU under sudo: sudo's and QEMU's), with their
+   * VM's id. `searchBelow` is true for sudo's PID while QEMU's below it is not read yet (a start).
+   */
+  supervisedPids(): [pid: number, vmId: string, searchBelow: boolean][] {
+    const out: [number, string, boolean][] = [];
+    // Before recovery has checked them, the PIDs the records name (sudo's, perhaps: searched
+    // below): a guest of a VM being re-adopted is refused like any other (a PID reused
+    // meanwhile is refused only until then).
+    for (const [id, e] of this.expected) out.push([e.pid, id, true]);
     for (const vm of this.vms.values()) {
       if (!vm.machine.holdsResources || !vm.proc) continue;
-      out.set(vm.proc.pid, vm.id);
-      for (const pid of vm.qemuPids) out.set(pid, vm.id);
+      out.push([vm.proc.pid, vm.id, vm.qemuPids === undefined]);
+      for (const pid of vm.qemuPids ?? []) out.push([pid, vm.id, false]);
     }
     return out;
   }

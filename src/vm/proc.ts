@@ -71,12 +71,27 @@ export async function allCommandLines(): Promise<Map<number, string[]>> {
   return out;
 }
 
-/** The direct children of a process (QEMU below sudo), from the world-readable /proc/<pid>/task/<pid>/children. */
-export async function childPids(pid: number): Promise<number[]> {
-  try {
-    const text = (await fs.readFile(`/proc/${pid}/task/${pid}/children`, 'utf8')).trim();
-    return text === '' ? [] : text.split(/\s+/).map(Number).filter((n) => Number.isInteger(n) && n > 0);
-  } catch {
-    return [];
+/**
+ * The processes below `pid`, breadth first, at most `limit`: QEMU below sudo. The whole tree, not
+ * one level: sudo runs a monitor process between itself and the command when it gives the command
+ * a pseudo-terminal (not for the daemon's detached, terminal-less QEMU, which is sudo's child:
+ * seen with sudo 1.9.13, log_output too), and the walk costs one read per process. A process's
+ * children are read from the world-readable /proc/<pid>/task/<pid>/children, those its main thread
+ * forked: sudo is single-threaded and QEMU's other threads (vCPUs, I/O) fork nothing, so the other
+ * tasks' files are not read. The one reader of these files: the launcher and recovery read a VM's
+ * PIDs with it once, the peer check (socket-owner.ts) only for a start under sudo.
+ */
+export async function descendantPids(pid: number, limit = 64): Promise<number[]> {
+  const tree = [pid];
+  for (let i = 0; i < tree.length && tree.length <= limit; i++) {
+    const p = tree[i]!;
+    let text: string;
+    try {
+      text = (await fs.readFile(`/proc/${p}/task/${p}/children`, 'utf8')).trim();
+    } catch {
+      continue; // gone meanwhile
+    }
+    if (text !== '') tree.push(...text.split(/\s+/).map(Number).filter((n) => Number.isInteger(n) && n > 0));
   }
+  return tree.slice(1, limit + 1);
 }
