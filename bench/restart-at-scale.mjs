@@ -232,6 +232,7 @@ async function killStandins(stateDir) {
 }
 
 async function atScale(n) {
+  const loadBefore = os.loadavg()[0];
   const stateDir = path.join(root, `n${n}`);
   fs.mkdirSync(stateDir);
   const extra = { MANAGER_QEMU_BIN_PATH: QEMU_BIN, MANAGER_MAX_VMS: '0', MANAGER_LOG_LEVEL: 'info', MANAGER_QEMU_START_TIMEOUT: '60s' };
@@ -275,6 +276,8 @@ async function atScale(n) {
     n,
     restarts: RESTARTS,
     standin: STANDIN,
+    // Other work on the machine moves every figure: the 1-minute load average before and after.
+    loadavg_1m: [+loadBefore.toFixed(1), +os.loadavg()[0].toFixed(1)],
     standin_rss_mib_total: +standinRss.toFixed(1),
     standin_rss_kib_each: Math.round((standinRss / n) * 1024),
     standin_pss_mib_total: +standinPss.toFixed(1),
