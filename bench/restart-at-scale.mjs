@@ -160,7 +160,7 @@ async function timedStart(env, askId) {
   const served = logLine(d, 'gRPC server listening', START_BOUND_MS).then(async (l) => {
     d.port = l.port;
     const client = new managerPkg.ManagerService(`127.0.0.1:${l.port}`, grpc.credentials.createInsecure());
-    const deadline = Date.now() + 30_000;
+    const deadline = d.t0 + START_BOUND_MS;
     const refusals = [];
     try {
       for (;;) {
@@ -168,10 +168,11 @@ async function timedStart(env, askId) {
           await call(client, 'CVMInfo', { id: askId }, 10_000);
           break;
         } catch (err) {
-          // A refusal counts as not yet serving (e.g. UNAVAILABLE while recovering); bounded.
+          // A refusal counts as not yet serving (e.g. UNAVAILABLE while recovering); asked again
+          // every 20 ms (more often would take CPU from the recovery it waits for), bounded.
           refusals.push(err.code);
-          if (Date.now() > deadline) throw new Error(`CVMInfo not answered within 30 s: ${err.message}`);
-          await sleep(5);
+          if (Date.now() > deadline) throw new Error(`CVMInfo not answered within ${START_BOUND_MS} ms of the spawn: ${err.message}`);
+          await sleep(20);
         }
       }
     } finally {
