@@ -47,7 +47,9 @@ demo: build guest
 	set -a && . profiles/dev.env && set +a && node scripts/demo.mjs
 
 # Benchmarks (not part of `make test`): figures against floors measured in the same run.
+# The restart at scale compiles its light stand-in QEMU (bench/fake-qemu-lite.c) with gcc, statically.
 bench: build
+	@bash scripts/install-system-deps.sh gcc libc6-dev
 	COCOS_NODE_FLAGS="$(NODE_FLAGS)" node bench/run.mjs
 	COCOS_NODE_FLAGS="$(NODE_FLAGS)" node bench/restart-at-scale.mjs
 

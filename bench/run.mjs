@@ -229,8 +229,10 @@ async function main() {
   const root = tmpDir('cocos-bench-');
   const range = nextRange(600);
   const [first] = range.split('-').map(Number);
+  // At info, the installed default: test/daemon.mjs reads the daemon's ports from its info lines
+  // (at warn, Daemon.start never saw 'gRPC server listening' and the run stopped after its first figure).
   const env = fakeQemuEnv(path.join(root, 'state'), {
-    MANAGER_MAX_VMS: '0', MANAGER_QEMU_HOST_FWD_RANGE: range, MANAGER_LOG_LEVEL: 'warn', MANAGER_QEMU_START_TIMEOUT: '30s',
+    MANAGER_MAX_VMS: '0', MANAGER_QEMU_HOST_FWD_RANGE: range, MANAGER_LOG_LEVEL: 'info', MANAGER_QEMU_START_TIMEOUT: '30s',
   });
   // What the daemon's own environment is (test/daemon.mjs starts it with PATH, HOME and these).
   const daemonEnv = { PATH: process.env.PATH, HOME: process.env.HOME ?? '/root', ...env };
