@@ -43,6 +43,8 @@ export type RecoveryAction =
 const LIVE_STATES = new Set(['running', 'paused', 'stopping']);
 /** Record files read at once at start: enough to keep the thread pool busy, few enough descriptors. */
 const READ_CONCURRENCY = 32;
+/** VMs re-adopted or cleaned at once. */
+const RECOVER_CONCURRENCY = 8;
 
 async function realOrSame(p: string): Promise<string> {
   try {
@@ -169,11 +171,13 @@ export async function recoverVms(
   const result: RecoveryResult = { adopted: 0, cleaned: 0, skipped: 0, failed: 0, deferred: 0 };
   const lines = onceCommandLines();
   const root = await realOrSame(vmsRoot(stateDir));
-  for (const l of leftovers) {
+  // A few VMs at a time: each one's steps are small reads through the thread pool, and one
+  // after another the thread would mostly wait.
+  await mapLimit(leftovers, RECOVER_CONCURRENCY, async (l) => {
     if (opts.stopping?.()) {
       result.deferred++;
       registry.settle(l.name);
-      continue;
+      return;
     }
     const vmLog = log.child({ cvm_id: l.name });
     try {
@@ -185,7 +189,7 @@ export async function recoverVms(
     } finally {
       registry.settle(l.name);
     }
-  }
+  });
   return result;
 }
 
