@@ -26,6 +26,9 @@ import { descendantPids } from './proc.js';
  * marks a pid whose descendants are searched as well: sudo's while a start has not read the PID
  * of the QEMU below it yet.
  */
+/** QEMUs whose descriptors are read between two turns of the event loop. */
+const SCAN_SLICE = 32;
+
 export type SupervisedPids = () => Iterable<readonly [pid: number, vmId: string, searchBelow?: boolean]>;
 
 export type PeerOwner =
@@ -172,7 +175,10 @@ export async function ownerOfPeer(peer: Endpoint, self: Endpoint, supervised: Su
   if (!row) return { kind: 'unattributed', reason: `no socket ${peer.address}:${peer.port} in /proc/net/tcp` };
   // Asked again: the VMs may have changed while the table was read.
   const unreadable: { pid: number; code: string }[] = [];
+  let scanned = 0;
   for (const [root, vmId, searchBelow] of supervised()) {
+    // Hundreds of QEMUs are thousands of descriptors: the thread is let go now and then.
+    if (++scanned % SCAN_SLICE === 0) await new Promise((resolve) => setImmediate(resolve));
     for (const pid of searchBelow ? [root, ...(await descendantPids(root))] : [root]) {
       const r = holdsSocket(pid, row.inode);
       if (r === 'found') return { kind: 'guest', vmId, pid };
