@@ -113,10 +113,10 @@ export async function findLeftovers(stateDir: string): Promise<Leftover[]> {
  * The leftovers whose QEMU may still run, by what their records say: the daemon holds their
  * ports and slots, and treats their processes as guests, until recovery has decided each.
  */
-export function mayStillRun(l: Leftover): { id: string; pid: number; hostPort: number | null } | undefined {
+export function mayStillRun(l: Leftover): { id: string; pid: number; hostPort: number | null; underSudo: boolean } | undefined {
   const p = l.peek;
   if (!p || p.id !== l.name || p.pid === null || !LIVE_STATES.has(p.state)) return undefined;
-  return { id: p.id, pid: p.pid, hostPort: p.hostPort };
+  return { id: p.id, pid: p.pid, hostPort: p.hostPort, underSudo: path.basename(p.program ?? '') === 'sudo' };
 }
 
 /** What to do with one leftover: /proc is asked about its process only now, after the port is open. */

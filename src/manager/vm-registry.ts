@@ -65,6 +65,8 @@ export type StopCause = 'removed' | 'ttl';
 /** A VM an earlier run left, known from its record only, until recovery adopts or cleans it. */
 interface Expected {
   pid: number;
+  /** The record says sudo started QEMU: QEMU is below this PID. */
+  underSudo: boolean;
   hostPort: number | null;
   settled: Promise<void>;
   settle: () => void;
@@ -146,11 +148,11 @@ export class VmRegistry {
    * VMs an earlier run left that may still run, as their records say: until each is settled,
    * its slot and port are held, its process counts as a guest's, and calls about it wait.
    */
-  expect(vms: { id: string; pid: number; hostPort: number | null }[]): void {
-    for (const { id, pid, hostPort } of vms) {
+  expect(vms: { id: string; pid: number; hostPort: number | null; underSudo: boolean }[]): void {
+    for (const { id, pid, hostPort, underSudo } of vms) {
       let settle!: () => void;
       const settled = new Promise<void>((resolve) => (settle = resolve));
-      this.expected.set(id, { pid, hostPort, settled, settle });
+      this.expected.set(id, { pid, underSudo, hostPort, settled, settle });
       if (hostPort !== null) this.ports.hold(hostPort);
     }
     this.allSettled = Promise.all([...this.expected.values()].map((e) => e.settled)).then(() => undefined);
@@ -343,10 +345,10 @@ export class VmRegistry {
    */
   supervisedPids(): [pid: number, vmId: string, searchBelow: boolean][] {
     const out: [number, string, boolean][] = [];
-    // Before recovery has checked them, the PIDs the records name (sudo's, perhaps: searched
-    // below): a guest of a VM being re-adopted is refused like any other (a PID reused
-    // meanwhile is refused only until then).
-    for (const [id, e] of this.expected) out.push([e.pid, id, true]);
+    // Before recovery has checked them, the PIDs the records name (sudo's: searched below): a
+    // guest of a VM being re-adopted is refused like any other (a PID reused meanwhile is
+    // refused only until then).
+    for (const [id, e] of this.expected) if (!this.vms.has(id)) out.push([e.pid, id, e.underSudo]);
     for (const vm of this.vms.values()) {
       if (!vm.machine.holdsResources || !vm.proc) continue;
       out.push([vm.proc.pid, vm.id, vm.qemuPids === undefined]);

@@ -175,11 +175,14 @@ export async function ownerOfPeer(peer: Endpoint, self: Endpoint, supervised: Su
   if (!row) return { kind: 'unattributed', reason: `no socket ${peer.address}:${peer.port} in /proc/net/tcp` };
   // Asked again: the VMs may have changed while the table was read.
   const unreadable: { pid: number; code: string }[] = [];
+  const pids = [...supervised()];
+  // The trees below sudo, read at once rather than one after another.
+  const below = await Promise.all(pids.map(([root, , searchBelow]) => (searchBelow ? descendantPids(root) : [])));
   let scanned = 0;
-  for (const [root, vmId, searchBelow] of supervised()) {
+  for (const [i, [root, vmId]] of pids.entries()) {
     // Hundreds of QEMUs are thousands of descriptors: the thread is let go now and then.
     if (++scanned % SCAN_SLICE === 0) await new Promise((resolve) => setImmediate(resolve));
-    for (const pid of searchBelow ? [root, ...(await descendantPids(root))] : [root]) {
+    for (const pid of [root, ...below[i]!]) {
       const r = holdsSocket(pid, row.inode);
       if (r === 'found') return { kind: 'guest', vmId, pid };
       if (r !== 'absent') unreadable.push({ pid, code: r.unreadable });
