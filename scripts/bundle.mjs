@@ -22,14 +22,19 @@ const OUT = path.join(DIST, 'bundle');
 const VENDOR = path.join(OUT, 'vendor');
 const posix = (p) => p.split(path.sep).join('/');
 
-/** Where node_modules/<package>/... starts, and the package's name ("@scope/name" or "name"). */
+/**
+ * The package a file of node_modules belongs to: its directory, its path under node_modules/
+ * ("@scope/name", or "a/node_modules/b" for a nested copy) and the file's path inside it.
+ */
 function packageOf(file) {
   const rel = posix(path.relative(ROOT, file));
   const m = /^(?:.*\/)?node_modules\/((?:@[^/]+\/)?[^/]+)\/(.*)$/.exec(rel);
-  return m ? { name: m[1], dir: file.slice(0, file.length - m[2].length - 1), inner: m[2] } : undefined;
+  if (!m) return undefined;
+  const dir = file.slice(0, file.length - m[2].length - 1);
+  return { name: posix(path.relative(path.join(ROOT, 'node_modules'), dir)), dir, inner: m[2] };
 }
 
-const vendored = new Map(); // package name -> its directory in node_modules
+const vendored = new Map(); // package path under node_modules/ -> its directory
 
 const paths = {
   name: 'cocos-paths',
