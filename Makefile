@@ -53,18 +53,21 @@ bench: build
 	COCOS_NODE_FLAGS="$(NODE_FLAGS)" node bench/run.mjs
 	COCOS_NODE_FLAGS="$(NODE_FLAGS)" node bench/restart-at-scale.mjs
 
-# Installs the build, its production dependencies, the systemd unit and the env file.
+# Installs the build, the systemd unit and the env file. The build is the bundle (dist/cli.js,
+# dist/bundle/: every runtime dependency is in it, so no node_modules), the protos it reads, and
+# package.json (its "type": "module" makes Node read the bundle's .js files as ES modules).
 # DESTDIR stages the whole tree elsewhere (packaging, tests). An existing env file is kept.
 PREFIX ?= /opt/cocos-manager
 install: build install-files
 
 install-files:
-	@test -f dist/cli.js || { echo "nothing built: run 'make install'" >&2; exit 1; }
+	@test -f dist/bundle/cli.js || { echo "nothing built: run 'make install'" >&2; exit 1; }
 	install -d -m 0755 $(DESTDIR)$(PREFIX) $(DESTDIR)/etc/systemd/system $(DESTDIR)/usr/local/bin
 	install -d -m 0750 $(DESTDIR)/etc/cocos
-	rm -rf $(DESTDIR)$(PREFIX)/dist
-	cp -r dist proto docs package.json package-lock.json README.md $(DESTDIR)$(PREFIX)/
-	cd $(DESTDIR)$(PREFIX) && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error
+	rm -rf $(DESTDIR)$(PREFIX)/dist $(DESTDIR)$(PREFIX)/node_modules
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/dist
+	cp -r dist/cli.js dist/build-info.json dist/bundle $(DESTDIR)$(PREFIX)/dist/
+	cp -r proto docs package.json README.md $(DESTDIR)$(PREFIX)/
 	sed 's|/opt/cocos-manager|$(PREFIX)|g' systemd/cocos-manager.service > $(DESTDIR)/etc/systemd/system/cocos-manager.service
 	chmod 0644 $(DESTDIR)/etc/systemd/system/cocos-manager.service
 	[ -e $(DESTDIR)/etc/cocos/cocos-manager.env ] || install -m 0640 cocos-manager.env $(DESTDIR)/etc/cocos/cocos-manager.env

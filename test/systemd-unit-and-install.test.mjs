@@ -6,8 +6,10 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import { ROOT } from './helpers.mjs';
-import { tmpDir } from './daemon.mjs';
+import { Daemon, call, fakeQemuEnv, tmpDir } from './daemon.mjs';
 import { SPECS, loadConfig } from '../dist/config/load.js';
 
 const UNIT = path.join(ROOT, 'systemd', 'cocos-manager.service');
@@ -88,4 +90,37 @@ test('make install (install-files, after the build) with DESTDIR stages the daem
   fs.writeFileSync(path.join(dest, 'etc/cocos/cocos-manager.env'), 'MANAGER_MAX_VMS=3\n');
   assert.equal(spawnSync('make', ['-s', 'install-files', `DESTDIR=${dest}`], { cwd: ROOT, timeout: 300_000 }).status, 0);
   assert.equal(fs.readFileSync(path.join(dest, 'etc/cocos/cocos-manager.env'), 'utf8'), 'MANAGER_MAX_VMS=3\n');
+});
+
+// The install has no node_modules: the daemon is the bundle, with the .proto files that its
+// dependencies find through their own directory (health, reflection) copied beside it.
+test('the installed daemon serves health, reflection and ManagerService with no node_modules', async () => {
+  const dest = tmpDir('cocos-install-');
+  const r = spawnSync('make', ['-s', 'install-files', `DESTDIR=${dest}`], { cwd: ROOT, encoding: 'utf8', timeout: 300_000 });
+  assert.equal(r.status, 0, r.stderr + r.stdout);
+  const prefix = path.join(dest, 'opt/cocos-manager');
+  assert.equal(fs.existsSync(path.join(prefix, 'node_modules')), false);
+  const d = await Daemon.start(fakeQemuEnv(tmpDir('cocos-install-state-')), { cli: path.join(prefix, 'dist/cli.js'), cwd: prefix });
+  try {
+    const load = (file) => grpc.loadPackageDefinition(protoLoader.loadSync(path.join(ROOT, 'node_modules', file), { keepCase: true, defaults: true, enums: String }));
+    const health = new (load('grpc-health-check/proto/health/v1/health.proto').grpc.health.v1.Health)(`127.0.0.1:${d.port}`, grpc.credentials.createInsecure());
+    assert.equal((await call(health, 'Check', { service: 'manager.ManagerService' })).status, 'SERVING');
+    health.close();
+    const reflection = new (load('@grpc/reflection/build/proto/grpc/reflection/v1/reflection.proto').grpc.reflection.v1.ServerReflection)(`127.0.0.1:${d.port}`, grpc.credentials.createInsecure());
+    const answer = await new Promise((resolve, reject) => {
+      const stream = reflection.ServerReflectionInfo({ deadline: Date.now() + 5_000 });
+      stream.once('data', (res) => { stream.end(); resolve(res); });
+      stream.on('error', reject);
+      stream.write({ file_containing_symbol: 'grpc.health.v1.Health' });
+    });
+    reflection.close();
+    assert.ok(answer.file_descriptor_response.file_descriptor_proto.some((b) => Buffer.from(b).includes('HealthCheckRequest')));
+    const client = d.client();
+    assert.equal((await call(client, 'CVMInfo', { id: 'x' })).id, 'x');
+    client.close();
+    const body = await (await fetch(`http://127.0.0.1:${d.httpPort}/health`)).json();
+    assert.equal(body.version, JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version, 'dist/build-info.json read');
+  } finally {
+    await d.stop();
+  }
 });

@@ -37,15 +37,56 @@ export function loadPackageDefinition(): protoLoader.PackageDefinition {
   return protoLoader.loadSync([...PROTO_FILES, healthProtoPath], LOADER_OPTIONS);
 }
 
+type Registration = [grpc.ServiceDefinition, grpc.UntypedServiceImplementation];
+
+/**
+ * Server reflection (v1 and v1alpha), answered by @grpc/reflection, which is built at the first
+ * reflection call: its two descriptor indexes and the .proto loads of its own service (again for
+ * each server) were ~30-60 ms of every start, for calls an operator makes by hand (grpcurl).
+ * What it answers is the same; the first call waits for the build.
+ */
+function lazyReflection(def: protoLoader.PackageDefinition): Registration[] {
+  type Served = { method: grpc.MethodDefinition<unknown, unknown>; handler: grpc.handleBidiStreamingCall<unknown, unknown> };
+  let served: Map<string, Served> | undefined;
+  const real = (path: string): Served => {
+    if (served === undefined) {
+      const found = new Map<string, Served>();
+      new ReflectionService(def).addToServer({
+        addService: (service, impl) => {
+          for (const [name, method] of Object.entries(service)) found.set(method.path, { method, handler: impl[name] as grpc.handleBidiStreamingCall<unknown, unknown> });
+        },
+      });
+      served = found;
+    }
+    const s = served.get(path);
+    if (s === undefined) throw new Error(`@grpc/reflection serves no ${path}`);
+    return s;
+  };
+  return ['grpc.reflection.v1', 'grpc.reflection.v1alpha'].map((pkgName): Registration => {
+    const path = `/${pkgName}.ServerReflection/ServerReflectionInfo`;
+    const method: grpc.MethodDefinition<unknown, unknown> = {
+      path,
+      requestStream: true,
+      responseStream: true,
+      originalName: 'serverReflectionInfo',
+      requestSerialize: (v) => real(path).method.requestSerialize(v),
+      requestDeserialize: (b) => real(path).method.requestDeserialize(b),
+      responseSerialize: (v) => real(path).method.responseSerialize(v),
+      responseDeserialize: (b) => real(path).method.responseDeserialize(b),
+    };
+    return [{ ServerReflectionInfo: method }, { ServerReflectionInfo: (call: grpc.ServerDuplexStream<unknown, unknown>) => real(path).handler(call) }];
+  });
+}
+
 // Loaded once per process and shared by the TCP server, the refusing server and the admin
-// socket's server: each load parses the .proto text again (~5-10 ms), and reflection builds its
-// own index of the descriptors (~8 ms). The definitions are only read by the servers.
-let loaded: { def: protoLoader.PackageDefinition; pkg: ManagerProto & AdminProto; reflection: ReflectionService } | undefined;
+// socket's server: each load parses the .proto text again (~5-10 ms). The definitions are only
+// read by the servers.
+let loaded: { def: protoLoader.PackageDefinition; pkg: ManagerProto & AdminProto; reflection: Registration[] } | undefined;
 function services(): NonNullable<typeof loaded> {
   if (loaded === undefined) {
     const def = loadPackageDefinition();
     const pkg = grpc.loadPackageDefinition(def) as unknown as ManagerProto & AdminProto;
-    loaded = { def, pkg, reflection: new ReflectionService(def) };
+    loaded = { def, pkg, reflection: lazyReflection(def) };
   }
   return loaded;
 }
@@ -263,7 +304,7 @@ export function createGrpcServer(manager: VmManager, log: Logger, recorder: Call
   const names = ['', 'manager.ManagerService', ...(admin ? ['manager.ManagerAdmin'] : [])];
   const health = new HealthImplementation(Object.fromEntries(names.map((n) => [n, 'NOT_SERVING'])));
   health.addToServer(server);
-  reflection.addToServer(server);
+  for (const [service, impl] of reflection) server.addService(service, impl);
   return { server, health, services: names };
 }
 
