@@ -256,7 +256,9 @@ async function main() {
     const port = await freePort();
     const httpPort = await freePort();
     const t0 = process.hrtime.bigint();
-    const p = spawn(process.execPath, [...NODE_FLAGS, cli, 'serve'], { env: { PATH: process.env.PATH, ...env, MANAGER_STATE_DIR: path.join(root, `start-${tag}`), MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: String(httpPort), MANAGER_ADMIN_SOCKET: path.join(root, `start-${tag}.sock`) }, stdio: 'ignore' });
+    // Tracing as the installed env file sets it (cocos-manager.env: ratio 1.0; BENCH_TRACE_RATIO).
+    const tracing = { COCOS_JAEGER_TRACE_RATIO: process.env.BENCH_TRACE_RATIO ?? '1.0' };
+    const p = spawn(process.execPath, [...NODE_FLAGS, cli, 'serve'], { env: { PATH: process.env.PATH, ...env, ...tracing, MANAGER_STATE_DIR: path.join(root, `start-${tag}`), MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: String(httpPort), MANAGER_ADMIN_SOCKET: path.join(root, `start-${tag}.sock`) }, stdio: 'ignore' });
     // The port first (a gRPC client that fails to connect backs off for a second), then the RPC.
     await waitPort(port, 20_000);
     const c = new managerPkg.ManagerService(`127.0.0.1:${port}`, grpc.credentials.createInsecure());

@@ -52,6 +52,8 @@ async function prepareStateDir(dir: string): Promise<void> {
 
 /** What a stop may take: calls in flight (a CreateVm takes up to the start timeout), then removals in flight, then traces. */
 export const STOP_GRACE_EXTRA_MS = 5_000;
+/** How long after serving the start's background work (preflight, version probe) waits. */
+const AFTER_START_DELAY_MS = 500;
 export const STOP_DRAIN_MS = 5_000;
 export const STOP_TRACES_MS = 2_000;
 export function longestStopMs(startTimeoutMs: number): number {
@@ -159,7 +161,7 @@ export async function serveCommand(config: Config): Promise<void> {
   }
   // Calls are served meanwhile; one about a VM not yet decided waits for it (ListVms for all).
   const recoveryStarted = performance.now();
-  manager.recover(leftovers).then(
+  const recovery = manager.recover(leftovers).then(
     (recovered) => {
       mark('recovered');
       log.info({ ...recovered, ms: Math.round(performance.now() - recoveryStarted), since_start_ms: Math.round(performance.now()) }, 'state recovered');
@@ -171,10 +173,12 @@ export async function serveCommand(config: Config): Promise<void> {
       if (lifecycle === 'recovering') lifecycle = 'serving';
     },
   );
-  // After serving, so neither slows the start: the preflight is logged for the operator (the
-  // host can be fixed while the daemon runs), and the process spawner is loaded ahead of the
-  // first CreateVm.
-  setImmediate(() => {
+  // Neither slows the start nor the first calls: once recovery is over and the daemon has
+  // served for a moment, the preflight is logged for the operator (the host can be fixed while
+  // the daemon runs), and the process spawner is loaded ahead of the first CreateVm (a CreateVm
+  // before then loads it, and reads the QEMU version, itself). Run at once, this work held the
+  // first call of a fresh start back by 70-90 ms.
+  void Promise.all([recovery, new Promise((resolve) => setTimeout(resolve, AFTER_START_DELAY_MS))]).then(() => {
     void logPreflight(config, log);
     void preloadSpawner();
     // The binary's version picks the QMP option forms of each VM's argv (read once).
