@@ -95,7 +95,11 @@ export async function serveCommand(config: Config): Promise<void> {
   manager = new VmManager(config, log, ports, policies, metrics);
   const vms = manager;
   // Who is calling, once per connection: a supervised QEMU's socket means a guest (10.0.2.2).
-  const gate = new GuestPeerGate(config.guestPeers, (peer, self) => ownerOfPeer(peer, self, () => vms.supervisedPids()), log);
+  // A connection that comes before the records are read (the HTTP port opens first) waits for
+  // them: until then the QEMUs an earlier run left are not known to be anyone's.
+  let leftoversKnown!: () => void;
+  const knownPids = new Promise<void>((resolve) => (leftoversKnown = resolve));
+  const gate = new GuestPeerGate(config.guestPeers, (peer, self) => knownPids.then(() => ownerOfPeer(peer, self, () => vms.supervisedPids())), log);
   log.info({ mode: describeGuestPeerMode(config.guestPeers) }, 'calls from guests');
   // Said once at start: what a guest or any other reacher of the port could do.
   for (const r of securityChecks(config)) if (r.status !== 'pass') log.warn({ check: r.check, remedy: r.remedy }, r.detail);
@@ -118,6 +122,7 @@ export async function serveCommand(config: Config): Promise<void> {
   // Before the port opens, only the records of what an earlier run left are read: their ports,
   // slots and processes (whose guests are refused) are reserved. /proc and QMP come after.
   const leftovers = await manager.expectLeftovers();
+  leftoversKnown();
   mark('leftovers');
 
   // ManagerAdmin on TCP only when asked for (the configuration demands mutual TLS then).
@@ -170,6 +175,7 @@ export async function serveCommand(config: Config): Promise<void> {
     (err) => {
       // Each VM's failure is caught inside; this is the state directory itself failing.
       log.error({ err: String(err) }, 'recovery failed: VMs of an earlier run may be left unsupervised; restart the daemon once the state directory is readable');
+      manager.abandonRecovery();
       if (lifecycle === 'recovering') lifecycle = 'serving';
     },
   );

@@ -35,7 +35,7 @@ export interface Leftover {
 }
 
 export type RecoveryAction =
-  | { kind: 'adopt'; name: string; paths: VmPaths; record: VmRecord; underSudo: boolean }
+  | { kind: 'adopt'; name: string; paths: VmPaths; record: VmRecord }
   | { kind: 'clean'; name: string; paths: VmPaths; state: string; orphans: number[] }
   | { kind: 'skip'; name: string; paths: VmPaths; reason: string };
 
@@ -113,10 +113,29 @@ export async function findLeftovers(stateDir: string): Promise<Leftover[]> {
  * The leftovers whose QEMU may still run, by what their records say: the daemon holds their
  * ports and slots, and treats their processes as guests, until recovery has decided each.
  */
-export function mayStillRun(l: Leftover): { id: string; pid: number; hostPort: number | null; underSudo: boolean } | undefined {
+export function mayStillRun(l: Leftover): { id: string; pids: number[]; hostPort: number | null } | undefined {
   const p = l.peek;
   if (!p || p.id !== l.name || p.pid === null || !LIVE_STATES.has(p.state)) return undefined;
-  return { id: p.id, pid: p.pid, hostPort: p.hostPort, underSudo: path.basename(p.program ?? '') === 'sudo' };
+  return { id: p.id, pids: [p.pid], hostPort: p.hostPort };
+}
+
+/**
+ * The QEMUs still running for leftovers that are to be cleaned (a start cut short by the
+ * daemon's death: no record, or one still 'starting'). Recovery kills them after the port
+ * opens; until then they are reserved like the others, so their guests are refused. Reads
+ * /proc's command lines once, and only when there is such a leftover (rare).
+ */
+export async function orphansToReserve(leftovers: Leftover[], stateDir: string, qemuBinPath: string): Promise<{ id: string; pids: number[]; hostPort: null }[]> {
+  const toClean = leftovers.filter((l) => !mayStillRun(l));
+  if (toClean.length === 0) return [];
+  const lines = await allCommandLines();
+  const root = await realOrSame(vmsRoot(stateDir));
+  const out: { id: string; pids: number[]; hostPort: null }[] = [];
+  for (const l of toClean) {
+    const pids = await orphanQemus(l.paths, path.join(root, l.name), qemuBinPath, lines);
+    if (pids.length > 0) out.push({ id: l.name, pids, hostPort: null });
+  }
+  return out;
 }
 
 /** What to do with one leftover: /proc is asked about its process only now, after the port is open. */
@@ -132,7 +151,7 @@ export async function planOne(l: Leftover, realVmsRoot: string, qemuBinPath: str
   if (record && alive) {
     const cmd = (await processCmdline(record.pid!)) ?? [];
     if (LIVE_STATES.has(record.state) && (await namesDir(cmd, paths, realDir))) {
-      return { kind: 'adopt', name, paths, record, underSudo: path.basename(cmd[0] ?? '') === 'sudo' };
+      return { kind: 'adopt', name, paths, record };
     }
   }
   return { kind: 'clean', name, paths, state: record?.state ?? 'no record', orphans: await orphanQemus(paths, realDir, qemuBinPath, await commandLines()) };
@@ -176,7 +195,7 @@ export async function recoverVms(
   await mapLimit(leftovers, RECOVER_CONCURRENCY, async (l) => {
     if (opts.stopping?.()) {
       result.deferred++;
-      registry.settle(l.name);
+      registry.settle(l.name, true);
       return;
     }
     const vmLog = log.child({ cvm_id: l.name });
@@ -202,7 +221,7 @@ async function act(
 ): Promise<void> {
   switch (action.kind) {
     case 'adopt':
-      await adopt(action.record, action.paths, action.underSudo, registry, vmLog, opts.policies, opts.output);
+      await adopt(action.record, action.paths, registry, vmLog, opts.policies, opts.output);
       result.adopted++;
       return;
     case 'skip':
@@ -233,7 +252,6 @@ async function act(
 async function adopt(
   record: VmRecord,
   paths: VmPaths,
-  underSudo: boolean,
   registry: VmRegistry,
   log: Logger,
   policies?: AttestationPolicies,
@@ -254,8 +272,8 @@ async function adopt(
     paths,
     proc,
     qmp,
-    // Only sudo has QEMU below it; a QEMU started directly is the PID itself.
-    qemuPids: underSudo ? await descendantPids(record.pid!) : [],
+    // What runs below the PID (QEMU under sudo or a wrapper): one read, empty for QEMU itself.
+    qemuPids: await descendantPids(record.pid!),
     ttl: undefined,
     removing: undefined,
   };

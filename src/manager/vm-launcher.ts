@@ -133,9 +133,9 @@ export class VmLauncher {
         }
       });
       vm.proc = proc;
-      // Under sudo, proc is sudo: QEMU's PID below it is read once QEMU is up; until then the
-      // peer check searches below sudo (undefined). Otherwise proc is QEMU, nothing is below.
-      vm.qemuPids = q.useSudo ? undefined : [];
+      // Under sudo (or a wrapper that does not exec), QEMU runs below proc: what is below is
+      // read once QEMU is up, and until then the peer check searches below (undefined).
+      vm.qemuPids = undefined;
       record.pid = proc.pid;
       record.pidStartTime = proc.startTime;
 
@@ -169,7 +169,7 @@ export class VmLauncher {
       await pinning?.confirm(); // QEMU has loaded its files by now: still the ones pinned?
       this.observer.vmStarted(Number(process.hrtime.bigint() - spawnedAt) / 1e9);
       vm.record = record;
-      if (q.useSudo) vm.qemuPids = await descendantPids(proc.pid);
+      vm.qemuPids = await descendantPids(proc.pid);
       this.registry.apply(vm, { kind: 'status', status: 'running' });
       await this.registry.persist(vm);
       timings.recorded = at();

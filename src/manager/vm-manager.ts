@@ -12,7 +12,7 @@ import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
 import { type ManagerObserver, NO_OBSERVER } from './observer.js';
 import type { PortPool } from './port-pool.js';
-import { findLeftovers, type Leftover, mayStillRun, type RecoveryResult, recoverVms } from './recovery.js';
+import { findLeftovers, type Leftover, mayStillRun, orphansToReserve, type RecoveryResult, recoverVms } from './recovery.js';
 import { VmLauncher } from './vm-launcher.js';
 import { statusView, type VmEvent, VmRegistry, type VmStatusView } from './vm-registry.js';
 import type { VmState } from './vm-state.js';
@@ -100,8 +100,16 @@ export class VmManager {
    * Waits until recovery has decided the VM a call names (at once for any other id, and for
    * malformed ids, which the call itself then refuses).
    */
-  private settled(rawId: string): Promise<void> {
-    return this.registry.settled(rawId);
+  private async settled(rawId: string): Promise<void> {
+    await this.registry.settled(rawId);
+    this.refuseIfIncomplete();
+  }
+
+  /** A VM never looked at may still run: "not found" would be a lie, so the answer is "later". */
+  private refuseIfIncomplete(): void {
+    if (this.registry.recoveryIncomplete) {
+      throw new ManagerError('unavailable', 'the manager did not finish re-adopting the VMs of its previous run (it is stopping, or recovery failed: see its log); retry once it is back');
+    }
   }
 
   async info(rawId: string): Promise<CvmInfo> {
@@ -127,6 +135,7 @@ export class VmManager {
   /** Every VM, once recovery has decided those an earlier run left. */
   async list(): Promise<VmStatusView[]> {
     await this.registry.recovered();
+    this.refuseIfIncomplete();
     return this.registry.list();
   }
 
@@ -138,6 +147,11 @@ export class VmManager {
   /** Resolves once recovery has decided every VM an earlier run left. */
   recovered(): Promise<void> {
     return this.registry.recovered();
+  }
+
+  /** Recovery itself failed: calls waiting for it are answered (UNAVAILABLE) instead of waiting on. */
+  abandonRecovery(): void {
+    this.registry.settleAll();
   }
 
   async status(rawId: string): Promise<VmStatusView> {
@@ -162,11 +176,13 @@ export class VmManager {
 
   /**
    * Before serving: reads what an earlier run left and reserves, for each VM that may still
-   * run, its slot and port, and counts its process as a guest's (cheap: one record read per VM).
+   * run, its slot and port, and counts its process as a guest's (cheap: one record read per VM;
+   * a /proc scan only when a start was cut short).
    */
   async expectLeftovers(): Promise<Leftover[]> {
     const leftovers = await findLeftovers(this.config.stateDir);
-    this.registry.expect(leftovers.flatMap((l) => mayStillRun(l) ?? []));
+    const orphans = await orphansToReserve(leftovers, this.config.stateDir, this.config.qemu.binPath);
+    this.registry.expect([...leftovers.flatMap((l) => mayStillRun(l) ?? []), ...orphans]);
     return leftovers;
   }
 

@@ -64,9 +64,8 @@ export type StopCause = 'removed' | 'ttl';
 
 /** A VM an earlier run left, known from its record only, until recovery adopts or cleans it. */
 interface Expected {
-  pid: number;
-  /** The record says sudo started QEMU: QEMU is below this PID. */
-  underSudo: boolean;
+  /** The record's PID, or the QEMUs found naming the VM's directory (a start cut short). */
+  pids: number[];
   hostPort: number | null;
   settled: Promise<void>;
   settle: () => void;
@@ -77,6 +76,8 @@ export class VmRegistry {
   private readonly watchers = new Set<(e: VmEvent) => void>();
   private readonly expected = new Map<string, Expected>();
   private allSettled: Promise<void> = Promise.resolve();
+  /** Some VMs an earlier run left were never looked at (a stop or a failure during recovery). */
+  recoveryIncomplete = false;
 
   constructor(
     private readonly config: Config,
@@ -148,20 +149,24 @@ export class VmRegistry {
    * VMs an earlier run left that may still run, as their records say: until each is settled,
    * its slot and port are held, its process counts as a guest's, and calls about it wait.
    */
-  expect(vms: { id: string; pid: number; hostPort: number | null; underSudo: boolean }[]): void {
-    for (const { id, pid, hostPort, underSudo } of vms) {
+  expect(vms: { id: string; pids: number[]; hostPort: number | null }[]): void {
+    for (const { id, pids, hostPort } of vms) {
       let settle!: () => void;
       const settled = new Promise<void>((resolve) => (settle = resolve));
-      this.expected.set(id, { pid, underSudo, hostPort, settled, settle });
+      this.expected.set(id, { pids, hostPort, settled, settle });
       if (hostPort !== null) this.ports.hold(hostPort);
     }
     this.allSettled = Promise.all([...this.expected.values()].map((e) => e.settled)).then(() => undefined);
   }
 
-  /** Recovery has decided this VM (adopted, cleaned or left): its reservation ends. */
-  settle(id: string): void {
+  /**
+   * Recovery has decided this VM (adopted, cleaned or left): its reservation ends. `deferred`:
+   * not decided at all (the daemon is stopping), so what is listed from now on is incomplete.
+   */
+  settle(id: string, deferred = false): void {
     const e = this.expected.get(id);
     if (!e) return;
+    if (deferred) this.recoveryIncomplete = true;
     this.expected.delete(id);
     // An adopted VM holds its port through its record from now on.
     if (e.hostPort !== null && this.vms.get(id)?.hostPort !== e.hostPort) this.ports.release(e.hostPort);
@@ -176,6 +181,11 @@ export class VmRegistry {
   /** Resolves once recovery has decided every VM an earlier run left. */
   recovered(): Promise<void> {
     return this.allSettled;
+  }
+
+  /** Ends every reservation left (recovery itself failed); what is listed is incomplete. */
+  settleAll(): void {
+    for (const id of [...this.expected.keys()]) this.settle(id, true);
   }
 
   /** Registers a VM an earlier run of the daemon started (recovery). */
@@ -345,10 +355,11 @@ export class VmRegistry {
    */
   supervisedPids(): [pid: number, vmId: string, searchBelow: boolean][] {
     const out: [number, string, boolean][] = [];
-    // Before recovery has checked them, the PIDs the records name (sudo's: searched below): a
-    // guest of a VM being re-adopted is refused like any other (a PID reused meanwhile is
-    // refused only until then).
-    for (const [id, e] of this.expected) if (!this.vms.has(id)) out.push([e.pid, id, e.underSudo]);
+    // Before recovery has checked them, the PIDs the records name, and what runs below them
+    // (sudo's QEMU): a guest of a VM being re-adopted is refused like any other. (A PID reused
+    // by another process since is taken for a guest's too: its connections opened meanwhile
+    // stay refused.)
+    for (const [id, e] of this.expected) if (!this.vms.has(id)) for (const pid of e.pids) out.push([pid, id, true]);
     for (const vm of this.vms.values()) {
       if (!vm.machine.holdsResources || !vm.proc) continue;
       out.push([vm.proc.pid, vm.id, vm.qemuPids === undefined]);

@@ -40,12 +40,14 @@ interface Tails {
 
 /**
  * How often a re-adopted QEMU's /proc entry is looked at. A lost QMP connection (the first sign
- * of an exit) wakes the check at once, so this is only the fallback for a QEMU whose QMP channel
- * is down; 250 ms cost 6 % of a core at 100 VMs for nothing.
+ * of an exit) makes it every 20 ms for a while, so this is only the fallback for a QEMU that
+ * exits long after its QMP channel went down; 250 ms cost 6 % of a core at 100 VMs for nothing.
  */
 const ADOPTED_POLL_MS = 5_000;
-/** The same while an exit is awaited (RemoveVm, a kill): a stop is not made 5 s longer. */
+/** The same while an exit is awaited (RemoveVm, a kill) or QMP has just gone: an exit is seen at once. */
 const ADOPTED_STOP_POLL_MS = 20;
+/** How long the short period lasts after QMP went away. */
+const ADOPTED_HURRY_MS = 30_000;
 /** How long a SIGKILLed QEMU may take to be reaped before the stop is reported as failed. */
 const KILL_WAIT_MS = 5_000;
 /** How long a stop waits for a QMP channel that is down to come back (QEMU retries every second). */
@@ -55,8 +57,8 @@ export class QemuProcess {
   readonly exited: Promise<ExitInfo>;
   private exitInfo: ExitInfo | undefined;
   private readonly tails: OutputTail[];
-  /** Adopted QEMUs only: shortens the /proc poll while an exit is awaited. */
-  private exitAwaited: (() => void) | undefined;
+  /** Adopted QEMUs only: shortens the /proc poll for so long (an exit is awaited). */
+  private exitAwaited: ((forMs: number) => void) | undefined;
 
   private constructor(
     readonly pid: number,
@@ -133,15 +135,21 @@ export class QemuProcess {
    * /proc (it is not our child), comparing the start time so a reused PID reads as "exited".
    */
   static async adopt(pid: number, startTime: string, out: QemuOutput, qmp: QmpChannel, log: Logger, limits?: OutputLimits): Promise<QemuProcess> {
-    let pollMs = ADOPTED_POLL_MS;
-    // A lost QMP connection is the first sign of an exit: look at once, not at the next poll.
+    // Looked at often until this time: after QMP went away, or while an exit is awaited.
+    let hurryUntil = 0;
     let wake: (() => void) | undefined;
-    qmp.onDisconnect(() => wake?.());
+    const hurry = (forMs: number) => {
+      hurryUntil = Math.max(hurryUntil, Date.now() + forMs);
+      wake?.();
+    };
+    // A lost QMP connection is the first sign of an exit. QEMU closes it while it cleans up,
+    // before the process is gone (freeing a large guest's memory takes a while): look often.
+    qmp.onDisconnect(() => hurry(ADOPTED_HURRY_MS));
     // Recovery has just read the start time: the first look is after a wait (or a wake).
     const exited = (async (): Promise<ExitInfo> => {
       do {
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, pollMs);
+          const timer = setTimeout(resolve, Date.now() < hurryUntil ? ADOPTED_STOP_POLL_MS : ADOPTED_POLL_MS);
           wake = () => {
             clearTimeout(timer);
             resolve();
@@ -153,12 +161,7 @@ export class QemuProcess {
     })();
     const tails = QemuProcess.tails(out, log, limits);
     const proc = new QemuProcess(pid, startTime, exited, tails, qmp);
-    // Someone waits for this exit (a stop, a kill): look often from now on.
-    proc.exitAwaited = () => {
-      if (pollMs === ADOPTED_STOP_POLL_MS) return;
-      pollMs = ADOPTED_STOP_POLL_MS;
-      wake?.();
-    };
+    proc.exitAwaited = hurry;
     await Promise.all(tails.tails.map((t) => t.start(true)));
     return proc;
   }
@@ -240,7 +243,7 @@ export class QemuProcess {
   /** Waits up to timeoutMs for the process to end; true if it did. */
   async waitExit(timeoutMs: number): Promise<boolean> {
     if (this.hasExited) return true;
-    this.exitAwaited?.();
+    this.exitAwaited?.(timeoutMs);
     const timer = new AbortController();
     const done = await Promise.race([
       this.exited.then(() => true),

@@ -132,8 +132,6 @@ export interface RecordPeek {
   state: string;
   pid: number | null;
   hostPort: number | null;
-  /** The first word of QEMU's command line: `sudo` means QEMU is the PID's child. */
-  program: string | null;
 }
 
 /**
@@ -151,8 +149,7 @@ export function peekRecord(text: string): RecordPeek | undefined {
   const r = json as Record<string, unknown>;
   const int = (v: unknown) => (typeof v === 'number' && Number.isInteger(v) && v > 0 ? v : null);
   if (typeof r.id !== 'string' || typeof r.state !== 'string') return undefined;
-  const program = Array.isArray(r.command) && typeof r.command[0] === 'string' ? r.command[0] : null;
-  return { id: r.id, state: r.state, pid: int(r.pid), hostPort: int(r.hostPort), program };
+  return { id: r.id, state: r.state, pid: int(r.pid), hostPort: int(r.hostPort) };
 }
 
 export async function parseRecord(text: string): Promise<RecordReadResult> {

@@ -227,8 +227,15 @@ function watchVms(manager: VmManager, log: Logger, recorder: CallRecorder): Mana
       offShutdown();
       recorder.rpc('/manager.ManagerAdmin/WatchVms', code, Number(process.hrtime.bigint() - started) / 1e9);
     };
+    // The opening list is written whole, whatever its length (hundreds of VMs): only the
+    // transitions after it count against the buffer.
+    let listing = false;
     const send = (e: VmEvent): void => {
       if (done) return;
+      if (listing) {
+        call.write(toVmEvent(e));
+        return;
+      }
       if (queued >= WATCH_BUFFER) {
         log.warn({ method: 'WatchVms', buffered: queued }, 'a VM watcher does not keep up: dropped');
         finish('RESOURCE_EXHAUSTED');
@@ -256,7 +263,9 @@ function watchVms(manager: VmManager, log: Logger, recorder: CallRecorder): Mana
       if (done) return;
       unsubscribe = manager.watch(send);
       const now = new Date().toISOString();
+      listing = true;
       for (const v of manager.listNow()) send({ id: v.id, from: 'new', to: v.state, reason: 'current', at: now, vm: v });
+      listing = false;
     });
   };
 }
