@@ -4,6 +4,7 @@
  * confirm, once, that a VM's forwarded port is bound. Everything read here is world-readable,
  * so it also works for a root QEMU under sudo. (QEMU's own state comes from QMP.)
  */
+import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 
 /** Field 22 of /proc/<pid>/stat: start time in clock ticks since boot; stable for the life of the process. */
@@ -79,7 +80,7 @@ export async function allCommandLines(): Promise<Map<number, string[]>> {
  * children are read from the world-readable /proc/<pid>/task/<pid>/children, those its main thread
  * forked: sudo is single-threaded and QEMU's other threads (vCPUs, I/O) fork nothing, so the other
  * tasks' files are not read. The one reader of these files: the launcher and recovery read a VM's
- * PIDs with it once, the peer check (socket-owner.ts) only for a start under sudo.
+ * PIDs with it once, the peer check (socket-owner.ts) for a VM not up or not re-adopted yet.
  */
 export async function descendantPids(pid: number, limit = 64): Promise<number[]> {
   const tree = [pid];
@@ -87,11 +88,38 @@ export async function descendantPids(pid: number, limit = 64): Promise<number[]>
     const p = tree[i]!;
     let text: string;
     try {
-      text = (await fs.readFile(`/proc/${p}/task/${p}/children`, 'utf8')).trim();
+      text = await fs.readFile(childrenFile(p), 'utf8');
     } catch {
       continue; // gone meanwhile
     }
-    if (text !== '') tree.push(...text.split(/\s+/).map(Number).filter((n) => Number.isInteger(n) && n > 0));
+    tree.push(...parseChildren(text));
   }
   return tree.slice(1, limit + 1);
+}
+
+/**
+ * The same, synchronously, for the peer check: it runs while the daemon re-adopts hundreds of
+ * VMs, and one thread-pool round trip per VM behind the recovery's own reads held a new
+ * connection's verdict back by ~300 ms at 500 VMs; each read takes microseconds.
+ */
+export function descendantPidsSync(pid: number, limit = 64): number[] {
+  const tree = [pid];
+  for (let i = 0; i < tree.length && tree.length <= limit; i++) {
+    const p = tree[i]!;
+    let text: string;
+    try {
+      text = readFileSync(childrenFile(p), 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    tree.push(...parseChildren(text));
+  }
+  return tree.slice(1, limit + 1);
+}
+
+const childrenFile = (pid: number) => `/proc/${pid}/task/${pid}/children`;
+
+function parseChildren(text: string): number[] {
+  const t = text.trim();
+  return t === '' ? [] : t.split(/\s+/).map(Number).filter((n) => Number.isInteger(n) && n > 0);
 }

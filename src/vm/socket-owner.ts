@@ -9,9 +9,10 @@
  * on a large host, whatever the number of sockets), so it is read off the event loop and only
  * when a supervised QEMU exists. The descriptor scan is many tiny reads of a few microseconds
  * each, done synchronously (through the thread pool each would cost a hop). The PIDs to scan are
- * the registry's (QEMU's own, read once when the VM came up or was re-adopted); only a start
- * under sudo, whose QEMU PID below sudo's is not read yet, has its process tree walked (proc.ts,
- * a few reads, async: it is rare and needs no sync twin). The caller runs one attribution at a
+ * the registry's (QEMU's own, read once when the VM came up or was re-adopted); only a VM not up
+ * yet (QEMU below sudo or a wrapper not read yet) or not re-adopted yet after a restart has its
+ * process tree walked, synchronously too (hundreds during a restart: a hop each behind the
+ * recovery's own reads held the verdict back by ~300 ms at 500 VMs). The caller runs one attribution at a
  * time, so a guest that floods connections delays new connections' verdicts, not the calls of
  * connections already open.
  */
@@ -19,7 +20,7 @@ import fsp from 'node:fs/promises';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
-import { descendantPids } from './proc.js';
+import { descendantPidsSync } from './proc.js';
 
 /**
  * The processes to look in, with their VM's id: QEMU's, and under sudo sudo's too. `searchBelow`
@@ -175,14 +176,11 @@ export async function ownerOfPeer(peer: Endpoint, self: Endpoint, supervised: Su
   if (!row) return { kind: 'unattributed', reason: `no socket ${peer.address}:${peer.port} in /proc/net/tcp` };
   // Asked again: the VMs may have changed while the table was read.
   const unreadable: { pid: number; code: string }[] = [];
-  const pids = [...supervised()];
-  // The trees below sudo, read at once rather than one after another.
-  const below = await Promise.all(pids.map(([root, , searchBelow]) => (searchBelow ? descendantPids(root) : [])));
   let scanned = 0;
-  for (const [i, [root, vmId]] of pids.entries()) {
+  for (const [root, vmId, searchBelow] of [...supervised()]) {
     // Hundreds of QEMUs are thousands of descriptors: the thread is let go now and then.
     if (++scanned % SCAN_SLICE === 0) await new Promise((resolve) => setImmediate(resolve));
-    for (const pid of [root, ...below[i]!]) {
+    for (const pid of searchBelow ? [root, ...descendantPidsSync(root)] : [root]) {
       const r = holdsSocket(pid, row.inode);
       if (r === 'found') return { kind: 'guest', vmId, pid };
       if (r !== 'absent') unreadable.push({ pid, code: r.unreadable });
