@@ -283,6 +283,6 @@ async function adopt(
   };
   registry.adopt(vm);
   await policies?.pinner.atAdoption(record, log, () => registry.persist(vm));
-  registry.supervise(vm);
+  registry.supervise(vm, true);
   log.info({ pid: record.pid, port: record.hostPort, expires_at: record.expiresAt }, 're-adopted a running VM');
 }

@@ -198,7 +198,7 @@ export class VmRegistry {
   /**
    * Follows a VM whose QEMU is up: QMP events and (re)connections, the process's exit, its TTL.
    */
-  supervise(vm: Vm): void {
+  supervise(vm: Vm, adopted = false): void {
     const { qmp, proc } = vm;
     qmp?.onEvent((e) => {
       if (e.event === 'SHUTDOWN' || e.event === 'STOP' || e.event === 'RESUME' || e.event === 'GUEST_PANICKED' || e.event === 'POWERDOWN') {
@@ -207,13 +207,16 @@ export class VmRegistry {
       this.apply(vm, { kind: 'event', event: e.event, data: e.data });
     });
     // After a reconnection (a restarted daemon), QEMU is asked where it stands.
-    qmp?.onReady(() => {
+    const reattached = () => {
       vm.log.info('QMP reattached');
       qmp
-        .execute<{ status?: string }>('query-status')
+        ?.execute<{ status?: string }>('query-status')
         .then((st) => st.status && this.apply(vm, { kind: 'status', status: st.status }))
         .catch(() => undefined);
-    });
+    };
+    qmp?.onReady(reattached);
+    // A re-adopted QEMU may have come back (it retries every second) while it was being adopted.
+    if (adopted && qmp?.isConnected) reattached();
     if (vm.record?.expiresAt) {
       const expiresAt = vm.record.expiresAt;
       vm.ttl = new TtlTimer(Date.parse(expiresAt), () => {
