@@ -143,7 +143,7 @@ export async function orphansToReserve(leftovers: Leftover[], stateDir: string, 
 }
 
 /** What to do with one leftover: /proc is asked about its process only now, after the port is open. */
-export async function planOne(l: Leftover, realVmsRoot: string, qemuBinPath: string, commandLines: () => Promise<Map<number, string[]>>): Promise<RecoveryAction> {
+async function planOne(l: Leftover, realVmsRoot: string, qemuBinPath: string, commandLines: () => Promise<Map<number, string[]>>): Promise<RecoveryAction> {
   const { name, paths } = l;
   // listVmDirs returns real directories only (no symlinks), so the real path follows from the root's.
   const realDir = path.join(realVmsRoot, name);
@@ -277,7 +277,7 @@ async function adopt(
     proc,
     qmp,
     // What runs below the PID (QEMU under sudo or a wrapper): one read, empty for QEMU itself.
-    qemuPids: await descendantPids(record.pid!),
+    qemuPids: descendantPids(record.pid!),
     ttl: undefined,
     removing: undefined,
   };

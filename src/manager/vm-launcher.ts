@@ -169,7 +169,7 @@ export class VmLauncher {
       await pinning?.confirm(); // QEMU has loaded its files by now: still the ones pinned?
       this.observer.vmStarted(Number(process.hrtime.bigint() - spawnedAt) / 1e9);
       vm.record = record;
-      vm.qemuPids = await descendantPids(proc.pid);
+      vm.qemuPids = descendantPids(proc.pid);
       this.registry.apply(vm, { kind: 'status', status: 'running' });
       await this.registry.persist(vm);
       timings.recorded = at();

@@ -82,32 +82,14 @@ export async function allCommandLines(): Promise<Map<number, string[]>> {
  * tasks' files are not read. The one reader of these files: the launcher and recovery read a VM's
  * PIDs with it once, the peer check (socket-owner.ts) for a VM not up or not re-adopted yet.
  */
-export async function descendantPids(pid: number, limit = 64): Promise<number[]> {
+export function descendantPids(pid: number, limit = 64): number[] {
   const tree = [pid];
   for (let i = 0; i < tree.length && tree.length <= limit; i++) {
     const p = tree[i]!;
     let text: string;
     try {
-      text = await fs.readFile(childrenFile(p), 'utf8');
-    } catch {
-      continue; // gone meanwhile
-    }
-    tree.push(...parseChildren(text));
-  }
-  return tree.slice(1, limit + 1);
-}
-
-/**
- * The same, synchronously, for the peer check: it runs while the daemon re-adopts hundreds of
- * VMs, and one thread-pool round trip per VM behind the recovery's own reads held a new
- * connection's verdict back by ~300 ms at 500 VMs; each read takes microseconds.
- */
-export function descendantPidsSync(pid: number, limit = 64): number[] {
-  const tree = [pid];
-  for (let i = 0; i < tree.length && tree.length <= limit; i++) {
-    const p = tree[i]!;
-    let text: string;
-    try {
+      // Synchronous: microseconds a read. Through the thread pool, the peer check's reads queued
+      // behind a restart's own and held a new connection's verdict back by ~300 ms at 500 VMs.
       text = readFileSync(childrenFile(p), 'utf8');
     } catch {
       continue; // gone meanwhile

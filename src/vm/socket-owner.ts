@@ -20,7 +20,7 @@ import fsp from 'node:fs/promises';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
-import { descendantPidsSync } from './proc.js';
+import { descendantPids } from './proc.js';
 
 /**
  * The processes to look in, with their VM's id: QEMU's, and under sudo sudo's too. `searchBelow`
@@ -180,7 +180,7 @@ export async function ownerOfPeer(peer: Endpoint, self: Endpoint, supervised: Su
   for (const [root, vmId, searchBelow] of [...supervised()]) {
     // Hundreds of QEMUs are thousands of descriptors: the thread is let go now and then.
     if (++scanned % SCAN_SLICE === 0) await new Promise((resolve) => setImmediate(resolve));
-    for (const pid of searchBelow ? [root, ...descendantPidsSync(root)] : [root]) {
+    for (const pid of searchBelow ? [root, ...descendantPids(root)] : [root]) {
       const r = holdsSocket(pid, row.inode);
       if (r === 'found') return { kind: 'guest', vmId, pid };
       if (r !== 'absent') unreadable.push({ pid, code: r.unreadable });

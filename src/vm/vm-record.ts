@@ -163,8 +163,3 @@ export async function parseRecord(text: string): Promise<RecordReadResult> {
   if (!parsed.success) return { ok: false, reason: `record does not match its schema: ${parsed.error.issues[0]?.message ?? ''}` };
   return { ok: true, record: parsed.data };
 }
-
-export async function readRecord(dir: string): Promise<RecordReadResult> {
-  const read = await readRecordText(dir);
-  return read.ok ? parseRecord(read.text) : read;
-}
