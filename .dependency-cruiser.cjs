@@ -3,7 +3,7 @@
  * the pure core (config, qemu, request, attestation, util) never reaches the edges (processes, files,
  * sockets, the API) nor effectful Node modules, so it is tested with plain values.
  */
-const CORE = '^src/(config|qemu|request|attestation|util)/';
+const CORE = '^src/(config|qemu|request|attestation|util|isolation)/';
 
 module.exports = {
   forbidden: [

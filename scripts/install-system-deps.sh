@@ -10,6 +10,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The MANAGER_QEMU_USE_SUDO end-to-end test runs the daemon as a system user with a sudoers rule.
 command -v sudo >/dev/null 2>&1 || need+=(sudo)
+# Guest isolation: the connect-time firewall (nft) and the switch to a VM's uid (setpriv, util-linux).
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 for pkg in "$@"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done

@@ -17,7 +17,8 @@ export type PeerAttribution =
   | { kind: 'guest'; vmId: string; pid: number }
   | { kind: 'remote' }
   | { kind: 'host' }
-  | { kind: 'unattributed'; reason: string };
+  | { kind: 'unattributed'; reason: string }
+  | { kind: 'gone'; reason: string };
 
 export type AttributePeer = (peer: Endpoint, self: Endpoint) => Promise<PeerAttribution>;
 
@@ -86,7 +87,10 @@ export class GuestPeerGate {
     }
     switch (who.kind) {
       case 'guest':
-        return { refuse: true, vmId: who.vmId, reason: `the caller is the guest of VM ${who.vmId} (through QEMU pid ${who.pid})` };
+        return { refuse: true, vmId: who.vmId, reason: who.pid > 0 ? `the caller is the guest of VM ${who.vmId} (through QEMU pid ${who.pid})` : `the caller is the guest of VM ${who.vmId} (its socket belongs to that VM's user)` };
+      case 'gone':
+        // While VMs run, a peer nobody can vouch for is refused (the send-then-reset attack).
+        return { refuse: true, reason: `local peer gone before it could be attributed: ${who.reason}` };
       case 'unattributed':
         if (this.settings.refuseUnattributed) return { refuse: true, reason: `local peer not attributable: ${who.reason} (MANAGER_REFUSE_UNATTRIBUTED_LOCAL_PEERS=true)` };
         this.rateLimited(`unattributed`, (suppressed) =>

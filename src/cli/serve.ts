@@ -21,7 +21,10 @@ import { ownerOfPeer } from '../vm/socket-owner.js';
 import { preloadSpawner } from '../vm/spawner.js';
 import { tcpPortIsFree } from '../manager/port-probe.js';
 import { lockStateDir } from '../host/state-dir-lock.js';
-import { VmManager } from '../manager/vm-manager.js';
+import { type GuestIsolation, VmManager } from '../manager/vm-manager.js';
+import { UidPool } from '../manager/uid-pool.js';
+import { GuestFirewall } from '../host/guest-firewall.js';
+import { deviceAccess, deviceGroups, untraversableAncestors } from '../host/vm-users.js';
 import { readBuildInfo } from '../telemetry/build-info.js';
 import { createLogger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
@@ -40,14 +43,36 @@ SIGTERM or SIGINT, leaving VMs running; they are re-adopted at the next start. E
 bad configuration (one line on stderr).
 `;
 
-async function prepareStateDir(dir: string): Promise<void> {
+async function prepareStateDir(dir: string, isolating: boolean): Promise<void> {
+  // With a uid per VM, each QEMU must reach its own directory: the state directory and vms/
+  // can be passed through but not listed (0711); each VM's directory is its own (vm-dir.ts).
+  const mode = isolating ? 0o711 : 0o700;
   try {
-    await fs.mkdir(path.join(dir, 'vms'), { recursive: true, mode: 0o700 });
-    await fs.chmod(dir, 0o700);
+    await fs.mkdir(path.join(dir, 'vms'), { recursive: true, mode });
+    await fs.chmod(dir, mode);
+    await fs.chmod(path.join(dir, 'vms'), mode);
     await fs.access(path.join(dir, 'vms'), fs.constants.W_OK);
   } catch (err) {
     throw new StartupError(`MANAGER_STATE_DIR=${JSON.stringify(dir)} is not a writable directory: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   }
+  const blocked = isolating ? untraversableAncestors(dir) : [];
+  if (blocked.length > 0) {
+    throw new StartupError(
+      `MANAGER_STATE_DIR=${JSON.stringify(dir)} lies below ${blocked.join(', ')}, which the VMs' users cannot pass through (no x for others): QEMU could not open its files; choose another directory (the default /var/lib/cocos-manager works) or chmod o+x ${blocked[0]}`,
+    );
+  }
+}
+
+/** Guest isolation needs a root daemon: under sudo the unit's privileged step installs the firewall. */
+function guestIsolationMode(config: Config): 'per-vm-user' | 'sudo' | 'off' {
+  if (!config.isolation.enabled) return 'off';
+  if (config.qemu.useSudo) return 'sudo';
+  if (process.getuid?.() !== 0) {
+    throw new StartupError(
+      "MANAGER_GUEST_ISOLATION=true needs a root daemon (each VM's QEMU runs as a uid of its own, and an nftables table refuses guests' connections to the host): run it as root, as the systemd unit does, use MANAGER_QEMU_USE_SUDO, or set MANAGER_GUEST_ISOLATION=false (guests then reach the host's loopback)",
+    );
+  }
+  return 'per-vm-user';
 }
 
 /** What a stop may take: calls in flight (a CreateVm takes up to the start timeout), then removals in flight, then traces. */
@@ -68,7 +93,8 @@ export async function serveCommand(config: Config): Promise<void> {
   const httpTls = loadTlsMaterial('MANAGER_HTTP_', config.http);
   const pcrs = loadPcrValues(config.pcrValuesFile);
   const signingKey = loadSigningKey(config.corimSigningKey);
-  await prepareStateDir(config.stateDir);
+  const isolationMode = guestIsolationMode(config);
+  await prepareStateDir(config.stateDir, isolationMode === 'per-vm-user');
   // flock(1) starts while the rest is set up; it is held before anything reads the state.
   const locking = lockStateDir(config.stateDir);
   locking.catch(() => undefined); // awaited below
@@ -92,14 +118,25 @@ export async function serveCommand(config: Config): Promise<void> {
     vmsByState: () => manager?.countByState() ?? {},
     portsFree: () => manager?.portsFree() ?? 0,
   });
-  manager = new VmManager(config, log, ports, policies, metrics);
+  let isolation: GuestIsolation | undefined;
+  let firewall: GuestFirewall | undefined;
+  if (isolationMode === 'per-vm-user') {
+    const devices = deviceAccess();
+    for (const d of devices) if (d.problem) log.warn({ device: d.device }, d.problem);
+    firewall = new GuestFirewall(config.stateDir, { uids: config.isolation.uidRange, allow: config.isolation.allowLocal }, log);
+    isolation = { uids: new UidPool(config.isolation.uidRange), groups: deviceGroups(devices), firewall };
+  } else if (isolationMode === 'off') {
+    log.warn('guest isolation is off (MANAGER_GUEST_ISOLATION=false): QEMU runs as the daemon\'s user and nothing but the /proc check keeps guests from calling the host\'s services through 10.0.2.2');
+  }
+  manager = new VmManager(config, log, ports, policies, metrics, isolation);
   const vms = manager;
   // Who is calling, once per connection: a supervised QEMU's socket means a guest (10.0.2.2).
   // A connection that comes before the records are read (the HTTP port opens first) waits for
   // them: until then the QEMUs an earlier run left are not known to be anyone's.
   let leftoversKnown!: () => void;
   const knownPids = new Promise<void>((resolve) => (leftoversKnown = resolve));
-  const gate = new GuestPeerGate(config.guestPeers, (peer, self) => knownPids.then(() => ownerOfPeer(peer, self, () => vms.supervisedPids())), log);
+  const byUid = isolation ? { uidOwner: (uid: number) => vms.vmOfUid(uid), anyVm: () => vms.hasVms() } : undefined;
+  const gate = new GuestPeerGate(config.guestPeers, (peer, self) => knownPids.then(() => ownerOfPeer(peer, self, () => vms.supervisedPids(byUid !== undefined), byUid)), log);
   log.info({ mode: describeGuestPeerMode(config.guestPeers) }, 'calls from guests');
   // Said once at start: what a guest or any other reacher of the port could do.
   for (const r of securityChecks(config)) if (r.status !== 'pass') log.warn({ check: r.check, remedy: r.remedy }, r.detail);
@@ -124,6 +161,18 @@ export async function serveCommand(config: Config): Promise<void> {
   const leftovers = await manager.expectLeftovers();
   leftoversKnown();
   mark('leftovers');
+  // In place before the port opens: a VM of the earlier run may be running, and a daemon that
+  // cannot install it must not start at all. (It goes again once no VM is left.)
+  if (firewall) {
+    try {
+      await firewall.install();
+    } catch (err) {
+      throw new StartupError(
+        `the guest firewall (nftables table ${firewall.table}) could not be installed: ${(err as Error).message}; install nftables and give the daemon CAP_NET_ADMIN, or set MANAGER_GUEST_ISOLATION=false (guests then reach the host's loopback)`,
+      );
+    }
+    log.info({ table: firewall.table, uids: `${config.isolation.uidRange.first}-${config.isolation.uidRange.last}`, allowed: config.isolation.allowLocal.length }, 'guest firewall installed');
+  }
 
   // ManagerAdmin on TCP only when asked for (the configuration demands mutual TLS then).
   const grpcServer = createGrpcServer(manager, log, metrics, { admin: config.admin.onGrpcPort });
@@ -218,6 +267,9 @@ export async function serveCommand(config: Config): Promise<void> {
       admin?.server.forceShutdown();
       if (admin) await removeAdminSocket(config.admin.socket);
       await manager.drain(STOP_DRAIN_MS);
+      // Kept while a VM runs (QEMUs outlive the daemon); gone with the daemon otherwise.
+      firewall?.stopWatching();
+      if (firewall && (await firewall.removeIf(() => !manager.hasVms()).catch(() => false))) log.info({ table: firewall.table }, 'guest firewall removed: no VM left');
       httpServer.close();
       await Promise.race([tracing.shutdown(), new Promise((r) => setTimeout(r, STOP_TRACES_MS))]);
     })()

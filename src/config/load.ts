@@ -10,6 +10,8 @@ import {
   boundedDuration,
   count,
   hexBytes,
+  idRange,
+  localAllowList,
   listenPort,
   memorySize,
   oneOf,
@@ -131,6 +133,11 @@ export const SPECS = {
   // API's socket, and how much of a VM's console reaches the log and the disk.
   MANAGER_REFUSE_GUEST_CALLS: boolean({ default: true }),
   MANAGER_REFUSE_UNATTRIBUTED_LOCAL_PEERS: boolean({ default: false }),
+  MANAGER_GUEST_ISOLATION: boolean({ default: true }),
+  // Above systemd's dynamic (61184-65519) and container (524288-1879048191) ranges, below its
+  // "foreign" range and 2^31, far from /etc/subuid's usual 100000 + 65536n blocks.
+  MANAGER_VM_UID_RANGE: idRange({ default: { first: 1_900_000_000, last: 1_900_009_999 } }),
+  MANAGER_GUEST_ALLOWED_LOCAL_PORTS: localAllowList({ default: [] }),
   MANAGER_ADMIN_SOCKET: text({ default: '/run/cocos-manager/admin.sock' }),
   MANAGER_ADMIN_SOCKET_GROUP: text({ default: '' }),
   MANAGER_ADMIN_ON_GRPC_PORT: boolean({ default: false }),
@@ -268,6 +275,11 @@ export function loadConfig(rawEnv: Readonly<Record<string, string | undefined>>)
       refuse: e.MANAGER_REFUSE_GUEST_CALLS,
       refuseUnattributed: e.MANAGER_REFUSE_UNATTRIBUTED_LOCAL_PEERS,
     },
+    isolation: {
+      enabled: e.MANAGER_GUEST_ISOLATION,
+      uidRange: e.MANAGER_VM_UID_RANGE,
+      allowLocal: e.MANAGER_GUEST_ALLOWED_LOCAL_PORTS,
+    },
     admin: {
       socket: e.MANAGER_ADMIN_SOCKET,
       socketGroup: e.MANAGER_ADMIN_SOCKET_GROUP,
@@ -337,6 +349,11 @@ function checkGuestFacingSettings(c: Config, env: Record<string, string | undefi
   }
   if (c.admin.socketGroup !== '' && !/^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$/.test(c.admin.socketGroup)) {
     throw describe('MANAGER_ADMIN_SOCKET_GROUP', c.admin.socketGroup, 'expected a group name or numeric id');
+  }
+  const uids = c.isolation.uidRange;
+  const size = uids.last - uids.first + 1;
+  if (c.isolation.enabled && c.maxVms > 0 && size < c.maxVms) {
+    throw describe('MANAGER_VM_UID_RANGE', env.MANAGER_VM_UID_RANGE, `expected at least MANAGER_MAX_VMS (${c.maxVms}) ids: each VM's QEMU runs as a uid of its own`);
   }
   if (c.console.logMaxBytes < 1024 * 1024) {
     throw describe('MANAGER_CONSOLE_LOG_MAX_SIZE', env.MANAGER_CONSOLE_LOG_MAX_SIZE, 'expected at least 1M');

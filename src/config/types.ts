@@ -54,6 +54,24 @@ export interface QemuConfig {
   monitor: string;
 }
 
+/** A local endpoint guests may still connect to (MANAGER_GUEST_ALLOWED_LOCAL_PORTS). */
+export interface LocalAllowRule {
+  protocol: 'tcp' | 'udp';
+  /** Absent: every local address. */
+  address?: string;
+  port: number;
+}
+
+/** What keeps guests off the host (SECURITY.md): a uid per VM and a connect-time firewall. */
+export interface GuestIsolationConfig {
+  /** A root daemon runs each QEMU as a uid of its own and installs the firewall; false: neither. */
+  enabled: boolean;
+  /** The uids (and gids, same numbers) VMs' QEMUs run as. */
+  uidRange: { first: number; last: number };
+  /** Exceptions to the firewall, besides the host's nameservers. */
+  allowLocal: LocalAllowRule[];
+}
+
 export type SnpProduct = 'Milan' | 'Genoa' | 'Turin';
 
 /** Reference values of attestation policies that the host cannot compute itself. */
@@ -104,6 +122,7 @@ export interface Config {
     /** Also refuse local peers that cannot be attributed (QEMU's fds unreadable, e.g. under sudo). */
     refuseUnattributed: boolean;
   };
+  isolation: GuestIsolationConfig;
   admin: {
     /** Unix socket of ManagerAdmin (and ManagerService); empty: none. */
     socket: string;

@@ -3,6 +3,7 @@
  * message says what was expected; the loader adds the variable name and the given value.
  */
 import { makeValidator } from 'envalid';
+import type { LocalAllowRule } from './types.js';
 import { parseGoDuration } from '../util/duration.js';
 import { sizeInBytes } from '../util/size.js';
 import type { PortRange } from './types.js';
@@ -138,3 +139,43 @@ export const uint64 = makeValidator<bigint>((input) => {
   if (n > 0xffffffffffffffffn) throw new Error('expected an unsigned 64-bit integer, decimal or 0x-hex');
   return n;
 });
+
+/** Ids from the top of what a Linux uid can be (4294967294; -1 means "unchanged" to setresuid). */
+const MAX_ID = 4_294_967_294;
+
+/** A range of numeric user ids "first-last", 1 <= first <= last (never root). */
+export const idRange = makeValidator<{ first: number; last: number }>((input) => {
+  const m = /^\s*(\d{1,10})\s*-\s*(\d{1,10})\s*$/.exec(input);
+  const expected = `expected a range of numeric ids "first-last" with 1 <= first <= last <= ${MAX_ID}`;
+  if (!m) throw new Error(expected);
+  const first = Number(m[1]);
+  const last = Number(m[2]);
+  if (first < 1 || last > MAX_ID || first > last) throw new Error(expected);
+  return { first, last };
+});
+
+/**
+ * Local endpoints guests may still reach: a comma-separated list of `tcp/PORT`, `udp/PORT`
+ * (every local address), `tcp/ADDRESS:PORT` or `tcp/[IPV6]:PORT`. Empty: none.
+ */
+export const localAllowList = makeValidator<LocalAllowRule[]>((input) => {
+  const out: LocalAllowRule[] = [];
+  for (const raw of input.split(',')) {
+    const item = raw.trim();
+    if (item === '') continue;
+    const m = /^(tcp|udp)\/(?:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]):)?(\d{1,5})$/.exec(item);
+    const port = m ? Number(m[3]) : 0;
+    const address = m?.[2]?.replace(/^\[|\]$/g, '');
+    if (!m || port < 1 || port > 65535 || (address !== undefined && !isIpLiteral(address))) {
+      throw new Error(`expected a comma-separated list of tcp/PORT, udp/PORT, tcp/ADDRESS:PORT or tcp/[IPV6]:PORT; ${JSON.stringify(item)} is not one`);
+    }
+    out.push({ protocol: m[1] as 'tcp' | 'udp', address, port });
+  }
+  return out;
+});
+
+function isIpLiteral(a: string): boolean {
+  if (/^\d{1,3}(\.\d{1,3}){3}$/.test(a)) return a.split('.').every((o) => Number(o) <= 255);
+  // Enough to keep anything but an IPv6 literal out of the firewall script; nft checks the rest.
+  return /^[0-9A-Fa-f:]+$/.test(a) && a.includes(':') && a.split('::').length <= 2;
+}

@@ -80,7 +80,9 @@ async function namesDir(cmd: string[], paths: VmPaths, realDir: string): Promise
 async function orphanQemus(paths: VmPaths, realDir: string, qemuBinPath: string, commandLines: Map<number, string[]>): Promise<number[]> {
   const qemuName = path.basename(qemuBinPath);
   const found: number[] = [];
-  for (const [pid, cmd] of commandLines) {
+  for (const [pid, raw] of commandLines) {
+    // setpriv (guest isolation) until it has exec'd QEMU: QEMU's argv follows its "--".
+    const cmd = path.basename(raw[0] ?? '') === 'setpriv' && raw.includes('--') ? raw.slice(raw.indexOf('--') + 1) : raw;
     if (!cmd.slice(0, 2).some((a) => path.basename(a) === qemuName)) continue;
     if (await namesDir(cmd, paths, realDir)) found.push(pid);
   }
@@ -117,10 +119,10 @@ export async function findLeftovers(stateDir: string): Promise<Leftover[]> {
  * The leftovers whose QEMU may still run, by what their records say: the daemon holds their
  * ports and slots, and treats their processes as guests, until recovery has decided each.
  */
-export function mayStillRun(l: Leftover): { id: string; pids: number[]; hostPort: number | null } | undefined {
+export function mayStillRun(l: Leftover): { id: string; pids: number[]; hostPort: number | null; uid: number | null } | undefined {
   const p = l.peek;
   if (!p || p.id !== l.name || p.pid === null || !LIVE_STATES.has(p.state)) return undefined;
-  return { id: p.id, pids: [p.pid], hostPort: p.hostPort };
+  return { id: p.id, pids: [p.pid], hostPort: p.hostPort, uid: p.uid };
 }
 
 /**
@@ -189,7 +191,7 @@ export async function recoverVms(
   qemuBinPath: string,
   registry: VmRegistry,
   log: Logger,
-  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; stopping?: () => boolean } = {},
+  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; stopping?: () => boolean; isolation?: boolean } = {},
 ): Promise<RecoveryResult> {
   const result: RecoveryResult = { adopted: 0, cleaned: 0, skipped: 0, failed: 0, deferred: 0 };
   const lines = onceCommandLines();
@@ -221,11 +223,11 @@ async function act(
   result: RecoveryResult,
   registry: VmRegistry,
   vmLog: Logger,
-  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'> },
+  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; isolation?: boolean },
 ): Promise<void> {
   switch (action.kind) {
     case 'adopt':
-      await adopt(action.record, action.paths, registry, vmLog, opts.policies, opts.output);
+      await adopt(action.record, action.paths, registry, vmLog, opts.policies, opts.output, opts.isolation ?? false);
       result.adopted++;
       return;
     case 'skip':
@@ -260,9 +262,11 @@ async function adopt(
   log: Logger,
   policies?: AttestationPolicies,
   output?: Omit<OutputLimits, 'vmId'>,
+  isolation = false,
 ): Promise<void> {
   // QEMU reconnects to the new listener by itself (chardev reconnect) and is asked its status then.
-  const qmp = new QmpChannel(paths.qmpSocket);
+  // The socket is made anew: QEMU's user (its own uid, if it has one) must be able to connect again.
+  const qmp = new QmpChannel(paths.qmpSocket, record.runAs ?? undefined);
   await qmp.listen().catch((err) => log.error({ err: String(err) }, "could not reopen the VM's QMP socket"));
   const proc = await QemuProcess.adopt(record.pid!, record.pidStartTime!, paths, qmp, log, output && { vmId: record.id, ...output });
   const state = record.state === 'paused' || record.state === 'stopping' ? record.state : 'running';
@@ -272,6 +276,7 @@ async function adopt(
     createdAt: record.createdAt,
     log,
     hostPort: record.hostPort,
+    uid: record.runAs?.uid,
     record,
     paths,
     proc,
@@ -284,5 +289,8 @@ async function adopt(
   registry.adopt(vm);
   await policies?.pinner.atAdoption(record, log, () => registry.persist(vm));
   registry.supervise(vm, true);
-  log.info({ pid: record.pid, port: record.hostPort, expires_at: record.expiresAt }, 're-adopted a running VM');
+  log.info({ pid: record.pid, port: record.hostPort, expires_at: record.expiresAt, uid: record.runAs?.uid ?? null }, 're-adopted a running VM');
+  if (isolation && !record.runAs) {
+    log.warn({ pid: record.pid }, "this VM's QEMU runs as the daemon's user (it was started before guest isolation, or with it off): its guest is not kept off the host by a uid of its own; remove and re-create the VM");
+  }
 }

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { type Config, cvmKind } from '../config/types.js';
-import { buildQemuArgs, kernelCommandLine, qemuCommand } from '../qemu/args.js';
+import { buildQemuArgs, kernelCommandLine, qemuCommand, type RunAs } from '../qemu/args.js';
 import { type CreateReqInput, RequestError, validateCreateReq } from '../request/create-request.js';
 import { inSpan } from '../telemetry/spans.js';
 import { shellCommandLine } from '../util/shell-quote.js';
@@ -19,6 +19,7 @@ import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
 import type { ManagerObserver } from './observer.js';
 import type { PortPool } from './port-pool.js';
+import type { GuestIsolation } from './guest-isolation.js';
 import type { Vm, VmRegistry } from './vm-registry.js';
 
 export class VmLauncher {
@@ -30,6 +31,7 @@ export class VmLauncher {
     private readonly flavor: QemuFlavorCache,
     private readonly observer: ManagerObserver,
     private readonly policies?: AttestationPolicies,
+    private readonly isolation?: GuestIsolation,
   ) {}
 
   async launch(input: CreateReqInput): Promise<{ id: string; port: number }> {
@@ -62,6 +64,16 @@ export class VmLauncher {
         throw new ManagerError('resource-exhausted', `no free host port left in MANAGER_QEMU_HOST_FWD_RANGE=${r.first}-${r.last}`);
       }
       vm.hostPort = port;
+      let runAs: RunAs | undefined;
+      if (this.isolation) {
+        const uid = this.isolation.uids.acquire();
+        if (uid === undefined) {
+          const r = this.config.isolation.uidRange;
+          throw new ManagerError('resource-exhausted', `no free uid left in MANAGER_VM_UID_RANGE=${r.first}-${r.last}`);
+        }
+        vm.uid = uid;
+        runAs = { uid, gid: uid, groups: this.isolation.groups };
+      }
       const paths = vmPaths(this.config.stateDir, id);
       vm.paths = paths;
       const plain = !q.enableSevSnp && !q.enableTdx;
@@ -69,7 +81,7 @@ export class VmLauncher {
       timings.port = at();
       await inSpan('write-shares', async () => {
         try {
-          await createVmDir(paths, id, req, plain ? q.ovmfVars.file : undefined);
+          await createVmDir(paths, id, req, plain ? q.ovmfVars.file : undefined, runAs);
         } catch (err) {
           throw fileError(err, paths.dir);
         }
@@ -80,7 +92,7 @@ export class VmLauncher {
       } catch (err) {
         throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
       }
-      const qmp = new QmpChannel(paths.qmpSocket);
+      const qmp = new QmpChannel(paths.qmpSocket, runAs);
       vm.qmp = qmp;
       try {
         await qmp.listen();
@@ -94,7 +106,7 @@ export class VmLauncher {
         shares: { certsDir: paths.certsDir, envDir: paths.envDir },
         qmp: { socketPath: paths.qmpSocket, form: flavor.form },
       });
-      const cmd = qemuCommand(q);
+      const cmd = qemuCommand(q, runAs);
       const argv = [...cmd.prefix, ...args];
       const now = Date.parse(vm.createdAt);
       const record: VmRecord = {
@@ -115,9 +127,21 @@ export class VmLauncher {
           hostData: q.enableSevSnp && q.enableHostData ? q.hostData : null,
           igvmFile: q.enableSevSnp ? q.igvmFile : null,
         },
+        runAs: runAs ?? null,
       };
       const pinning = await inSpan('pin-launch', async () => this.policies?.pinner.atCreate(record, log));
       record.pinned = pinning?.pin;
+      // Guests are refused by the kernel before this QEMU can run (a no-op while other VMs run).
+      const firewall = this.isolation?.firewall;
+      if (firewall) {
+        await inSpan('guest-firewall', async () => {
+          try {
+            await firewall.ensure();
+          } catch (err) {
+            throw new ManagerError('failed-precondition', `the guest firewall (nftables table ${firewall.table}) could not be installed, so no VM is started: ${(err as Error).message}`);
+          }
+        });
+      }
       // No record is written before QEMU is up: a daemon that dies in between leaves a directory
       // without one, and the next start kills the QEMU that names it and removes it (recovery).
       log.info({ port, command: shellCommandLine(record.command) }, 'starting QEMU');

@@ -11,12 +11,14 @@ import type { VmRecord } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
 import { type ManagerObserver, NO_OBSERVER } from './observer.js';
+import type { GuestIsolation } from './guest-isolation.js';
 import type { PortPool } from './port-pool.js';
 import { findLeftovers, type Leftover, mayStillRun, orphansToReserve, type RecoveryResult, recoverVms } from './recovery.js';
 import { VmLauncher } from './vm-launcher.js';
 import { statusView, type VmEvent, VmRegistry, type VmStatusView } from './vm-registry.js';
 import type { VmState } from './vm-state.js';
 
+export type { GuestIsolation } from './guest-isolation.js';
 export type { VmEvent, VmStatusView } from './vm-registry.js';
 export type { VmState } from './vm-state.js';
 
@@ -43,10 +45,31 @@ export class VmManager {
     private readonly ports: PortPool,
     private readonly policies?: AttestationPolicies,
     observer: ManagerObserver = NO_OBSERVER,
+    private readonly isolation?: GuestIsolation,
   ) {
     this.flavor = new QemuFlavorCache(config.qemu);
-    this.registry = new VmRegistry(config, log, ports, observer, (p) => this.track(p));
-    this.launcher = new VmLauncher(config, log, ports, this.registry, this.flavor, observer, policies);
+    this.registry = new VmRegistry(config, log, ports, observer, (p) => this.track(p), isolation?.uids, () => this.dropFirewallIfUnused());
+    this.launcher = new VmLauncher(config, log, ports, this.registry, this.flavor, observer, policies, isolation);
+  }
+
+  /** The guest firewall goes with the last VM (and comes back before the next one starts). */
+  private dropFirewallIfUnused(): void {
+    const fw = this.isolation?.firewall;
+    if (!fw) return;
+    fw.removeIf(() => this.registry.isEmpty).then(
+      (removed) => removed && this.log.info({ table: fw.table }, 'guest firewall removed: no VM left'),
+      (err) => this.log.error({ table: fw.table, err: String(err) }, 'could not remove the guest firewall table'),
+    );
+  }
+
+  /** The VM whose QEMU runs as `uid`, and whether `uid` is a VM user's at all. */
+  vmOfUid(uid: number): { vmUser: boolean; vmId?: string } {
+    return { vmUser: this.registry.isVmUid(uid), vmId: this.registry.vmOfUid(uid) };
+  }
+
+  /** Whether any VM is supervised or expected (a local peer's row gone is refused then). */
+  hasVms(): boolean {
+    return !this.registry.isEmpty;
   }
 
   /** Reads the QEMU binary's version (once; retried at the next CreateVm if it fails). */
@@ -65,8 +88,8 @@ export class VmManager {
   }
 
   /** The PIDs of the QEMUs this manager supervises, with their VM ids. */
-  supervisedPids(): [pid: number, vmId: string, searchBelow: boolean][] {
-    return this.registry.supervisedPids();
+  supervisedPids(withoutOwnUid = false): [pid: number, vmId: string, searchBelow: boolean][] {
+    return this.registry.supervisedPids(withoutOwnUid);
   }
 
   /** Every VM transition from now on (WatchVms); returns the unsubscribe function. */
@@ -193,6 +216,11 @@ export class VmManager {
         policies: this.policies,
         output: this.config.console,
         stopping: () => this.stopping,
+        isolation: this.isolation !== undefined,
+      }).then((r) => {
+        // The firewall was installed at start, in case a VM of the earlier run still ran.
+        this.dropFirewallIfUnused();
+        return r;
       }),
     );
   }

@@ -14,6 +14,7 @@ import { type VmRecord, writeRecordAtomically } from '../vm/vm-record.js';
 import { ManagerError } from './errors.js';
 import { type ManagerObserver, NO_OBSERVER, type QemuExitCause } from './observer.js';
 import type { PortPool } from './port-pool.js';
+import type { UidPool } from './uid-pool.js';
 import { TtlTimer } from './ttl-timer.js';
 import { type ExitCause, type Transition, VM_STATES, type VmInput, type VmState, VmStateMachine } from './vm-state.js';
 
@@ -23,6 +24,8 @@ export interface Vm {
   readonly createdAt: string;
   readonly log: Logger;
   hostPort: number | undefined;
+  /** The VM's own uid (guest isolation), held from the launch until the VM is removed. */
+  uid: number | undefined;
   /** Written once QEMU is up; undefined while the VM starts. */
   record: VmRecord | undefined;
   paths: VmPaths | undefined;
@@ -67,6 +70,7 @@ interface Expected {
   /** The record's PID, or the QEMUs found naming the VM's directory (a start cut short). */
   pids: number[];
   hostPort: number | null;
+  uid: number | null;
   settled: Promise<void>;
   settle: () => void;
 }
@@ -86,7 +90,36 @@ export class VmRegistry {
     private readonly observer: ManagerObserver = NO_OBSERVER,
     /** Runs a background operation (a TTL removal) so a stopping daemon waits for it. */
     private readonly track: <T>(p: Promise<T>) => Promise<T> = (p) => p,
+    /** The VM users' uids (guest isolation on). */
+    private readonly uids?: UidPool,
+    /** Called when the last VM is gone (the guest firewall goes with it). */
+    private readonly onEmpty: () => void = () => undefined,
   ) {}
+
+  /** No VM, not even one an earlier run left that recovery has not decided yet. */
+  get isEmpty(): boolean {
+    return this.vms.size === 0 && this.expected.size === 0;
+  }
+
+  /** The VM whose QEMU runs as `uid` (guest isolation), also before recovery has decided it. */
+  vmOfUid(uid: number): string | undefined {
+    for (const vm of this.vms.values()) if (vm.uid === uid) return vm.id;
+    for (const [id, e] of this.expected) if (e.uid === uid) return id;
+    return undefined;
+  }
+
+  /** Whether `uid` is one of the VM users' (held or not). */
+  isVmUid(uid: number): boolean {
+    return this.uids?.includes(uid) ?? false;
+  }
+
+  private releaseUid(vm: Vm): void {
+    if (vm.uid !== undefined) this.uids?.release(vm.uid);
+  }
+
+  private emptied(): void {
+    if (this.isEmpty) this.onEmpty();
+  }
 
   /** VMs holding a slot of MANAGER_MAX_VMS: those whose QEMU may run (expected ones included). */
   get slotsInUse(): number {
@@ -105,6 +138,7 @@ export class VmRegistry {
       createdAt: new Date().toISOString(),
       log,
       hostPort: undefined,
+      uid: undefined,
       record: undefined,
       paths: undefined,
       proc: undefined,
@@ -141,20 +175,23 @@ export class VmRegistry {
   discard(vm: Vm, reason: string): void {
     if (vm.machine.holdsResources) this.apply(vm, { kind: 'start-failed' });
     this.releasePort(vm);
+    this.releaseUid(vm);
     if (this.vms.get(vm.id) === vm) this.vms.delete(vm.id);
     this.notify(vm, { from: vm.machine.state, to: 'removed', reason });
+    this.emptied();
   }
 
   /**
    * VMs an earlier run left that may still run, as their records say: until each is settled,
    * its slot and port are held, its process counts as a guest's, and calls about it wait.
    */
-  expect(vms: { id: string; pids: number[]; hostPort: number | null }[]): void {
-    for (const { id, pids, hostPort } of vms) {
+  expect(vms: { id: string; pids: number[]; hostPort: number | null; uid?: number | null }[]): void {
+    for (const { id, pids, hostPort, uid = null } of vms) {
       let settle!: () => void;
       const settled = new Promise<void>((resolve) => (settle = resolve));
-      this.expected.set(id, { pids, hostPort, settled, settle });
+      this.expected.set(id, { pids, hostPort, uid, settled, settle });
       if (hostPort !== null) this.ports.hold(hostPort);
+      if (uid !== null) this.uids?.hold(uid);
     }
     this.allSettled = Promise.all([...this.expected.values()].map((e) => e.settled)).then(() => undefined);
   }
@@ -170,7 +207,9 @@ export class VmRegistry {
     this.expected.delete(id);
     // An adopted VM holds its port through its record from now on.
     if (e.hostPort !== null && this.vms.get(id)?.hostPort !== e.hostPort) this.ports.release(e.hostPort);
+    if (e.uid !== null && this.vms.get(id)?.uid !== e.uid) this.uids?.release(e.uid);
     e.settle();
+    this.emptied();
   }
 
   /** Resolves once recovery has decided the VM `id` (at once for any other id). */
@@ -192,6 +231,7 @@ export class VmRegistry {
   adopt(vm: Vm): void {
     this.vms.set(vm.id, vm);
     if (vm.hostPort !== undefined) this.ports.hold(vm.hostPort);
+    if (vm.uid !== undefined) this.uids?.hold(vm.uid);
     this.notify(vm, { from: 'new', to: vm.machine.state, reason: 're-adopted after a restart' });
   }
 
@@ -295,9 +335,11 @@ export class VmRegistry {
           );
         }
       }
+      this.releaseUid(vm);
       this.vms.delete(vm.id);
       this.notify(vm, { from: vm.machine.state, to: 'removed', reason: cause === 'ttl' ? 'TTL expired' : 'RemoveVm' });
       vm.log.info({ cause: vm.machine.cause }, 'VM removed');
+      this.emptied();
     })();
     // A failed removal can be tried again (e.g. once the state directory is writable again).
     vm.removing.catch(() => {
@@ -356,8 +398,19 @@ export class VmRegistry {
    * The PIDs of the QEMUs this manager supervises (QEMU under sudo: sudo's and QEMU's), with their
    * VM's id. `searchBelow` is true for sudo's PID while QEMU's below it is not read yet (a start).
    */
-  supervisedPids(): [pid: number, vmId: string, searchBelow: boolean][] {
+  supervisedPids(withoutOwnUid = false): [pid: number, vmId: string, searchBelow: boolean][] {
     const out: [number, string, boolean][] = [];
+    // With a uid per VM, a VM's guest is named by its socket's uid: only QEMUs without one
+    // (started before guest isolation) need their descriptors read.
+    if (withoutOwnUid) {
+      for (const [id, e] of this.expected) if (!this.vms.has(id) && e.uid === null) for (const pid of e.pids) out.push([pid, id, true]);
+      for (const vm of this.vms.values()) {
+        if (!vm.machine.holdsResources || !vm.proc || vm.uid !== undefined) continue;
+        out.push([vm.proc.pid, vm.id, vm.qemuPids === undefined]);
+        for (const pid of vm.qemuPids ?? []) out.push([pid, vm.id, false]);
+      }
+      return out;
+    }
     // Before recovery has checked them, the PIDs the records name, and what runs below them
     // (sudo's QEMU): a guest of a VM being re-adopted is refused like any other. (A PID reused
     // by another process since is taken for a guest's too: its connections opened meanwhile

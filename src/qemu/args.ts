@@ -103,7 +103,26 @@ export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
   return args;
 }
 
-/** The binary and its leading arguments: `sudo <bin>` when USE_SUDO. */
-export function qemuCommand(q: QemuConfig): { file: string; prefix: string[] } {
-  return q.useSudo ? { file: 'sudo', prefix: [q.binPath] } : { file: q.binPath, prefix: [] };
+/** The unprivileged identity a VM's QEMU runs as (guest isolation). */
+export interface RunAs {
+  uid: number;
+  gid: number;
+  groups: number[];
+}
+
+/**
+ * The binary and its leading arguments: `sudo <bin>` when USE_SUDO; with guest isolation,
+ * util-linux's setpriv switches to the VM's uid, gid and device groups and then execs QEMU in
+ * place, so the PID the daemon records is QEMU's. (QEMU's own -run-with user= would need it to
+ * start as root and is refused by its sandbox's elevateprivileges=deny; Node cannot set
+ * supplementary groups.) no_new_privs: nothing QEMU execs can gain privileges.
+ */
+export function qemuCommand(q: QemuConfig, runAs?: RunAs): { file: string; prefix: string[] } {
+  if (q.useSudo) return { file: 'sudo', prefix: [q.binPath] };
+  if (!runAs) return { file: q.binPath, prefix: [] };
+  const groups = [...new Set([runAs.gid, ...runAs.groups])].join(',');
+  return {
+    file: 'setpriv',
+    prefix: [`--reuid=${runAs.uid}`, `--regid=${runAs.gid}`, `--groups=${groups}`, '--inh-caps=-all', '--no-new-privs', '--', q.binPath],
+  };
 }

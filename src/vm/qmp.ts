@@ -52,7 +52,11 @@ export class QmpChannel {
   /** The version QEMU announced in its last greeting. */
   greeting: { qemu?: { major: number; minor: number; micro: number }; package?: string } | undefined;
 
-  constructor(readonly socketPath: string) {}
+  /** `owner`: the VM's own user, which QEMU runs as and connects with (guest isolation). */
+  constructor(
+    readonly socketPath: string,
+    private readonly owner?: { uid: number; gid: number },
+  ) {}
 
   /** Listens (replacing a stale socket file left by an earlier run). */
   async listen(): Promise<void> {
@@ -77,6 +81,8 @@ export class QmpChannel {
     server.on('error', () => undefined);
     // The directory is 0700 already; the socket itself is the daemon's alone as well (root's QEMU passes).
     fs.chmodSync(this.socketPath, 0o600);
+    // QEMU, running as the VM's own user, must connect: the socket is that user's, and no other's.
+    if (this.owner) fs.chownSync(this.socketPath, this.owner.uid, this.owner.gid);
     this.server = server;
   }
 

@@ -39,8 +39,13 @@ export type PeerOwner =
   | { kind: 'remote' }
   /** A local peer that no supervised QEMU holds. */
   | { kind: 'host' }
-  /** A local peer that could not be attributed (a QEMU's descriptors unreadable, socket not found). */
-  | { kind: 'unattributed'; reason: string };
+  /** A local peer that could not be attributed (a QEMU's descriptors unreadable). */
+  | { kind: 'unattributed'; reason: string }
+  /** A local peer whose socket is gone already (sent, then reset): nobody can say whose it was. */
+  | { kind: 'gone'; reason: string };
+
+/** Who a socket's uid (the uid column of /proc/net/tcp) belongs to, with guest isolation. */
+export type UidOwner = (uid: number) => { vmUser: boolean; vmId?: string };
 
 export interface Endpoint {
   address: string;
@@ -168,12 +173,23 @@ function holdsSocket(pid: number, inode: string): FdSearch {
  * Who holds the other end of a connection this process accepted. `peer` is the connection's
  * remote end, `self` its local end (as the accepting socket sees them).
  */
-export async function ownerOfPeer(peer: Endpoint, self: Endpoint, supervised: SupervisedPids): Promise<PeerOwner> {
+export async function ownerOfPeer(
+  peer: Endpoint,
+  self: Endpoint,
+  supervised: SupervisedPids,
+  isolation?: { uidOwner: UidOwner; anyVm: () => boolean },
+): Promise<PeerOwner> {
   if (!isLocalAddress(peer.address)) return { kind: 'remote' };
   // No QEMU, no guest: nothing to look up.
-  if ([...supervised()].length === 0) return { kind: 'host' };
+  if (!(isolation?.anyVm() ?? false) && [...supervised()].length === 0) return { kind: 'host' };
   const row = await findSocket(peer, self);
-  if (!row) return { kind: 'unattributed', reason: `no socket ${peer.address}:${peer.port} in /proc/net/tcp` };
+  // Fail closed: a peer that connected, sent and reset leaves no row to say it was not a guest.
+  if (!row) return { kind: 'gone', reason: `no socket ${peer.address}:${peer.port} in /proc/net/tcp (closed by its owner)` };
+  // With a uid per VM the row's uid names the guest's QEMU at once: no descriptor to read.
+  if (isolation) {
+    const owner = isolation.uidOwner(row.uid);
+    if (owner.vmUser) return { kind: 'guest', vmId: owner.vmId ?? `(none: uid ${row.uid} of MANAGER_VM_UID_RANGE)`, pid: 0 };
+  }
   // Asked again: the VMs may have changed while the table was read.
   const unreadable: { pid: number; code: string }[] = [];
   let scanned = 0;

@@ -1,6 +1,12 @@
 /**
  * A VM's directory under MANAGER_STATE_DIR/vms/<id>/: the two 9P shares, the firmware variables
  * copy, QEMU's output and the record. Directories 0700; secrets and the env file 0600.
+ *
+ * With guest isolation (QEMU runs as the VM's own uid and gid), QEMU gets exactly what it must
+ * open and nothing else: the directory is root:<vm gid> 0710 (enter, not list), the shares
+ * root:<vm gid> read-only (0750 / 0440: QEMU reads them, cannot change them, and no other VM's
+ * user can), the firmware variables copy <vm uid> 0600 (the firmware writes it). The record,
+ * QEMU's output and the lock stay the daemon's alone.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -56,14 +62,25 @@ export async function createVmDir(
   id: string,
   req: VmRequest,
   ovmfVarsTemplate: string | undefined,
+  owner?: { uid: number; gid: number },
 ): Promise<void> {
-  await fs.mkdir(path.dirname(p.dir), { recursive: true, mode: 0o700 });
+  await fs.mkdir(path.dirname(p.dir), { recursive: true, mode: owner ? 0o711 : 0o700 });
   await fs.mkdir(p.dir, { mode: 0o700 });
   await fs.mkdir(p.envDir, { mode: 0o700 });
   await fs.mkdir(p.certsDir, { mode: 0o700 });
-  await writePrivateFile(path.join(p.envDir, 'environment'), renderEnvironmentFile(id, req), 0o600);
+  const fileMode = owner ? 0o440 : 0o600;
+  await writePrivateFile(path.join(p.envDir, 'environment'), renderEnvironmentFile(id, req), fileMode);
   for (const f of certificateFiles(req)) {
-    await writePrivateFile(path.join(p.certsDir, f.name), f.data, 0o600);
+    await writePrivateFile(path.join(p.certsDir, f.name), f.data, fileMode);
+  }
+  if (owner) {
+    // Files first, directories after, the VM's own directory last: until then QEMU's user
+    // cannot even enter it.
+    for (const f of [path.join(p.envDir, 'environment'), ...certificateFiles(req).map((f) => path.join(p.certsDir, f.name))]) await fs.chown(f, 0, owner.gid);
+    for (const d of [p.envDir, p.certsDir]) {
+      await fs.chown(d, 0, owner.gid);
+      await fs.chmod(d, 0o750);
+    }
   }
   if (ovmfVarsTemplate !== undefined) {
     // The firmware writes its variables: each VM gets its own copy.
@@ -74,6 +91,11 @@ export async function createVmDir(
     }
     await fs.copyFile(ovmfVarsTemplate, p.ovmfVars, fs.constants.COPYFILE_EXCL);
     await fs.chmod(p.ovmfVars, 0o600);
+    if (owner) await fs.chown(p.ovmfVars, owner.uid, owner.gid);
+  }
+  if (owner) {
+    await fs.chown(p.dir, 0, owner.gid);
+    await fs.chmod(p.dir, 0o710);
   }
 }
 

@@ -28,6 +28,19 @@ export interface VmRecord {
   launch: { kind: 'sev-snp' | 'tdx' | 'plain'; cpu: string; hostData: string | null; igvmFile: string | null };
   /** The launch inputs as measured for this VM (absent in records written before pinning). */
   pinned?: LaunchPin;
+  /**
+   * The unprivileged identity QEMU runs as (a uid of MANAGER_VM_UID_RANGE, its own gid and the
+   * device groups); null or absent: QEMU runs as the daemon's user (guest isolation off, or a
+   * VM started before it existed).
+   */
+  runAs?: VmIdentity | null;
+}
+
+/** A VM's own user: uid and gid (the same number) and the supplementary groups of its devices. */
+export interface VmIdentity {
+  uid: number;
+  gid: number;
+  groups: number[];
 }
 
 /** One file QEMU was given, by its SHA-384; `error` says why there is no digest. */
@@ -94,6 +107,10 @@ function recordSchema(): Promise<Z.ZodType<VmRecord>> {
           measurementError: z.string().nullable(),
         })
         .optional(),
+      runAs: z
+        .object({ uid: z.number().int().positive(), gid: z.number().int().positive(), groups: z.array(z.number().int().nonnegative()) })
+        .nullable()
+        .optional(),
     }),
   );
   return schema;
@@ -132,6 +149,8 @@ export interface RecordPeek {
   state: string;
   pid: number | null;
   hostPort: number | null;
+  /** The VM's own uid, held until recovery has decided the VM. */
+  uid: number | null;
 }
 
 /**
@@ -149,7 +168,8 @@ export function peekRecord(text: string): RecordPeek | undefined {
   const r = json as Record<string, unknown>;
   const int = (v: unknown) => (typeof v === 'number' && Number.isInteger(v) && v > 0 ? v : null);
   if (typeof r.id !== 'string' || typeof r.state !== 'string') return undefined;
-  return { id: r.id, state: r.state, pid: int(r.pid), hostPort: int(r.hostPort) };
+  const runAs = typeof r.runAs === 'object' && r.runAs !== null ? (r.runAs as Record<string, unknown>) : undefined;
+  return { id: r.id, state: r.state, pid: int(r.pid), hostPort: int(r.hostPort), uid: int(runAs?.uid) };
 }
 
 export async function parseRecord(text: string): Promise<RecordReadResult> {
