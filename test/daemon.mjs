@@ -1,5 +1,6 @@
 // Starts the built daemon as a child process and talks to it with a real gRPC client over loopback.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -37,7 +38,7 @@ export function spawnServe(env, nodeFlags = [], { uid, gid, cwd, cli = CLI } = {
   const adminSocket = env.MANAGER_ADMIN_SOCKET ?? path.join(fs.mkdtempSync('/tmp/cocos-admin-'), 'admin.sock');
   if (uid !== undefined && env.MANAGER_ADMIN_SOCKET === undefined) fs.chownSync(path.dirname(adminSocket), uid, gid);
   const proc = spawn(process.execPath, [...nodeFlags, cli, 'serve'], {
-    env: baseEnv({ MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: '0', MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: '0', MANAGER_ADMIN_SOCKET: adminSocket, ...env }),
+    env: baseEnv({ MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: '0', MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: '0', MANAGER_ADMIN_SOCKET: adminSocket, MANAGER_VM_UID_RANGE: nextUidRange(), ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],
     // Another user (the USE_SUDO test runs the daemon as a system user), another working directory.
     ...(uid === undefined ? {} : { uid, gid }),
@@ -83,8 +84,41 @@ export function nextRange(size = 20) {
   return `${first}-${first + size - 1}`;
 }
 
+/**
+ * A temporary directory the VMs' users can use too: with guest isolation (a root daemon) each
+ * QEMU runs as a uid of its own, and the stand-in QEMU reads its mode file and writes its
+ * findings in the test's directory. (The state directory inside is the daemon's: 0711.)
+ */
 export function tmpDir(prefix = 'cocos-test-') {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  fs.chmodSync(dir, 0o1777);
+  return dir;
+}
+
+// Each daemon of a run its own VM uids: two daemons sharing uids would share files and firewall verdicts.
+let uidCursor = 1_900_000_000 + Math.floor(Math.random() * 9_000) * 1_000;
+/** A MANAGER_VM_UID_RANGE no other daemon of this run uses. */
+export function nextUidRange(size = 100) {
+  const first = uidCursor;
+  uidCursor += size;
+  return `${first}-${first + size - 1}`;
+}
+
+/** The guest firewall table a daemon on `stateDir` installs (as src/host/guest-firewall.ts names it). */
+export function firewallTable(stateDir) {
+  let real = stateDir;
+  try { real = fs.realpathSync(stateDir); } catch { /* as given */ }
+  return `cocos_manager_${createHash('sha256').update(real).digest('hex').slice(0, 12)}`;
+}
+
+/** Whether that table is in place now. */
+export function firewallTablePresent(stateDir) {
+  return spawnSync('nft', ['list', 'table', 'inet', firewallTable(stateDir)], { stdio: 'ignore' }).status === 0;
+}
+
+/** Removes the table a daemon left (its VMs killed by the test): the host keeps no test's rules. */
+export function removeFirewallTable(stateDir) {
+  spawnSync('nft', ['delete', 'table', 'inet', firewallTable(stateDir)], { stdio: 'ignore' });
 }
 
 /** The environment of a daemon that runs the stand-in QEMU with a plain-OVMF configuration. */
@@ -135,6 +169,8 @@ export class Daemon {
    * both ports are 0: the daemon binds free ones and logs them, and the test reads them there.
    */
   static async start(env, { timeoutMs = 20_000, port = 0, httpPort = 0, nodeFlags = [], uid, gid, cwd, cli, recovered = true } = {}) {
+    // Fixed here, so a restart() keeps it: the VMs it re-adopts run as uids of this range.
+    env = { MANAGER_VM_UID_RANGE: nextUidRange(), ...env };
     const { proc, logs, adminSocket } = spawnServe({ MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_PORT: String(httpPort), ...env }, nodeFlags, { uid, gid, cwd, cli });
     const d = new Daemon(proc, port, logs);
     d.adminSocket = adminSocket;
@@ -223,7 +259,10 @@ export class Daemon {
         if (!(await exitWithin(this.exited, 5_000))) throw new Error(`daemon pid ${this.proc.pid} still runs ${timeoutMs + 5_000} ms after ${signal}, 5 s after SIGKILL`);
       }
     }
-    if (!keepVms && this.stateDir) killProcessesMentioning(path.resolve(this.stateDir));
+    if (!keepVms && this.stateDir) {
+      killProcessesMentioning(path.resolve(this.stateDir));
+      removeFirewallTable(this.stateDir);
+    }
     return this.exited;
   }
 

@@ -71,8 +71,12 @@ export class GuestPeerGate {
   private async decide(socket: net.Socket): Promise<PeerVerdict> {
     if (!this.settings.refuse) return ALLOWED;
     const { remoteAddress, remotePort, localAddress, localPort } = socket;
-    // A Unix socket (or a closed one) has no address: not a guest's way in.
-    if (!remoteAddress || remotePort === undefined || !localAddress || localPort === undefined) return ALLOWED;
+    // The gate guards TCP listeners only: a connection without addresses was reset by its peer
+    // before it was accepted (a guest that sent a whole call and reset at once). Nobody can
+    // say whose it was, so it is refused: its queued bytes are never read.
+    if (!remoteAddress || remotePort === undefined || !localAddress || localPort === undefined) {
+      return { refuse: true, reason: 'the peer reset the connection before it could be attributed' };
+    }
     // One at a time, each after a turn of the event loop: a guest that floods the port with
     // connections delays new connections' verdicts, not the calls of connections already open.
     const run = this.queue.then(
@@ -98,6 +102,7 @@ export class GuestPeerGate {
         );
         return ALLOWED;
       default:
+        if (this.log.isLevelEnabled('debug')) this.log.debug({ peer: `${remoteAddress}:${remotePort}`, kind: who.kind }, 'caller attributed');
         return ALLOWED;
     }
   }

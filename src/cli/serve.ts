@@ -164,6 +164,13 @@ export async function serveCommand(config: Config): Promise<void> {
   // In place before the port opens: a VM of the earlier run may be running, and a daemon that
   // cannot install it must not start at all. (It goes again once no VM is left.)
   if (firewall) {
+    const outside = manager.leftoverUidsOutside(config.isolation.uidRange, leftovers);
+    if (outside.length > 0) {
+      const r = config.isolation.uidRange;
+      throw new StartupError(
+        `MANAGER_VM_UID_RANGE=${r.first}-${r.last} leaves out uid ${outside.join(', ')} of VMs still running from the previous run, which the guest firewall would then not cover: put the range back until those VMs are removed`,
+      );
+    }
     try {
       await firewall.install();
     } catch (err) {

@@ -32,6 +32,8 @@ export function runNft(args: string[], input?: string): Promise<string> {
         reject(new FirewallError(why));
       } else resolve(stdout);
     });
+    // nft may exit before it reads its input (a parse error): that is its stderr's to say.
+    child.stdin?.on('error', () => undefined);
     child.stdin?.end(input ?? '');
   });
 }

@@ -64,7 +64,16 @@ export class VmManager {
 
   /** The VM whose QEMU runs as `uid`, and whether `uid` is a VM user's at all. */
   vmOfUid(uid: number): { vmUser: boolean; vmId?: string } {
-    return { vmUser: this.registry.isVmUid(uid), vmId: this.registry.vmOfUid(uid) };
+    const vmId = this.registry.vmOfUid(uid);
+    return { vmUser: vmId !== undefined || this.registry.isVmUid(uid), vmId };
+  }
+
+  /** Uids of VMs an earlier run left running that lie outside MANAGER_VM_UID_RANGE (the firewall would not cover them). */
+  leftoverUidsOutside(range: { first: number; last: number }, leftovers: Leftover[]): number[] {
+    return leftovers.flatMap((l) => {
+      const uid = mayStillRun(l)?.uid;
+      return uid != null && (uid < range.first || uid > range.last) ? [uid] : [];
+    });
   }
 
   /** Whether any VM is supervised or expected (a local peer's row gone is refused then). */

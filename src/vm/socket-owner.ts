@@ -209,5 +209,10 @@ export async function ownerOfPeer(
       return { kind: 'unattributed', reason: `the descriptors of QEMU pid ${u.pid} are unreadable (${u.code}) and the peer's socket belongs to the same user (uid ${row.uid})` };
     }
   }
+  // No supervised QEMU held it: true only if the socket still exists. A QEMU that closed it
+  // during the scan (a guest that sent a whole call and reset) leaves nothing to find; a socket
+  // alive before and after the scan was never in a QEMU (QEMU hands no socket on).
+  const again = await findSocket(peer, self);
+  if (!again || again.inode !== row.inode) return { kind: 'gone', reason: `socket ${peer.address}:${peer.port} closed while it was being attributed` };
   return { kind: 'host' };
 }
