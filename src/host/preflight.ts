@@ -7,15 +7,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { loadExeca } from '../vm/spawner.js';
 import type { Config, QemuConfig } from '../config/types.js';
+import { isolationChecks } from './isolation-checks.js';
 
-export type CheckStatus = 'pass' | 'warn' | 'fail';
+import type { CheckResult } from './check-result.js';
 
-export interface CheckResult {
-  check: string;
-  status: CheckStatus;
-  detail: string;
-  remedy: string;
-}
+export type { CheckResult, CheckStatus } from './check-result.js';
 
 const pass = (check: string, detail: string): CheckResult => ({ check, status: 'pass', detail, remedy: '' });
 const fail = (check: string, detail: string, remedy: string): CheckResult => ({ check, status: 'fail', detail, remedy });
@@ -164,6 +160,7 @@ export async function preflight(config: Config, portIsFree?: (port: number) => P
 
   if (portIsFree) await checkPorts(results, config, portIsFree);
   results.push(await stateDirCheck(config.stateDir));
+  results.push(...isolationChecks(config));
   return results;
 }
 

@@ -1,0 +1,91 @@
+/**
+ * `check`'s part on guest isolation (SECURITY.md): whether this host can give each VM a user of
+ * its own and keep guests off the host with the firewall, for the configuration in force.
+ */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Config } from '../config/types.js';
+import { tableNameFor } from './guest-firewall.js';
+import type { CheckResult } from './check-result.js';
+import { deviceAccess, hostUidRangeConflicts, readableByVmUsers, untraversableAncestors } from './vm-users.js';
+
+const pass = (check: string, detail: string): CheckResult => ({ check, status: 'pass', detail, remedy: '' });
+const fail = (check: string, detail: string, remedy: string): CheckResult => ({ check, status: 'fail', detail, remedy });
+const warn = (check: string, detail: string, remedy: string): CheckResult => ({ check, status: 'warn', detail, remedy });
+
+function onPath(bin: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${bin} || test -x /usr/sbin/${bin} || test -x /sbin/${bin}`], { stdio: 'ignore', env: { PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` } }).status === 0;
+}
+
+/** The files every VM's QEMU opens itself (the daemon copies the OVMF variables template). */
+function launchFiles(config: Config): [string, string][] {
+  const q = config.qemu;
+  const files: [string, string][] = [];
+  if (q.enableSevSnp) files.push(['MANAGER_QEMU_IGVM_FILE', q.igvmFile]);
+  else if (q.enableTdx) files.push(['MANAGER_QEMU_OVMF_FILE', q.ovmfFile]);
+  else files.push(['MANAGER_QEMU_OVMF_CODE_FILE', q.ovmfCode.file]);
+  files.push(['MANAGER_QEMU_DISK_IMG_KERNEL_FILE', q.kernelFile], ['MANAGER_QEMU_DISK_IMG_ROOTFS_FILE', q.rootfsFile]);
+  return files;
+}
+
+/** VMs of the state directory whose QEMU runs as root (started before guest isolation). */
+function rootQemus(stateDir: string): string[] {
+  const vms = path.join(stateDir, 'vms');
+  let names: string[];
+  try {
+    names = fs.readdirSync(vms);
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  for (const name of names) {
+    try {
+      const r = JSON.parse(fs.readFileSync(path.join(vms, name, 'record.json'), 'utf8')) as { pid?: number; runAs?: unknown };
+      if (r.runAs || typeof r.pid !== 'number') continue;
+      const status = fs.readFileSync(`/proc/${r.pid}/status`, 'utf8');
+      if (/^Uid:\s+0\s/m.test(status)) out.push(`${name} (pid ${r.pid})`);
+    } catch {
+      /* no record, or not running */
+    }
+  }
+  return out;
+}
+
+export function isolationChecks(config: Config, uid = process.getuid?.() ?? 0): CheckResult[] {
+  const iso = config.isolation;
+  if (!iso.enabled) {
+    return [warn('guest isolation', 'off (MANAGER_GUEST_ISOLATION=false): QEMU runs as the daemon\'s user and no firewall keeps guests off the host\'s services', 'set MANAGER_GUEST_ISOLATION=true and run the daemon as root')];
+  }
+  if (config.qemu.useSudo) return [];
+  const out: CheckResult[] = [];
+  const range = `MANAGER_VM_UID_RANGE=${iso.uidRange.first}-${iso.uidRange.last}`;
+  if (uid !== 0) out.push(fail('guest isolation', 'the daemon must run as root to give each VM a uid of its own and install the firewall', 'run it as root (the systemd unit does), or set MANAGER_GUEST_ISOLATION=false'));
+  const conflicts = hostUidRangeConflicts(iso.uidRange);
+  out.push(conflicts.length === 0 ? pass('VM uid range', `${range}: no account, group, subordinate or systemd id in it`) : fail('VM uid range', `${range} ${conflicts.join('; ')}`, 'choose a range that no account or container uses'));
+  out.push(onPath('setpriv') ? pass('setpriv', 'present (util-linux)') : fail('setpriv', 'not found', 'apt-get install util-linux'));
+  if (!onPath('nft')) out.push(fail('guest firewall', 'nft not found', 'apt-get install nftables'));
+  else if (uid === 0) {
+    const table = tableNameFor(config.stateDir);
+    const listed = spawnSync('nft', ['list', 'table', 'inet', table], { encoding: 'utf8', env: { PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` } });
+    out.push(
+      listed.status === 0
+        ? pass('guest firewall', `nftables table inet ${table} in place`)
+        : pass('guest firewall', `nftables table inet ${table} not in place: none is needed while no VM runs (the daemon installs it before the first QEMU starts)`),
+    );
+  }
+  for (const [setting, file] of launchFiles(config)) {
+    const r = readableByVmUsers(file);
+    out.push(r.ok ? pass(`readable by VM users: ${setting}`, file) : fail(`readable by VM users: ${setting}`, r.why, `QEMU runs as a VM's own uid: make ${file} world-readable and its directories world-searchable, or point ${setting} elsewhere`));
+  }
+  const blocked = untraversableAncestors(config.stateDir);
+  if (blocked.length > 0) out.push(fail('state directory for VM users', `${config.stateDir} lies below ${blocked.join(', ')}, closed to others`, `chmod o+x ${blocked[0]} or choose another MANAGER_STATE_DIR`));
+  for (const d of deviceAccess()) {
+    const needed = d.device === '/dev/kvm' ? config.qemu.enableKvm : config.qemu.enableSevSnp;
+    if (!needed) continue;
+    out.push(d.problem ? fail(`${d.device} for VM users`, d.problem, 'see the detail') : pass(`${d.device} for VM users`, d.gid === undefined ? 'open to all' : `through group ${d.gid}`));
+  }
+  const rooted = rootQemus(config.stateDir);
+  if (rooted.length > 0) out.push(warn('VMs running as root', `started before guest isolation: ${rooted.join(', ')}`, 'remove and re-create them: their guests are not kept off the host by a uid of their own'));
+  return out;
+}
