@@ -65,13 +65,21 @@ test('the env file holds every line of the spec, in order, with the request valu
   const dir = path.join(state, 'vms', res.cvm_id);
   assert.deepEqual(fs.readFileSync(path.join(dir, 'certs', 'key.pem')), KEY);
   const mode = (p) => fs.statSync(p).mode & 0o777;
-  assert.equal(mode(path.join(state, 'vms')), 0o700);
-  assert.equal(mode(dir), 0o700);
-  assert.equal(mode(path.join(dir, 'env')), 0o700);
-  assert.equal(mode(path.join(dir, 'certs')), 0o700);
-  assert.equal(mode(path.join(dir, 'env', 'environment')), 0o600);
-  assert.equal(mode(path.join(dir, 'certs', 'key.pem')), 0o600);
+  // A root daemon gives each VM a user of its own (guest isolation): the VM's directory and
+  // shares are then root:<its gid>, readable by its QEMU and nobody else; otherwise the daemon's alone.
+  const isolated = process.getuid() === 0;
+  assert.equal(mode(path.join(state, 'vms')), isolated ? 0o711 : 0o700);
+  assert.equal(mode(dir), isolated ? 0o710 : 0o700);
+  assert.equal(mode(path.join(dir, 'env')), isolated ? 0o750 : 0o700);
+  assert.equal(mode(path.join(dir, 'certs')), isolated ? 0o750 : 0o700);
+  assert.equal(mode(path.join(dir, 'env', 'environment')), isolated ? 0o440 : 0o600);
+  assert.equal(mode(path.join(dir, 'certs', 'key.pem')), isolated ? 0o440 : 0o600);
   assert.equal(mode(path.join(dir, 'OVMF_VARS.fd')), 0o600);
+  if (isolated) {
+    const gid = fs.statSync(dir).gid;
+    assert.ok(gid >= 1_900_000_000, `the VM's gid, not root's: ${gid}`);
+    for (const p of [path.join(dir, 'certs', 'key.pem'), path.join(dir, 'env', 'environment')]) assert.equal(`${fs.statSync(p).uid}:${fs.statSync(p).gid}`, `0:${gid}`, p);
+  }
   assert.deepEqual(fs.readFileSync(path.join(dir, 'OVMF_VARS.fd')), fs.readFileSync('/usr/share/OVMF/OVMF_VARS.fd'));
 
   await call(client, 'RemoveVm', { cvm_id: res.cvm_id });
