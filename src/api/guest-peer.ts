@@ -15,6 +15,7 @@ export interface Endpoint {
 /** Who holds the peer's end (src/vm/socket-owner.ts finds out). */
 export type PeerAttribution =
   | { kind: 'guest'; vmId: string; pid: number }
+  | { kind: 'guest-user'; uid: number }
   | { kind: 'remote' }
   | { kind: 'host' }
   | { kind: 'unattributed'; reason: string };
@@ -41,7 +42,7 @@ export function describeGuestPeerMode(s: GuestPeerSettings): string {
   if (!s.refuse) return 'off: calls from guests (through 10.0.2.2) are served (MANAGER_REFUSE_GUEST_CALLS=false)';
   return s.refuseUnattributed
     ? 'strict: calls from supervised QEMUs are refused, and so are local peers that cannot be attributed'
-    : 'on: calls from supervised QEMUs are refused; local peers that cannot be attributed (QEMU under sudo, daemon not root) are served';
+    : 'on: calls from supervised QEMUs (and from the user QEMU runs as under sudo) are refused; local peers that cannot be attributed are served';
 }
 
 export class GuestPeerGate {
@@ -87,6 +88,10 @@ export class GuestPeerGate {
     switch (who.kind) {
       case 'guest':
         return { refuse: true, vmId: who.vmId, reason: `the caller is the guest of VM ${who.vmId} (through QEMU pid ${who.pid})` };
+      case 'guest-user':
+        // Fail closed: the VM cannot be named (its QEMU's descriptors are another user's), but
+        // only QEMU runs as this user.
+        return { refuse: true, reason: `the caller's socket belongs to uid ${who.uid}, the user QEMU runs as under sudo (MANAGER_QEMU_SUDO_USER): the guest of some VM` };
       case 'unattributed':
         if (this.settings.refuseUnattributed) return { refuse: true, reason: `local peer not attributable: ${who.reason} (MANAGER_REFUSE_UNATTRIBUTED_LOCAL_PEERS=true)` };
         this.rateLimited(`unattributed`, (suppressed) =>

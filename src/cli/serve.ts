@@ -20,6 +20,7 @@ import { PortPool } from '../manager/port-pool.js';
 import { ownerOfPeer } from '../vm/socket-owner.js';
 import { preloadSpawner } from '../vm/spawner.js';
 import { tcpPortIsFree } from '../manager/port-probe.js';
+import { checkSharing, resolveQemuUser } from '../host/qemu-user.js';
 import { lockStateDir } from '../host/state-dir-lock.js';
 import { VmManager } from '../manager/vm-manager.js';
 import { readBuildInfo } from '../telemetry/build-info.js';
@@ -40,10 +41,17 @@ SIGTERM or SIGINT, leaving VMs running; they are re-adopted at the next start. E
 bad configuration (one line on stderr).
 `;
 
-async function prepareStateDir(dir: string): Promise<void> {
+async function prepareStateDir(dir: string, qemuGid?: number): Promise<void> {
   try {
     await fs.mkdir(path.join(dir, 'vms'), { recursive: true, mode: 0o700 });
     await fs.chmod(dir, 0o700);
+    if (qemuGid !== undefined) {
+      // QEMU under sudo runs as another user: it traverses (never lists) both to its VM's directory.
+      for (const d of [dir, path.join(dir, 'vms')]) {
+        await fs.chown(d, -1, qemuGid);
+        await fs.chmod(d, 0o710);
+      }
+    }
     await fs.access(path.join(dir, 'vms'), fs.constants.W_OK);
   } catch (err) {
     throw new StartupError(`MANAGER_STATE_DIR=${JSON.stringify(dir)} is not a writable directory: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
@@ -68,11 +76,14 @@ export async function serveCommand(config: Config): Promise<void> {
   const httpTls = loadTlsMaterial('MANAGER_HTTP_', config.http);
   const pcrs = loadPcrValues(config.pcrValuesFile);
   const signingKey = loadSigningKey(config.corimSigningKey);
-  await prepareStateDir(config.stateDir);
+  // Under sudo, QEMU's user, its group shared with the daemon's user, and no other way in for it.
+  const qemuUser = config.qemu.useSudo ? await resolveQemuUser(config.qemu.sudoUser) : undefined;
+  const adminGid = config.admin.socket !== '' && config.admin.socketGroup !== '' ? await groupId(config.admin.socketGroup) : undefined;
+  if (qemuUser) checkSharing(qemuUser, adminGid, config.admin.socket);
+  await prepareStateDir(config.stateDir, qemuUser?.gid);
   // flock(1) starts while the rest is set up; it is held before anything reads the state.
   const locking = lockStateDir(config.stateDir);
   locking.catch(() => undefined); // awaited below
-  const adminGid = config.admin.socket !== '' && config.admin.socketGroup !== '' ? await groupId(config.admin.socketGroup) : undefined;
 
   const instanceId = config.instanceId || randomUUID();
   const log = createLogger(config.logLevel, instanceId);
@@ -92,14 +103,17 @@ export async function serveCommand(config: Config): Promise<void> {
     vmsByState: () => manager?.countByState() ?? {},
     portsFree: () => manager?.portsFree() ?? 0,
   });
-  manager = new VmManager(config, log, ports, policies, metrics);
+  manager = new VmManager(config, log, ports, policies, metrics, qemuUser?.gid);
   const vms = manager;
   // Who is calling, once per connection: a supervised QEMU's socket means a guest (10.0.2.2).
   // A connection that comes before the records are read (the HTTP port opens first) waits for
   // them: until then the QEMUs an earlier run left are not known to be anyone's.
+  // Every QEMU under sudo runs as QEMU's user: a local peer socket of that uid is a guest's,
+  // whichever VM (the daemon cannot read those QEMUs' descriptors to name it).
+  const guestUids: ReadonlySet<number> = new Set(qemuUser ? [qemuUser.uid] : []);
   let leftoversKnown!: () => void;
   const knownPids = new Promise<void>((resolve) => (leftoversKnown = resolve));
-  const gate = new GuestPeerGate(config.guestPeers, (peer, self) => knownPids.then(() => ownerOfPeer(peer, self, () => vms.supervisedPids())), log);
+  const gate = new GuestPeerGate(config.guestPeers, (peer, self) => knownPids.then(() => ownerOfPeer(peer, self, () => vms.supervisedPids(), guestUids)), log);
   log.info({ mode: describeGuestPeerMode(config.guestPeers) }, 'calls from guests');
   // Said once at start: what a guest or any other reacher of the port could do.
   for (const r of securityChecks(config)) if (r.status !== 'pass') log.warn({ check: r.check, remedy: r.remedy }, r.detail);

@@ -15,6 +15,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { commandRunsBinary } from '../qemu/args.js';
 import { allCommandLines, descendantPids, processCmdline, processStartTime } from '../vm/proc.js';
 import { type OutputLimits, QemuProcess } from '../vm/qemu-process.js';
 import { QmpChannel } from '../vm/qmp.js';
@@ -74,14 +75,14 @@ async function namesDir(cmd: string[], paths: VmPaths, realDir: string): Promise
 }
 
 /**
- * Processes started as this VM's QEMU: the binary first, or second behind sudo or an
- * interpreter, and the VM's directory in the arguments (so an operator's `tail -f` is spared).
+ * Processes started as this VM's QEMU: the binary first, second behind an interpreter, or
+ * behind `sudo … --`, and the VM's directory in the arguments (so an operator's `tail -f` is spared).
  */
 async function orphanQemus(paths: VmPaths, realDir: string, qemuBinPath: string, commandLines: Map<number, string[]>): Promise<number[]> {
   const qemuName = path.basename(qemuBinPath);
   const found: number[] = [];
   for (const [pid, cmd] of commandLines) {
-    if (!cmd.slice(0, 2).some((a) => path.basename(a) === qemuName)) continue;
+    if (!commandRunsBinary(cmd, qemuName)) continue;
     if (await namesDir(cmd, paths, realDir)) found.push(pid);
   }
   return found;
@@ -189,7 +190,7 @@ export async function recoverVms(
   qemuBinPath: string,
   registry: VmRegistry,
   log: Logger,
-  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; stopping?: () => boolean } = {},
+  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; stopping?: () => boolean; qmpGroup?: number } = {},
 ): Promise<RecoveryResult> {
   const result: RecoveryResult = { adopted: 0, cleaned: 0, skipped: 0, failed: 0, deferred: 0 };
   const lines = onceCommandLines();
@@ -221,11 +222,11 @@ async function act(
   result: RecoveryResult,
   registry: VmRegistry,
   vmLog: Logger,
-  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'> },
+  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; qmpGroup?: number },
 ): Promise<void> {
   switch (action.kind) {
     case 'adopt':
-      await adopt(action.record, action.paths, registry, vmLog, opts.policies, opts.output);
+      await adopt(action.record, action.paths, registry, vmLog, opts.policies, opts.output, opts.qmpGroup);
       result.adopted++;
       return;
     case 'skip':
@@ -260,9 +261,11 @@ async function adopt(
   log: Logger,
   policies?: AttestationPolicies,
   output?: Omit<OutputLimits, 'vmId'>,
+  qmpGroup?: number,
 ): Promise<void> {
-  // QEMU reconnects to the new listener by itself (chardev reconnect) and is asked its status then.
-  const qmp = new QmpChannel(paths.qmpSocket);
+  // QEMU reconnects to the new listener by itself (chardev reconnect) and is asked its status
+  // then; under sudo QEMU's user reaches the new socket through its group, as at the start.
+  const qmp = new QmpChannel(paths.qmpSocket, qmpGroup);
   await qmp.listen().catch((err) => log.error({ err: String(err) }, "could not reopen the VM's QMP socket"));
   const proc = await QemuProcess.adopt(record.pid!, record.pidStartTime!, paths, qmp, log, output && { vmId: record.id, ...output });
   const state = record.state === 'paused' || record.state === 'stopping' ? record.state : 'running';

@@ -30,6 +30,8 @@ export class VmLauncher {
     private readonly flavor: QemuFlavorCache,
     private readonly observer: ManagerObserver,
     private readonly policies?: AttestationPolicies,
+    /** QEMU under sudo as this group's user: its files and QMP socket are shared through the group. */
+    private readonly qemuGid?: number,
   ) {}
 
   async launch(input: CreateReqInput): Promise<{ id: string; port: number }> {
@@ -69,7 +71,7 @@ export class VmLauncher {
       timings.port = at();
       await inSpan('write-shares', async () => {
         try {
-          await createVmDir(paths, id, req, plain ? q.ovmfVars.file : undefined);
+          await createVmDir(paths, id, req, plain ? q.ovmfVars.file : undefined, this.qemuGid);
         } catch (err) {
           throw fileError(err, paths.dir);
         }
@@ -80,7 +82,7 @@ export class VmLauncher {
       } catch (err) {
         throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
       }
-      const qmp = new QmpChannel(paths.qmpSocket);
+      const qmp = new QmpChannel(paths.qmpSocket, this.qemuGid);
       vm.qmp = qmp;
       try {
         await qmp.listen();

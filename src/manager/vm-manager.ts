@@ -43,10 +43,12 @@ export class VmManager {
     private readonly ports: PortPool,
     private readonly policies?: AttestationPolicies,
     observer: ManagerObserver = NO_OBSERVER,
+    /** Under MANAGER_QEMU_USE_SUDO: the group of the user QEMU runs as (src/host/qemu-user.ts). */
+    private readonly qemuGid?: number,
   ) {
     this.flavor = new QemuFlavorCache(config.qemu);
     this.registry = new VmRegistry(config, log, ports, observer, (p) => this.track(p));
-    this.launcher = new VmLauncher(config, log, ports, this.registry, this.flavor, observer, policies);
+    this.launcher = new VmLauncher(config, log, ports, this.registry, this.flavor, observer, policies, qemuGid);
   }
 
   /** Reads the QEMU binary's version (once; retried at the next CreateVm if it fails). */
@@ -193,6 +195,7 @@ export class VmManager {
         policies: this.policies,
         output: this.config.console,
         stopping: () => this.stopping,
+        qmpGroup: this.qemuGid,
       }),
     );
   }

@@ -103,7 +103,27 @@ export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
   return args;
 }
 
-/** The binary and its leading arguments: `sudo <bin>` when USE_SUDO. */
+/**
+ * The binary and its leading arguments. Under USE_SUDO, `sudo -n -u <user> -- <bin>`: QEMU runs
+ * as the dedicated unprivileged user, never as root (a sudoers rule that let the daemon's user run
+ * QEMU as root with any arguments would be root for that user: `migrate "exec:…"`, `-plugin`).
+ * -n: never wait for a password the daemon cannot type. A numeric id is `#<uid>` to sudo.
+ */
 export function qemuCommand(q: QemuConfig): { file: string; prefix: string[] } {
-  return q.useSudo ? { file: 'sudo', prefix: [q.binPath] } : { file: q.binPath, prefix: [] };
+  if (!q.useSudo) return { file: q.binPath, prefix: [] };
+  const user = /^\d+$/.test(q.sudoUser) ? `#${q.sudoUser}` : q.sudoUser;
+  return { file: 'sudo', prefix: ['-n', '-u', user, '--', q.binPath] };
+}
+
+/**
+ * Whether a command line (as /proc shows it) runs a binary named `name`: first, second behind
+ * an interpreter or a wrapper (or an older record's `sudo <bin>`), or behind sudo's options,
+ * right after its `--`.
+ */
+export function commandRunsBinary(cmd: readonly string[], name: string): boolean {
+  const base = (a: string | undefined) => (a === undefined ? '' : a.slice(a.lastIndexOf('/') + 1));
+  if (base(cmd[0]) === name || base(cmd[1]) === name) return true;
+  if (base(cmd[0]) !== 'sudo') return false;
+  const end = cmd.indexOf('--');
+  return end > 0 && base(cmd[end + 1]) === name;
 }

@@ -52,7 +52,11 @@ export class QmpChannel {
   /** The version QEMU announced in its last greeting. */
   greeting: { qemu?: { major: number; minor: number; micro: number }; package?: string } | undefined;
 
-  constructor(readonly socketPath: string) {}
+  /** `group`: QEMU runs as another user (sudo) whose group may connect (the socket is 0660 then). */
+  constructor(
+    readonly socketPath: string,
+    private readonly group?: number,
+  ) {}
 
   /** Listens (replacing a stale socket file left by an earlier run). */
   async listen(): Promise<void> {
@@ -75,8 +79,13 @@ export class QmpChannel {
       });
     });
     server.on('error', () => undefined);
-    // The directory is 0700 already; the socket itself is the daemon's alone as well (root's QEMU passes).
+    // The socket is the daemon's alone (a root QEMU passes), or also its QEMU user's group's
+    // (QEMU under sudo as that user): group first, then the group's bits.
     fs.chmodSync(this.socketPath, 0o600);
+    if (this.group !== undefined) {
+      fs.chownSync(this.socketPath, -1, this.group);
+      fs.chmodSync(this.socketPath, 0o660);
+    }
     this.server = server;
   }
 

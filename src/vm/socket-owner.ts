@@ -27,6 +27,8 @@ import { descendantPids } from './proc.js';
  * marks a pid whose descendants are searched as well: sudo's while a start has not read the PID
  * of the QEMU below it yet.
  */
+const NO_UIDS: ReadonlySet<number> = new Set();
+
 /** QEMUs whose descriptors are read between two turns of the event loop. */
 const SCAN_SLICE = 32;
 
@@ -35,6 +37,8 @@ export type SupervisedPids = () => Iterable<readonly [pid: number, vmId: string,
 export type PeerOwner =
   /** A supervised QEMU holds the peer's socket: the caller is that VM's guest. */
   | { kind: 'guest'; vmId: string; pid: number }
+  /** The peer's socket belongs to the user QEMU runs as under sudo: some guest, VM unknown. */
+  | { kind: 'guest-user'; uid: number }
   /** Not a local address: the peer is on another machine (QEMU's user net never produces this). */
   | { kind: 'remote' }
   /** A local peer that no supervised QEMU holds. */
@@ -168,12 +172,16 @@ function holdsSocket(pid: number, inode: string): FdSearch {
  * Who holds the other end of a connection this process accepted. `peer` is the connection's
  * remote end, `self` its local end (as the accepting socket sees them).
  */
-export async function ownerOfPeer(peer: Endpoint, self: Endpoint, supervised: SupervisedPids): Promise<PeerOwner> {
+export async function ownerOfPeer(peer: Endpoint, self: Endpoint, supervised: SupervisedPids, guestUids: ReadonlySet<number> = NO_UIDS): Promise<PeerOwner> {
   if (!isLocalAddress(peer.address)) return { kind: 'remote' };
-  // No QEMU, no guest: nothing to look up.
-  if ([...supervised()].length === 0) return { kind: 'host' };
+  // No QEMU, no guest: nothing to look up. Unless QEMUs run as a user of their own (sudo): a
+  // QEMU of that user not supervised (a VM whose record is unreadable) is a guest all the same.
+  if (guestUids.size === 0 && [...supervised()].length === 0) return { kind: 'host' };
   const row = await findSocket(peer, self);
   if (!row) return { kind: 'unattributed', reason: `no socket ${peer.address}:${peer.port} in /proc/net/tcp` };
+  // Only QEMU runs as that user: its sockets are guests', whether or not the VM can be named.
+  if (guestUids.has(row.uid)) return { kind: 'guest-user', uid: row.uid };
+  if ([...supervised()].length === 0) return { kind: 'host' };
   // Asked again: the VMs may have changed while the table was read.
   const unreadable: { pid: number; code: string }[] = [];
   let scanned = 0;

@@ -1,6 +1,13 @@
 /**
  * A VM's directory under MANAGER_STATE_DIR/vms/<id>/: the two 9P shares, the firmware variables
  * copy, QEMU's output and the record. Directories 0700; secrets and the env file 0600.
+ *
+ * With a `qemuGid` (QEMU under sudo as an unprivileged user, whose primary group that is), what
+ * QEMU opens itself is given that group: the VM's directory 0710 (traversed, not listed), the
+ * shares 0750 with their files 0640 (read, never written: security_model=mapped reads xattrs,
+ * which needs read access), the OVMF_VARS copy 0660. The group is set before any group bit, so
+ * no one else can get in between. The record, the logs (QEMU gets them as open descriptors) and
+ * everything else stay the daemon's alone.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -39,15 +46,24 @@ export function vmPaths(stateDir: string, id: string): VmPaths {
  * No fsync: these files matter only while the VM runs, and a host crash that could lose them
  * ends the VM too. (The record, which must survive a daemon restart, is written atomically.)
  */
-async function writePrivateFile(file: string, data: string | Uint8Array, mode: number): Promise<void> {
+async function writePrivateFile(file: string, data: string | Uint8Array, mode: number, gid?: number): Promise<void> {
   // 'wx': never follow or reuse something already there.
-  const fh = await fs.open(file, 'wx', mode);
+  const fh = await fs.open(file, 'wx', mode & 0o700);
   try {
+    if (gid !== undefined) await fh.chown(-1, gid);
     await fh.writeFile(data);
     await fh.chmod(mode); // exactly this mode, whatever the umask
   } finally {
     await fh.close();
   }
+}
+
+/** A directory of this mode, in group `gid` when given (group first, then the group's bits). */
+async function makeDir(dir: string, mode: number, gid?: number): Promise<void> {
+  await fs.mkdir(dir, { mode: 0o700 });
+  if (gid === undefined) return;
+  await fs.chown(dir, -1, gid);
+  await fs.chmod(dir, mode);
 }
 
 /** Creates the VM's directory and shares. On failure the caller removes the directory. */
@@ -56,14 +72,16 @@ export async function createVmDir(
   id: string,
   req: VmRequest,
   ovmfVarsTemplate: string | undefined,
+  qemuGid?: number,
 ): Promise<void> {
+  const shared = qemuGid !== undefined;
   await fs.mkdir(path.dirname(p.dir), { recursive: true, mode: 0o700 });
-  await fs.mkdir(p.dir, { mode: 0o700 });
-  await fs.mkdir(p.envDir, { mode: 0o700 });
-  await fs.mkdir(p.certsDir, { mode: 0o700 });
-  await writePrivateFile(path.join(p.envDir, 'environment'), renderEnvironmentFile(id, req), 0o600);
+  await makeDir(p.dir, 0o710, qemuGid);
+  await makeDir(p.envDir, 0o750, qemuGid);
+  await makeDir(p.certsDir, 0o750, qemuGid);
+  await writePrivateFile(path.join(p.envDir, 'environment'), renderEnvironmentFile(id, req), shared ? 0o640 : 0o600, qemuGid);
   for (const f of certificateFiles(req)) {
-    await writePrivateFile(path.join(p.certsDir, f.name), f.data, 0o600);
+    await writePrivateFile(path.join(p.certsDir, f.name), f.data, shared ? 0o640 : 0o600, qemuGid);
   }
   if (ovmfVarsTemplate !== undefined) {
     // The firmware writes its variables: each VM gets its own copy.
@@ -74,6 +92,11 @@ export async function createVmDir(
     }
     await fs.copyFile(ovmfVarsTemplate, p.ovmfVars, fs.constants.COPYFILE_EXCL);
     await fs.chmod(p.ovmfVars, 0o600);
+    if (shared) {
+      // The firmware writes its variables: QEMU's user needs write access to its copy.
+      await fs.chown(p.ovmfVars, -1, qemuGid);
+      await fs.chmod(p.ovmfVars, 0o660);
+    }
   }
 }
 
