@@ -42,7 +42,7 @@ export function describeGuestPeerMode(s: GuestPeerSettings): string {
   if (!s.refuse) return 'off: calls from guests (through 10.0.2.2) are served (MANAGER_REFUSE_GUEST_CALLS=false)';
   return s.refuseUnattributed
     ? 'strict: calls from supervised QEMUs are refused, and so are local peers that cannot be attributed'
-    : 'on: calls from supervised QEMUs (and from the user QEMU runs as under sudo) are refused; local peers that cannot be attributed are served';
+    : 'on: calls from supervised QEMUs are refused (under sudo, every call of the user QEMU runs as); local peers that cannot be attributed are served';
 }
 
 export class GuestPeerGate {

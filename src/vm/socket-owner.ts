@@ -194,8 +194,9 @@ export async function ownerOfPeer(peer: Endpoint, self: Endpoint, supervised: Su
       if (r !== 'absent') unreadable.push({ pid, code: r.unreadable });
     }
   }
-  // Under sudo QEMU runs as root and a non-root daemon cannot read its descriptors. The socket's
-  // owner still narrows it down: a peer socket of another user cannot be one of those QEMUs.
+  // A QEMU of another user (root's from before MANAGER_QEMU_SUDO_USER, a wrapper's) has
+  // descriptors a non-root daemon cannot read. The socket's owner still narrows it down: a peer
+  // socket of another user cannot be one of those QEMUs.
   for (const u of unreadable) {
     if (ownerUid(u.pid) === row.uid) {
       return { kind: 'unattributed', reason: `the descriptors of QEMU pid ${u.pid} are unreadable (${u.code}) and the peer's socket belongs to the same user (uid ${row.uid})` };
