@@ -34,6 +34,12 @@ const cases = [
   ['policy format unknown', { MANAGER_ATTESTATION_POLICY_FORMAT: 'xml' }, 'MANAGER_ATTESTATION_POLICY_FORMAT', 'xml', /corim, json/],
   ['maxcpus below count', { MANAGER_QEMU_SMP_COUNT: '8', MANAGER_QEMU_SMP_MAXCPUS: '4' }, 'MANAGER_QEMU_SMP_MAXCPUS', '4', /SMP_COUNT/],
   ['TLS cert without key', { MANAGER_GRPC_SERVER_CERT: '/etc/c.pem' }, 'MANAGER_GRPC_SERVER_KEY', '', /turn TLS on together/],
+  // sudo is there to run QEMU unprivileged: root, by name or id, would undo it.
+  ['QEMU sudo user root', { MANAGER_QEMU_SUDO_USER: 'root' }, 'MANAGER_QEMU_SUDO_USER', 'root', /unprivileged user \(not root\)/],
+  ['QEMU sudo user uid 0', { MANAGER_QEMU_SUDO_USER: '00' }, 'MANAGER_QEMU_SUDO_USER', '00', /not root/],
+  ['QEMU sudo user empty', { MANAGER_QEMU_SUDO_USER: '' }, 'MANAGER_QEMU_SUDO_USER', '', /name or numeric id/],
+  ['QEMU sudo user in sudo\'s #uid form', { MANAGER_QEMU_SUDO_USER: '#1000' }, 'MANAGER_QEMU_SUDO_USER', '#1000', /name or numeric id/],
+  ['QEMU sudo user with a space', { MANAGER_QEMU_SUDO_USER: 'cocos qemu' }, 'MANAGER_QEMU_SUDO_USER', 'cocos qemu', /name or numeric id/],
 ];
 
 for (const [name, env, variable, value, expected] of cases) {

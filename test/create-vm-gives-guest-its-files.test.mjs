@@ -72,8 +72,8 @@ test('the env file holds every line of the spec, in order, with the request valu
   assert.equal(mode(dir), isolated ? 0o710 : 0o700);
   assert.equal(mode(path.join(dir, 'env')), isolated ? 0o750 : 0o700);
   assert.equal(mode(path.join(dir, 'certs')), isolated ? 0o750 : 0o700);
-  assert.equal(mode(path.join(dir, 'env', 'environment')), isolated ? 0o440 : 0o600);
-  assert.equal(mode(path.join(dir, 'certs', 'key.pem')), isolated ? 0o440 : 0o600);
+  assert.equal(mode(path.join(dir, 'env', 'environment')), isolated ? 0o640 : 0o600);
+  assert.equal(mode(path.join(dir, 'certs', 'key.pem')), isolated ? 0o640 : 0o600);
   assert.equal(mode(path.join(dir, 'OVMF_VARS.fd')), 0o600);
   if (isolated) {
     const gid = fs.statSync(dir).gid;

@@ -33,15 +33,19 @@ function boundPorts(lines) {
  * Spawns `cocos-manager serve` on loopback (ports 0 unless env says otherwise) and collects its
  * JSON log lines as they come.
  */
-export function spawnServe(env, nodeFlags = [], { uid, gid, cwd, cli = CLI } = {}) {
+export function spawnServe(env, nodeFlags = [], { uid, gid, groups, cwd, cli = CLI } = {}) {
   // Each daemon its own admin socket, in a short path (a Unix socket path has at most 107 bytes).
   const adminSocket = env.MANAGER_ADMIN_SOCKET ?? path.join(fs.mkdtempSync('/tmp/cocos-admin-'), 'admin.sock');
   if (uid !== undefined && env.MANAGER_ADMIN_SOCKET === undefined) fs.chownSync(path.dirname(adminSocket), uid, gid);
-  const proc = spawn(process.execPath, [...nodeFlags, cli, 'serve'], {
+  // Supplementary groups (a system user's, as systemd's User= gives them): Node's spawn drops
+  // them, so setpriv switches user and groups and execs node in place (the PID stays node's).
+  const argv = [...nodeFlags, cli, 'serve'];
+  const withGroups = uid !== undefined && groups !== undefined;
+  const proc = spawn(withGroups ? 'setpriv' : process.execPath, withGroups ? [`--reuid=${uid}`, `--regid=${gid}`, `--groups=${groups.join(',')}`, '--', process.execPath, ...argv] : argv, {
     env: baseEnv({ MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: '0', MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: '0', MANAGER_ADMIN_SOCKET: adminSocket, MANAGER_VM_UID_RANGE: nextUidRange(), ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],
     // Another user (the USE_SUDO test runs the daemon as a system user), another working directory.
-    ...(uid === undefined ? {} : { uid, gid }),
+    ...(uid === undefined || withGroups ? {} : { uid, gid }),
     ...(cwd === undefined ? {} : { cwd }),
   });
   const logs = { lines: [], stderr: '' };
@@ -97,6 +101,15 @@ export function tmpDir(prefix = 'cocos-test-') {
 
 // Each daemon of a run its own VM uids: two daemons sharing uids would share files and firewall verdicts.
 let uidCursor = 1_900_000_000 + Math.floor(Math.random() * 9_000) * 1_000;
+const rangeOfStateDir = new Map();
+/** The MANAGER_VM_UID_RANGE of the daemons of one state directory (a fresh one for a new directory). */
+export function uidRangeOf(stateDir) {
+  if (stateDir === undefined) return nextUidRange();
+  const key = path.resolve(stateDir);
+  if (!rangeOfStateDir.has(key)) rangeOfStateDir.set(key, nextUidRange());
+  return rangeOfStateDir.get(key);
+}
+
 /** A MANAGER_VM_UID_RANGE no other daemon of this run uses. */
 export function nextUidRange(size = 100) {
   const first = uidCursor;
@@ -168,16 +181,16 @@ export class Daemon {
    * recovered the VMs an earlier run left (unless `recovered: false`). Unless given,
    * both ports are 0: the daemon binds free ones and logs them, and the test reads them there.
    */
-  static async start(env, { timeoutMs = 20_000, port = 0, httpPort = 0, nodeFlags = [], uid, gid, cwd, cli, recovered = true } = {}) {
-    // Fixed here, so a restart() keeps it: the VMs it re-adopts run as uids of this range.
-    env = { MANAGER_VM_UID_RANGE: nextUidRange(), ...env };
-    const { proc, logs, adminSocket } = spawnServe({ MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_PORT: String(httpPort), ...env }, nodeFlags, { uid, gid, cwd, cli });
+  static async start(env, { timeoutMs = 20_000, port = 0, httpPort = 0, nodeFlags = [], uid, gid, groups, cwd, cli, recovered = true } = {}) {
+    // One range per state directory, so any later daemon on it (a restart) finds its VMs' uids in it.
+    env = { MANAGER_VM_UID_RANGE: uidRangeOf(env.MANAGER_STATE_DIR), ...env };
+    const { proc, logs, adminSocket } = spawnServe({ MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_PORT: String(httpPort), ...env }, nodeFlags, { uid, gid, groups, cwd, cli });
     const d = new Daemon(proc, port, logs);
     d.adminSocket = adminSocket;
     d.env = env;
     // As the daemon resolves it (against its working directory): what its QEMUs' command lines name.
     d.stateDir = env.MANAGER_STATE_DIR && path.resolve(cwd ?? '.', env.MANAGER_STATE_DIR);
-    d.startOptions = { timeoutMs, nodeFlags, uid, gid, cwd };
+    d.startOptions = { timeoutMs, nodeFlags, uid, gid, groups, cwd };
     const deadline = Date.now() + timeoutMs;
     try {
       await d.waitForLog((l) => l.msg === 'gRPC server listening', timeoutMs);

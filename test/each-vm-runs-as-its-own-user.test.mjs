@@ -56,7 +56,7 @@ test('each VM\'s QEMU runs as a uid of its own, owns only what it must open, and
   assert.equal(mode(vms), '711');
   assert.equal(`${mode(dir)} ${owner(dir)}`, `710 0:${first}`, 'the VM\'s directory: entered by its QEMU, listed by nobody else');
   assert.equal(`${mode(path.join(dir, 'env'))} ${owner(path.join(dir, 'env'))}`, `750 0:${first}`);
-  assert.equal(`${mode(path.join(dir, 'env', 'environment'))} ${owner(path.join(dir, 'env', 'environment'))}`, `440 0:${first}`, 'the share is read-only to QEMU');
+  assert.equal(`${mode(path.join(dir, 'env', 'environment'))} ${owner(path.join(dir, 'env', 'environment'))}`, `640 0:${first}`, 'the share is read-only to QEMU');
   assert.equal(`${mode(path.join(dir, 'OVMF_VARS.fd'))} ${owner(path.join(dir, 'OVMF_VARS.fd'))}`, `600 ${first}:${first}`, 'the firmware writes its variables');
   assert.equal(owner(path.join(dir, 'qmp.sock')), `${first}:${first}`);
   assert.equal(`${mode(path.join(dir, 'record.json'))} ${owner(path.join(dir, 'record.json'))}`, '600 0:0', 'the record is the daemon\'s alone');

@@ -13,14 +13,16 @@ import { FIXTURES } from './helpers.mjs';
 import { canonicalIp, ownerOfPeer } from '../dist/vm/socket-owner.js';
 
 /** Accepts one connection from `connectTo` (made by this process) and attributes it. */
-async function attribute(listenHost, connectHost, supervised) {
+async function attribute(listenHost, connectHost, supervised, guestUids) {
   const server = net.createServer();
   await new Promise((r) => server.listen(0, listenHost, r));
   const accepted = new Promise((r) => server.once('connection', r));
   const client = net.connect(server.address().port, connectHost);
   const s = await accepted;
   try {
-    return await ownerOfPeer({ address: s.remoteAddress, port: s.remotePort }, { address: s.localAddress, port: s.localPort }, supervised);
+    // As the daemon asks under sudo: sockets of QEMU's user are guests', whatever runs.
+    const byUid = guestUids && { uidOwner: (uid) => ({ vmUser: guestUids.has(uid) }), anyVm: () => true };
+    return await ownerOfPeer({ address: s.remoteAddress, port: s.remotePort }, { address: s.localAddress, port: s.localPort }, supervised, byUid);
   } finally {
     client.destroy();
     s.destroy();
@@ -60,6 +62,16 @@ test('below a supervised PID (sudo\'s, during a start) is searched only while th
     s.destroy();
     server.close();
   }
+});
+
+test('a peer socket of the user QEMU runs as under sudo is a guest\'s, even with no VM to name and nothing supervised', async () => {
+  const me = process.getuid();
+  // This process stands in for QEMU's user: its sockets are guests', whatever runs.
+  assert.deepEqual(await attribute('127.0.0.1', '127.0.0.1', () => [], new Set([me])), { kind: 'guest-user', uid: me });
+  assert.deepEqual(await attribute('::1', '::1', () => [[1, 'vm-other']], new Set([me])), { kind: 'guest-user', uid: me });
+  // Another user's socket is not, and without such a user nothing changes.
+  assert.deepEqual(await attribute('127.0.0.1', '127.0.0.1', () => [], new Set([me + 1])), { kind: 'host' });
+  assert.deepEqual(await attribute('127.0.0.1', '127.0.0.1', () => []), { kind: 'host' });
 });
 
 test('a non-root daemon cannot read a root QEMU\'s descriptors: root\'s sockets are unattributed, other users\' are not QEMU\'s', { skip: process.getuid() !== 0 && 'needs root to run a child as nobody' }, async () => {

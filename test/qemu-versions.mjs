@@ -73,7 +73,9 @@ export const NEW_QEMU = bedQemu();
 /** Every QEMU the real-QEMU tests run on, oldest first. */
 export const QEMUS = [HOST_QEMU, NEW_QEMU];
 
-/** Whether `cmdline` (from /proc) is a QEMU's: the binary first, or second behind a loader or sudo. */
+/** Whether `cmdline` (from /proc) is a QEMU's: the binary first, second behind a loader, or behind `sudo … --`. */
 export function isQemuCommandLine(cmdline) {
-  return cmdline.slice(0, 2).some((a) => path.basename(a) === 'qemu-system-x86_64');
+  const isQemu = (a) => a !== undefined && path.basename(a) === 'qemu-system-x86_64';
+  if (cmdline.slice(0, 2).some(isQemu)) return true;
+  return path.basename(cmdline[0] ?? '') === 'sudo' && cmdline.includes('--') && isQemu(cmdline[cmdline.indexOf('--') + 1]);
 }

@@ -164,7 +164,8 @@ test('a restarted daemon serves before its VMs are re-adopted: calls about them 
   // Leftovers to clean besides: recovery takes a while after the port opens.
   for (let i = 0; i < 300; i++) fs.mkdirSync(path.join(state, 'vms', randomUUID()), { recursive: true });
 
-  const second = await Daemon.start(env, { recovered: false });
+  // The same VM uids: a daemon refuses to start with VMs running outside its range.
+  const second = await Daemon.start(first.env, { recovered: false });
   client = second.client();
   const admin = second.adminClient();
   try {

@@ -51,17 +51,19 @@ for (const [name, env] of Object.entries(envs)) {
   });
 }
 
-test('--shell puts sudo in front of the binary when MANAGER_QEMU_USE_SUDO=true', () => {
+test('--shell puts sudo, as the QEMU user, in front of the binary when MANAGER_QEMU_USE_SUDO=true', () => {
   const env = { MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_USE_SUDO: 'true', MANAGER_QEMU_BIN_PATH: '/usr/bin/qemu-system-x86_64' };
   const json = runCli(['qemu-args'], env);
   const shell = runCli(['qemu-args', '--shell'], env);
-  assert.match(shell.stdout, /^sudo \/usr\/bin\/qemu-system-x86_64 -enable-kvm /);
+  assert.match(shell.stdout, /^sudo -n -u cocos-qemu -- \/usr\/bin\/qemu-system-x86_64 -enable-kvm /);
+  // A numeric id is sudo's #uid.
+  assert.match(runCli(['qemu-args', '--shell'], { ...env, MANAGER_QEMU_SUDO_USER: '4242' }).stdout, /^sudo -n -u '#4242' -- \/usr\/bin\/qemu-system-x86_64 /);
   const out = execFileSync('sh', ['-c', shell.stdout], {
     encoding: 'utf8', timeout: 10_000, env: { PATH: `${dir}:${process.env.PATH}` },
   });
   const got = JSON.parse(out);
   assert.equal(got.argv0, 'sudo');
-  assert.deepEqual(got.args, ['/usr/bin/qemu-system-x86_64', ...JSON.parse(json.stdout)]);
+  assert.deepEqual(got.args, ['-n', '-u', 'cocos-qemu', '--', '/usr/bin/qemu-system-x86_64', ...JSON.parse(json.stdout)]);
 });
 
 test('--shell leaves plain arguments unquoted so the line stays readable', () => {

@@ -1,39 +1,35 @@
 // MANAGER_QEMU_USE_SUDO=true as it is meant to be used: the daemon runs as an unprivileged system
-// user whose sudoers rule allows only the QEMU binary, and QEMU runs as root. The daemon can
-// neither signal that QEMU nor read its /proc fds: QMP (QEMU connects to the daemon's socket)
-// carries readiness, state and the stop. create → info → remove → create → daemon killed and
-// restarted (re-adoption through QMP reconnect) → remove, with real QEMU, and nothing left.
-// Needs root to set up the user and the rule (CI runs as root); skipped otherwise.
+// user whose sudoers rule allows only the QEMU binary, and only as a dedicated unprivileged QEMU
+// user (never root). The daemon can neither signal that QEMU nor read its /proc fds: QMP (QEMU
+// connects to the daemon's socket, shared through the QEMU user's group) carries readiness, state
+// and the stop. create → info → remove → create → daemon killed and restarted (re-adoption
+// through QMP reconnect) → remove, with real QEMU, and nothing left. A local caller running as
+// the QEMU user is refused as a guest. Needs root to set up the users and the rule (CI runs as
+// root); skipped otherwise.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Daemon, call, isAlive, portIsFree, tcgEnv, waitFor } from './daemon.mjs';
 import { GUEST_INITRD, GUEST_KERNEL } from './guest.mjs';
+import { QEMU, cleanUpSudo, setUpSudo, skipReason } from './sudo-users.mjs';
 
-const USER = 'cocos-sudo-test';
-const QEMU = '/usr/bin/qemu-system-x86_64';
-const SUDOERS = `/etc/sudoers.d/${USER}`;
-const isRoot = process.getuid?.() === 0;
-const haveSudo = fs.existsSync('/usr/bin/sudo');
+const TAG = 'e2e';
 
-function ensureUserAndRule() {
-  try {
-    execFileSync('id', ['-u', USER], { stdio: 'ignore' });
-  } catch {
-    execFileSync('useradd', ['--system', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', USER]);
-  }
-  const uid = Number(execFileSync('id', ['-u', USER], { encoding: 'utf8' }).trim());
-  const gid = Number(execFileSync('id', ['-g', USER], { encoding: 'utf8' }).trim());
-  // Only the QEMU binary, as root, without a password; checked by visudo before it is put in place.
-  const rule = `${USER} ALL=(root) NOPASSWD: ${QEMU}\n`;
-  const tmp = `${SUDOERS}.tmp`;
-  fs.writeFileSync(tmp, rule, { mode: 0o440 });
-  execFileSync('visudo', ['-cf', tmp], { stdio: 'ignore' });
-  fs.renameSync(tmp, SUDOERS);
-  return { uid, gid };
+/** The HTTP status of GET /health made by a process of `uid` (bounded). */
+function healthStatusAs(uid, gid, port) {
+  const r = spawnSync(process.execPath, ['-e', `fetch('http://127.0.0.1:${port}/health', { signal: AbortSignal.timeout(5000) }).then((r) => console.log(r.status), (e) => console.log('error', e.cause?.code ?? e.message))`], {
+    uid, gid, encoding: 'utf8', timeout: 15_000,
+  });
+  return r.stdout.trim();
+}
+
+/** mode & 0o7777 and gid of a path. */
+function modeOf(p) {
+  const st = fs.statSync(p);
+  return { mode: (st.mode & 0o7777).toString(8), gid: st.gid };
 }
 
 /** Processes (any user) whose command line names the state directory. */
@@ -47,24 +43,28 @@ function processesNaming(dir) {
   });
 }
 
-test('USE_SUDO: a non-root daemon drives a root QEMU through QMP: create, info, remove, restart with re-adoption, remove; nothing left', {
-  skip: !isRoot ? 'needs root to create the system user and sudoers rule' : !haveSudo ? 'sudo is not installed (make system-deps)' : false,
+test('USE_SUDO: a non-root daemon drives QEMU run as an unprivileged user through QMP: create, info, remove, restart with re-adoption, remove; that user is refused as a guest; nothing left', {
+  skip: skipReason,
   timeout: 300_000,
-}, async () => {
-  const { uid, gid } = ensureUserAndRule();
-  // The daemon's user must refuse anything but QEMU through sudo.
+}, async (t) => {
+  const { daemon: { uid, gid }, qemu, qemuUser } = setUpSudo(TAG);
+  t.after(() => cleanUpSudo(TAG));
+  // The daemon's user may run QEMU as the QEMU user only: not as root, and nothing else.
   assert.throws(() => execFileSync('sudo', ['-n', '-u', 'root', '/bin/true'], { uid, gid, stdio: 'ignore' }));
+  assert.throws(() => execFileSync('sudo', ['-n', '-u', 'root', QEMU, '--version'], { uid, gid, stdio: 'ignore' }));
   const state = fs.mkdtempSync(path.join(os.tmpdir(), 'cocos-sudo-'));
   fs.chownSync(state, uid, gid);
   const env = tcgEnv(state, {
     MANAGER_QEMU_BIN_PATH: QEMU,
     MANAGER_QEMU_USE_SUDO: 'true',
+    MANAGER_QEMU_SUDO_USER: qemuUser,
     MANAGER_QEMU_DISK_IMG_KERNEL_FILE: GUEST_KERNEL,
     MANAGER_QEMU_DISK_IMG_ROOTFS_FILE: GUEST_INITRD,
     MANAGER_QEMU_MEMORY_SIZE: '256M',
     MANAGER_LOG_LEVEL: 'info',
   });
-  let daemon = await Daemon.start(env, { uid, gid });
+  // As systemd's User= would start it: with the QEMU user's group among its groups.
+  let daemon = await Daemon.start(env, { uid, gid, groups: [gid, qemu.gid] });
   let client = daemon.client();
   let admin = daemon.adminClient();
   const ports = [];
@@ -75,9 +75,25 @@ test('USE_SUDO: a non-root daemon drives a root QEMU through QMP: create, info, 
     const info = await call(admin, 'GetVm', { id: a.cvm_id });
     assert.equal(info.state, 'running');
     const sudoPid = info.pid;
-    assert.match(fs.readFileSync(`/proc/${sudoPid}/cmdline`, 'utf8'), /^sudo\0/);
+    assert.match(fs.readFileSync(`/proc/${sudoPid}/cmdline`, 'utf8'), new RegExp(`^sudo\0-n\0-u\0${qemuUser}\0--\0${QEMU}\0`));
     const qemuPid = Number(fs.readFileSync(`/proc/${sudoPid}/task/${sudoPid}/children`, 'utf8').trim().split(/\s+/)[0]);
-    assert.equal(fs.statSync(`/proc/${qemuPid}`).uid, 0, 'QEMU runs as root');
+    assert.equal(fs.statSync(`/proc/${qemuPid}`).uid, qemu.uid, 'QEMU runs as the QEMU user');
+    assert.match(fs.readFileSync(`/proc/${qemuPid}/status`, 'utf8'), new RegExp(`^Uid:\\s+${qemu.uid}\\s+${qemu.uid}\\s+${qemu.uid}\\s+${qemu.uid}$`, 'm'), 'real, effective, saved and fs uid');
+    // What QEMU opens is its group's, and no one else's; the rest stays the daemon's alone.
+    const dir = path.join(state, 'vms', a.cvm_id);
+    assert.deepEqual(modeOf(state), { mode: '710', gid: qemu.gid });
+    assert.deepEqual(modeOf(path.join(state, 'vms')), { mode: '710', gid: qemu.gid });
+    assert.deepEqual(modeOf(dir), { mode: '710', gid: qemu.gid });
+    for (const d of ['env', 'certs']) assert.deepEqual(modeOf(path.join(dir, d)), { mode: '750', gid: qemu.gid }, d);
+    assert.deepEqual(modeOf(path.join(dir, 'env', 'environment')), { mode: '640', gid: qemu.gid });
+    assert.deepEqual(modeOf(path.join(dir, 'OVMF_VARS.fd')), { mode: '660', gid: qemu.gid });
+    assert.deepEqual(modeOf(path.join(dir, 'qmp.sock')), { mode: '660', gid: qemu.gid });
+    for (const f of ['record.json', 'console.log', 'qemu.log']) assert.equal(modeOf(path.join(dir, f)).mode, '600', f);
+    // A local caller of the QEMU user is a guest's (its VM cannot be named): refused. The
+    // daemon's own user, another local user, is served.
+    assert.equal(healthStatusAs(qemu.uid, qemu.gid, daemon.httpPort), '403');
+    assert.equal(healthStatusAs(uid, gid, daemon.httpPort), '200');
+    await daemon.waitForLog((l) => l.msg === 'call from a guest refused' && /MANAGER_QEMU_SUDO_USER/.test(l.reason), 5_000);
     const cvm = await call(client, 'CVMInfo', { id: a.cvm_id });
     assert.equal(cvm.id, a.cvm_id);
     await call(client, 'RemoveVm', { cvm_id: a.cvm_id }, 60_000);
@@ -97,6 +113,7 @@ test('USE_SUDO: a non-root daemon drives a root QEMU through QMP: create, info, 
     assert.ok(daemon.logs.lines.some((l) => l.cvm_id === b.cvm_id && l.msg === 're-adopted a running VM'));
     // QEMU reconnects to the new daemon's socket (chardev reconnect) and is asked its status.
     await daemon.waitForLog((l) => l.cvm_id === b.cvm_id && l.msg === 'QMP reattached', 15_000);
+    assert.deepEqual(modeOf(path.join(state, 'vms', b.cvm_id, 'qmp.sock')), { mode: '660', gid: qemu.gid }, 'the new socket is the QEMU group\'s too');
     assert.equal((await call(admin, 'GetVm', { id: b.cvm_id })).state, 'running');
     await call(client, 'RemoveVm', { cvm_id: b.cvm_id }, 60_000);
     assert.ok(await waitFor(() => !isAlive(bPid), 5_000));

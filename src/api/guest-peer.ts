@@ -15,6 +15,7 @@ export interface Endpoint {
 /** Who holds the peer's end (src/vm/socket-owner.ts finds out). */
 export type PeerAttribution =
   | { kind: 'guest'; vmId: string; pid: number }
+  | { kind: 'guest-user'; uid: number }
   | { kind: 'remote' }
   | { kind: 'host' }
   | { kind: 'unattributed'; reason: string }
@@ -42,7 +43,7 @@ export function describeGuestPeerMode(s: GuestPeerSettings): string {
   if (!s.refuse) return 'off: calls from guests (through 10.0.2.2) are served (MANAGER_REFUSE_GUEST_CALLS=false)';
   return s.refuseUnattributed
     ? 'strict: calls from supervised QEMUs are refused, and so are local peers that cannot be attributed'
-    : 'on: calls from supervised QEMUs are refused; local peers that cannot be attributed (QEMU under sudo, daemon not root) are served';
+    : 'on: calls from supervised QEMUs are refused (under sudo, every call of the user QEMU runs as); local peers that cannot be attributed are served';
 }
 
 export class GuestPeerGate {
@@ -95,6 +96,10 @@ export class GuestPeerGate {
       case 'gone':
         // While VMs run, a peer nobody can vouch for is refused (the send-then-reset attack).
         return { refuse: true, reason: `local peer gone before it could be attributed: ${who.reason}` };
+      case 'guest-user':
+        // Fail closed: the VM cannot be named (its QEMU's descriptors are another user's), but
+        // only QEMU runs as this user.
+        return { refuse: true, reason: `the caller's socket belongs to uid ${who.uid}, a user only QEMU runs as (MANAGER_VM_UID_RANGE, or MANAGER_QEMU_SUDO_USER under sudo): the guest of some VM` };
       case 'unattributed':
         if (this.settings.refuseUnattributed) return { refuse: true, reason: `local peer not attributable: ${who.reason} (MANAGER_REFUSE_UNATTRIBUTED_LOCAL_PEERS=true)` };
         this.rateLimited(`unattributed`, (suppressed) =>

@@ -20,6 +20,7 @@ import { PortPool } from '../manager/port-pool.js';
 import { ownerOfPeer } from '../vm/socket-owner.js';
 import { preloadSpawner } from '../vm/spawner.js';
 import { tcpPortIsFree } from '../manager/port-probe.js';
+import { checkSharing, resolveQemuUser } from '../host/qemu-user.js';
 import { lockStateDir } from '../host/state-dir-lock.js';
 import { type GuestIsolation, VmManager } from '../manager/vm-manager.js';
 import { UidPool } from '../manager/uid-pool.js';
@@ -43,7 +44,7 @@ SIGTERM or SIGINT, leaving VMs running; they are re-adopted at the next start. E
 bad configuration (one line on stderr).
 `;
 
-async function prepareStateDir(dir: string, isolating: boolean): Promise<void> {
+async function prepareStateDir(dir: string, isolating: boolean, qemuGid?: number): Promise<void> {
   // With a uid per VM, each QEMU must reach its own directory: the state directory and vms/
   // can be passed through but not listed (0711); each VM's directory is its own (vm-dir.ts).
   const mode = isolating ? 0o711 : 0o700;
@@ -51,6 +52,13 @@ async function prepareStateDir(dir: string, isolating: boolean): Promise<void> {
     await fs.mkdir(path.join(dir, 'vms'), { recursive: true, mode });
     await fs.chmod(dir, mode);
     await fs.chmod(path.join(dir, 'vms'), mode);
+    if (qemuGid !== undefined) {
+      // QEMU under sudo runs as another user: it traverses (never lists) both to its VM's directory.
+      for (const d of [dir, path.join(dir, 'vms')]) {
+        await fs.chown(d, -1, qemuGid);
+        await fs.chmod(d, 0o710);
+      }
+    }
     await fs.access(path.join(dir, 'vms'), fs.constants.W_OK);
   } catch (err) {
     throw new StartupError(`MANAGER_STATE_DIR=${JSON.stringify(dir)} is not a writable directory: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
@@ -94,11 +102,14 @@ export async function serveCommand(config: Config): Promise<void> {
   const pcrs = loadPcrValues(config.pcrValuesFile);
   const signingKey = loadSigningKey(config.corimSigningKey);
   const isolationMode = guestIsolationMode(config);
-  await prepareStateDir(config.stateDir, isolationMode === 'per-vm-user');
+  // Under sudo, QEMU's user, its group shared with the daemon's user, and no other way in for it.
+  const qemuUser = config.qemu.useSudo ? await resolveQemuUser(config.qemu.sudoUser) : undefined;
+  const adminGid = config.admin.socket !== '' && config.admin.socketGroup !== '' ? await groupId(config.admin.socketGroup) : undefined;
+  if (qemuUser) checkSharing(qemuUser, adminGid, config.admin.socket);
+  await prepareStateDir(config.stateDir, isolationMode === 'per-vm-user', qemuUser?.gid);
   // flock(1) starts while the rest is set up; it is held before anything reads the state.
   const locking = lockStateDir(config.stateDir);
   locking.catch(() => undefined); // awaited below
-  const adminGid = config.admin.socket !== '' && config.admin.socketGroup !== '' ? await groupId(config.admin.socketGroup) : undefined;
 
   const instanceId = config.instanceId || randomUUID();
   const log = createLogger(config.logLevel, instanceId);
@@ -128,15 +139,22 @@ export async function serveCommand(config: Config): Promise<void> {
   } else if (isolationMode === 'off') {
     log.warn('guest isolation is off (MANAGER_GUEST_ISOLATION=false): QEMU runs as the daemon\'s user and nothing but the /proc check keeps guests from calling the host\'s services through 10.0.2.2');
   }
-  manager = new VmManager(config, log, ports, policies, metrics, isolation);
+  manager = new VmManager(config, log, ports, policies, metrics, isolation, qemuUser?.gid);
   const vms = manager;
   // Who is calling, once per connection: a supervised QEMU's socket means a guest (10.0.2.2).
   // A connection that comes before the records are read (the HTTP port opens first) waits for
   // them: until then the QEMUs an earlier run left are not known to be anyone's.
   let leftoversKnown!: () => void;
   const knownPids = new Promise<void>((resolve) => (leftoversKnown = resolve));
-  const byUid = isolation ? { uidOwner: (uid: number) => vms.vmOfUid(uid), anyVm: () => vms.hasVms() } : undefined;
-  const gate = new GuestPeerGate(config.guestPeers, (peer, self) => knownPids.then(() => ownerOfPeer(peer, self, () => vms.supervisedPids(byUid !== undefined), byUid)), log);
+  // With a uid per VM the socket's uid names the guest; under sudo every QEMU runs as QEMU's
+  // user, so a local peer socket of that uid is a guest's, whichever VM (the daemon cannot read
+  // those QEMUs' descriptors to name it).
+  const byUid = isolation
+    ? { uidOwner: (uid: number) => vms.vmOfUid(uid), anyVm: () => vms.hasVms() }
+    : qemuUser
+      ? { uidOwner: (uid: number) => ({ vmUser: uid === qemuUser.uid }), anyVm: () => true }
+      : undefined;
+  const gate = new GuestPeerGate(config.guestPeers, (peer, self) => knownPids.then(() => ownerOfPeer(peer, self, () => vms.supervisedPids(isolation !== undefined), byUid)), log);
   log.info({ mode: describeGuestPeerMode(config.guestPeers) }, 'calls from guests');
   // Said once at start: what a guest or any other reacher of the port could do.
   for (const r of securityChecks(config)) if (r.status !== 'pass') log.warn({ check: r.check, remedy: r.remedy }, r.detail);

@@ -65,6 +65,7 @@ export const SPECS = {
   ...serverSpecs('MANAGER_HTTP_', 7003),
   [`${Q}BIN_PATH`]: text({ default: 'qemu-system-x86_64' }),
   [`${Q}USE_SUDO`]: boolean({ default: false }),
+  [`${Q}SUDO_USER`]: text({ default: 'cocos-qemu' }),
   [`${Q}ENABLE_KVM`]: boolean({ default: true }),
   [`${Q}ENABLE_SEV_SNP`]: boolean({ default: true }),
   [`${Q}ENABLE_TDX`]: boolean({ default: false }),
@@ -198,6 +199,7 @@ export function loadConfig(rawEnv: Readonly<Record<string, string | undefined>>)
     qemu: {
       binPath: e[`${Q}BIN_PATH`],
       useSudo: e[`${Q}USE_SUDO`],
+      sudoUser: e[`${Q}SUDO_USER`].trim(),
       enableKvm: e[`${Q}ENABLE_KVM`],
       enableSevSnp: e[`${Q}ENABLE_SEV_SNP`],
       enableTdx: e[`${Q}ENABLE_TDX`],
@@ -315,6 +317,10 @@ function checkCombinations(c: Config, env: Record<string, string | undefined>): 
     throw describe(`${Q}MAX_MEMORY`, q.maxMemory, `expected at least ${Q}MEMORY_SIZE (${q.memorySize})${hint}`);
   }
   if (q.binPath.trim() === '') throw describe(`${Q}BIN_PATH`, q.binPath, 'expected a QEMU binary path or name');
+  // sudo exists here to run QEMU as a user with no privilege: root (by name or id) defeats it.
+  if (!/^([A-Za-z_][A-Za-z0-9_.-]{0,30}\$?|\d{1,10})$/.test(q.sudoUser) || q.sudoUser === 'root' || /^0+$/.test(q.sudoUser) || Number(q.sudoUser) > 4294967294) {
+    throw describe(`${Q}SUDO_USER`, env[`${Q}SUDO_USER`], 'expected the name or numeric id of an unprivileged user (not root) that sudo runs QEMU as');
+  }
   if (c.stateDir.trim() === '') throw describe('MANAGER_STATE_DIR', c.stateDir, 'expected a directory path');
   for (const [name, s] of [['MANAGER_GRPC_', c.grpc], ['MANAGER_HTTP_', c.http]] as const) {
     if ((s.serverCert === '') !== (s.serverKey === '')) {

@@ -20,6 +20,8 @@ export interface PortRange {
 export interface QemuConfig {
   binPath: string;
   useSudo: boolean;
+  /** Who QEMU runs as under sudo (`sudo -u`): a user name or numeric id, never root. */
+  sudoUser: string;
   enableKvm: boolean;
   enableSevSnp: boolean;
   enableTdx: boolean;

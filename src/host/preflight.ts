@@ -6,6 +6,7 @@ import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { loadExeca } from '../vm/spawner.js';
+import { checkSharing, resolveQemuUser } from './qemu-user.js';
 import type { Config, QemuConfig } from '../config/types.js';
 import { isolationChecks } from './isolation-checks.js';
 
@@ -117,6 +118,16 @@ export async function preflight(config: Config, portIsFree?: (port: number) => P
     results.push(fail('qemu binary', `${q.binPath} not found`, 'apt-get install qemu-system-x86, or set MANAGER_QEMU_BIN_PATH'));
   } else {
     await checkQemu(qemu, q, results);
+  }
+  if (q.useSudo) {
+    // The daemon refuses to start without these (src/host/qemu-user.ts): said here first.
+    try {
+      const user = await resolveQemuUser(q.sudoUser);
+      checkSharing(user, undefined, '');
+      results.push(pass('qemu sudo user', `QEMU runs as ${user.name} (uid ${user.uid}); the VMs' files are shared through gid ${user.gid}, of which this user is a member`));
+    } catch (err) {
+      results.push(fail('qemu sudo user', (err as Error).message, 'see docs/configuration.md, MANAGER_QEMU_USE_SUDO: the host setup'));
+    }
   }
 
   if (q.enableKvm) {

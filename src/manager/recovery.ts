@@ -15,6 +15,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { commandRunsBinary } from '../qemu/args.js';
 import { allCommandLines, descendantPids, processCmdline, processStartTime } from '../vm/proc.js';
 import { type OutputLimits, QemuProcess } from '../vm/qemu-process.js';
 import { QmpChannel } from '../vm/qmp.js';
@@ -74,16 +75,14 @@ async function namesDir(cmd: string[], paths: VmPaths, realDir: string): Promise
 }
 
 /**
- * Processes started as this VM's QEMU: the binary first, or second behind sudo or an
- * interpreter, and the VM's directory in the arguments (so an operator's `tail -f` is spared).
+ * Processes started as this VM's QEMU: the binary first, second behind an interpreter, or
+ * behind `sudo … --`, and the VM's directory in the arguments (so an operator's `tail -f` is spared).
  */
 async function orphanQemus(paths: VmPaths, realDir: string, qemuBinPath: string, commandLines: Map<number, string[]>): Promise<number[]> {
   const qemuName = path.basename(qemuBinPath);
   const found: number[] = [];
-  for (const [pid, raw] of commandLines) {
-    // setpriv (guest isolation) until it has exec'd QEMU: QEMU's argv follows its "--".
-    const cmd = path.basename(raw[0] ?? '') === 'setpriv' && raw.includes('--') ? raw.slice(raw.indexOf('--') + 1) : raw;
-    if (!cmd.slice(0, 2).some((a) => path.basename(a) === qemuName)) continue;
+  for (const [pid, cmd] of commandLines) {
+    if (!commandRunsBinary(cmd, qemuName)) continue;
     if (await namesDir(cmd, paths, realDir)) found.push(pid);
   }
   return found;
@@ -191,7 +190,7 @@ export async function recoverVms(
   qemuBinPath: string,
   registry: VmRegistry,
   log: Logger,
-  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; stopping?: () => boolean; isolation?: boolean } = {},
+  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; stopping?: () => boolean; isolation?: boolean; qmpGroup?: number } = {},
 ): Promise<RecoveryResult> {
   const result: RecoveryResult = { adopted: 0, cleaned: 0, skipped: 0, failed: 0, deferred: 0 };
   const lines = onceCommandLines();
@@ -223,11 +222,11 @@ async function act(
   result: RecoveryResult,
   registry: VmRegistry,
   vmLog: Logger,
-  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; isolation?: boolean },
+  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; isolation?: boolean; qmpGroup?: number },
 ): Promise<void> {
   switch (action.kind) {
     case 'adopt':
-      await adopt(action.record, action.paths, registry, vmLog, opts.policies, opts.output, opts.isolation ?? false);
+      await adopt(action.record, action.paths, registry, vmLog, opts.policies, opts.output, opts.isolation ?? false, opts.qmpGroup);
       result.adopted++;
       return;
     case 'skip':
@@ -263,10 +262,12 @@ async function adopt(
   policies?: AttestationPolicies,
   output?: Omit<OutputLimits, 'vmId'>,
   isolation = false,
+  qmpGroup?: number,
 ): Promise<void> {
-  // QEMU reconnects to the new listener by itself (chardev reconnect) and is asked its status then.
-  // The socket is made anew: QEMU's user (its own uid, if it has one) must be able to connect again.
-  const qmp = new QmpChannel(paths.qmpSocket, record.runAs ?? undefined);
+  // QEMU reconnects to the new listener by itself (chardev reconnect) and is asked its status
+  // then. The socket is made anew: QEMU's user must be able to connect again (its own uid with
+  // guest isolation, the sudo user's group under sudo).
+  const qmp = new QmpChannel(paths.qmpSocket, { owner: record.runAs ?? undefined, group: qmpGroup });
   await qmp.listen().catch((err) => log.error({ err: String(err) }, "could not reopen the VM's QMP socket"));
   const proc = await QemuProcess.adopt(record.pid!, record.pidStartTime!, paths, qmp, log, output && { vmId: record.id, ...output });
   const state = record.state === 'paused' || record.state === 'stopping' ? record.state : 'running';

@@ -32,6 +32,8 @@ export class VmLauncher {
     private readonly observer: ManagerObserver,
     private readonly policies?: AttestationPolicies,
     private readonly isolation?: GuestIsolation,
+    /** QEMU under sudo as this group's user: its files and QMP socket are shared through the group. */
+    private readonly qemuGid?: number,
   ) {}
 
   async launch(input: CreateReqInput): Promise<{ id: string; port: number }> {
@@ -81,7 +83,7 @@ export class VmLauncher {
       timings.port = at();
       await inSpan('write-shares', async () => {
         try {
-          await createVmDir(paths, id, req, plain ? q.ovmfVars.file : undefined, runAs);
+          await createVmDir(paths, id, req, plain ? q.ovmfVars.file : undefined, runAs ? { uid: runAs.uid, gid: runAs.gid } : this.qemuGid !== undefined ? { gid: this.qemuGid } : undefined);
         } catch (err) {
           throw fileError(err, paths.dir);
         }
@@ -92,7 +94,7 @@ export class VmLauncher {
       } catch (err) {
         throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
       }
-      const qmp = new QmpChannel(paths.qmpSocket, runAs);
+      const qmp = new QmpChannel(paths.qmpSocket, { owner: runAs, group: this.qemuGid });
       vm.qmp = qmp;
       try {
         await qmp.listen();

@@ -46,10 +46,12 @@ export class VmManager {
     private readonly policies?: AttestationPolicies,
     observer: ManagerObserver = NO_OBSERVER,
     private readonly isolation?: GuestIsolation,
+    /** Under MANAGER_QEMU_USE_SUDO: the group of the user QEMU runs as (src/host/qemu-user.ts). */
+    private readonly qemuGid?: number,
   ) {
     this.flavor = new QemuFlavorCache(config.qemu);
     this.registry = new VmRegistry(config, log, ports, observer, (p) => this.track(p), isolation?.uids, () => this.dropFirewallIfUnused());
-    this.launcher = new VmLauncher(config, log, ports, this.registry, this.flavor, observer, policies, isolation);
+    this.launcher = new VmLauncher(config, log, ports, this.registry, this.flavor, observer, policies, isolation, qemuGid);
   }
 
   /** The guest firewall goes with the last VM (and comes back before the next one starts). */
@@ -226,6 +228,7 @@ export class VmManager {
         output: this.config.console,
         stopping: () => this.stopping,
         isolation: this.isolation !== undefined,
+        qmpGroup: this.qemuGid,
       }).then((r) => {
         // The firewall was installed at start, in case a VM of the earlier run still ran.
         this.dropFirewallIfUnused();

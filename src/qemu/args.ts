@@ -111,18 +111,39 @@ export interface RunAs {
 }
 
 /**
- * The binary and its leading arguments: `sudo <bin>` when USE_SUDO; with guest isolation,
- * util-linux's setpriv switches to the VM's uid, gid and device groups and then execs QEMU in
- * place, so the PID the daemon records is QEMU's. (QEMU's own -run-with user= would need it to
- * start as root and is refused by its sandbox's elevateprivileges=deny; Node cannot set
- * supplementary groups.) no_new_privs: nothing QEMU execs can gain privileges.
+ * The binary and its leading arguments. Under USE_SUDO, `sudo -n -u <user> -- <bin>`: QEMU runs
+ * as the dedicated unprivileged user, never as root (a sudoers rule that let the daemon's user run
+ * QEMU as root with any arguments would be root for that user: `migrate "exec:…"`, `-plugin`).
+ * -n: never wait for a password the daemon cannot type. A numeric id is `#<uid>` to sudo.
+ *
+ * With guest isolation (a root daemon), util-linux's setpriv switches to the VM's uid, gid and
+ * device groups and then execs QEMU in place, so the PID the daemon records is QEMU's. (QEMU's
+ * own -run-with user= would need it to start as root and is refused by its sandbox's
+ * elevateprivileges=deny; Node cannot set supplementary groups.) no_new_privs: nothing QEMU
+ * execs can gain privileges.
  */
 export function qemuCommand(q: QemuConfig, runAs?: RunAs): { file: string; prefix: string[] } {
-  if (q.useSudo) return { file: 'sudo', prefix: [q.binPath] };
+  if (q.useSudo) {
+    const user = /^\d+$/.test(q.sudoUser) ? `#${q.sudoUser}` : q.sudoUser;
+    return { file: 'sudo', prefix: ['-n', '-u', user, '--', q.binPath] };
+  }
   if (!runAs) return { file: q.binPath, prefix: [] };
   const groups = [...new Set([runAs.gid, ...runAs.groups])].join(',');
   return {
     file: 'setpriv',
     prefix: [`--reuid=${runAs.uid}`, `--regid=${runAs.gid}`, `--groups=${groups}`, '--inh-caps=-all', '--no-new-privs', '--', q.binPath],
   };
+}
+
+/**
+ * Whether a command line (as /proc shows it) runs a binary named `name`: first, second behind
+ * an interpreter or a wrapper (or an older record's `sudo <bin>`), or behind sudo's or setpriv's
+ * options, right after its `--` (until setpriv has exec'd QEMU).
+ */
+export function commandRunsBinary(cmd: readonly string[], name: string): boolean {
+  const base = (a: string | undefined) => (a === undefined ? '' : a.slice(a.lastIndexOf('/') + 1));
+  if (base(cmd[0]) === name || base(cmd[1]) === name) return true;
+  if (base(cmd[0]) !== 'sudo' && base(cmd[0]) !== 'setpriv') return false;
+  const end = cmd.indexOf('--');
+  return end > 0 && base(cmd[end + 1]) === name;
 }

@@ -52,10 +52,13 @@ export class QmpChannel {
   /** The version QEMU announced in its last greeting. */
   greeting: { qemu?: { major: number; minor: number; micro: number }; package?: string } | undefined;
 
-  /** `owner`: the VM's own user, which QEMU runs as and connects with (guest isolation). */
+  /**
+   * `owner`: the VM's own user, which QEMU runs as and connects with (guest isolation);
+   * `group`: QEMU runs as another user (sudo) whose group may connect (the socket is 0660 then).
+   */
   constructor(
     readonly socketPath: string,
-    private readonly owner?: { uid: number; gid: number },
+    private readonly access: { owner?: { uid: number; gid: number }; group?: number } = {},
   ) {}
 
   /** Listens (replacing a stale socket file left by an earlier run). */
@@ -79,10 +82,14 @@ export class QmpChannel {
       });
     });
     server.on('error', () => undefined);
-    // The directory is 0700 already; the socket itself is the daemon's alone as well (root's QEMU passes).
+    // The socket is the daemon's alone (a root QEMU passes), or also its QEMU user's group's
+    // (QEMU under sudo as that user): group first, then the group's bits.
     fs.chmodSync(this.socketPath, 0o600);
-    // QEMU, running as the VM's own user, must connect: the socket is that user's, and no other's.
-    if (this.owner) fs.chownSync(this.socketPath, this.owner.uid, this.owner.gid);
+    if (this.access.owner) fs.chownSync(this.socketPath, this.access.owner.uid, this.access.owner.gid);
+    if (this.access.group !== undefined) {
+      fs.chownSync(this.socketPath, -1, this.access.group);
+      fs.chmodSync(this.socketPath, 0o660);
+    }
     this.server = server;
   }
 

@@ -27,6 +27,7 @@ import { descendantPids } from './proc.js';
  * marks a pid whose descendants are searched as well: sudo's while a start has not read the PID
  * of the QEMU below it yet.
  */
+
 /** QEMUs whose descriptors are read between two turns of the event loop. */
 const SCAN_SLICE = 32;
 
@@ -35,6 +36,8 @@ export type SupervisedPids = () => Iterable<readonly [pid: number, vmId: string,
 export type PeerOwner =
   /** A supervised QEMU holds the peer's socket: the caller is that VM's guest. */
   | { kind: 'guest'; vmId: string; pid: number }
+  /** The peer's socket belongs to the user QEMU runs as under sudo: some guest, VM unknown. */
+  | { kind: 'guest-user'; uid: number }
   /** Not a local address: the peer is on another machine (QEMU's user net never produces this). */
   | { kind: 'remote' }
   /** A local peer that no supervised QEMU holds. */
@@ -180,7 +183,8 @@ export async function ownerOfPeer(
   isolation?: { uidOwner: UidOwner; anyVm: () => boolean },
 ): Promise<PeerOwner> {
   if (!isLocalAddress(peer.address)) return { kind: 'remote' };
-  // No QEMU, no guest: nothing to look up.
+  // No QEMU, no guest: nothing to look up (under sudo, anyVm is always true: a QEMU of that
+  // user whose VM is not supervised, its record unreadable, is a guest all the same).
   if (!(isolation?.anyVm() ?? false) && [...supervised()].length === 0) return { kind: 'host' };
   const row = await findSocket(peer, self);
   // Fail closed: a peer that connected, sent and reset leaves no row to say it was not a guest.
@@ -188,8 +192,10 @@ export async function ownerOfPeer(
   // With a uid per VM the row's uid names the guest's QEMU at once: no descriptor to read.
   if (isolation) {
     const owner = isolation.uidOwner(row.uid);
-    if (owner.vmUser) return { kind: 'guest', vmId: owner.vmId ?? `(none: uid ${row.uid} of MANAGER_VM_UID_RANGE)`, pid: 0 };
+    // Only QEMU runs as those users: their sockets are guests', whether or not the VM can be named.
+    if (owner.vmUser) return owner.vmId ? { kind: 'guest', vmId: owner.vmId, pid: 0 } : { kind: 'guest-user', uid: row.uid };
   }
+  if ([...supervised()].length === 0) return { kind: 'host' };
   // Asked again: the VMs may have changed while the table was read.
   const unreadable: { pid: number; code: string }[] = [];
   let scanned = 0;
@@ -202,8 +208,9 @@ export async function ownerOfPeer(
       if (r !== 'absent') unreadable.push({ pid, code: r.unreadable });
     }
   }
-  // Under sudo QEMU runs as root and a non-root daemon cannot read its descriptors. The socket's
-  // owner still narrows it down: a peer socket of another user cannot be one of those QEMUs.
+  // A QEMU of another user (root's from before MANAGER_QEMU_SUDO_USER, a wrapper's) has
+  // descriptors a non-root daemon cannot read. The socket's owner still narrows it down: a peer
+  // socket of another user cannot be one of those QEMUs.
   for (const u of unreadable) {
     if (ownerUid(u.pid) === row.uid) {
       return { kind: 'unattributed', reason: `the descriptors of QEMU pid ${u.pid} are unreadable (${u.code}) and the peer's socket belongs to the same user (uid ${row.uid})` };

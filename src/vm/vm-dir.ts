@@ -2,11 +2,13 @@
  * A VM's directory under MANAGER_STATE_DIR/vms/<id>/: the two 9P shares, the firmware variables
  * copy, QEMU's output and the record. Directories 0700; secrets and the env file 0600.
  *
- * With guest isolation (QEMU runs as the VM's own uid and gid), QEMU gets exactly what it must
- * open and nothing else: the directory is root:<vm gid> 0710 (enter, not list), the shares
- * root:<vm gid> read-only (0750 / 0440: QEMU reads them, cannot change them, and no other VM's
- * user can), the firmware variables copy <vm uid> 0600 (the firmware writes it). The record,
- * QEMU's output and the lock stay the daemon's alone.
+ * With guest isolation (a root daemon: QEMU runs as the VM's own uid and gid) or under sudo (as
+ * an unprivileged user, whose primary group that is), what QEMU opens itself is given that group: the VM's directory 0710 (traversed, not listed), the
+ * shares 0750 with their files 0640 (read, never written: security_model=mapped reads xattrs,
+ * which needs read access), the OVMF_VARS copy 0660 under sudo, the VM user's own
+ * 0600 with isolation. The group is set before any group bit, so
+ * no one else can get in between. The record, the logs (QEMU gets them as open descriptors) and
+ * everything else stay the daemon's alone.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -45,15 +47,34 @@ export function vmPaths(stateDir: string, id: string): VmPaths {
  * No fsync: these files matter only while the VM runs, and a host crash that could lose them
  * ends the VM too. (The record, which must survive a daemon restart, is written atomically.)
  */
-async function writePrivateFile(file: string, data: string | Uint8Array, mode: number): Promise<void> {
+async function writePrivateFile(file: string, data: string | Uint8Array, mode: number, gid?: number): Promise<void> {
   // 'wx': never follow or reuse something already there.
-  const fh = await fs.open(file, 'wx', mode);
+  const fh = await fs.open(file, 'wx', mode & 0o700);
   try {
+    if (gid !== undefined) await fh.chown(-1, gid);
     await fh.writeFile(data);
     await fh.chmod(mode); // exactly this mode, whatever the umask
   } finally {
     await fh.close();
   }
+}
+
+/** A directory of this mode, in group `gid` when given (group first, then the group's bits). */
+async function makeDir(dir: string, mode: number, gid?: number): Promise<void> {
+  await fs.mkdir(dir, { mode: 0o700 });
+  if (gid === undefined) return;
+  await fs.chown(dir, -1, gid);
+  await fs.chmod(dir, mode);
+}
+
+/**
+ * Who QEMU runs as, when not as the daemon's user: `gid` is the group its files are given (a
+ * VM's own gid with guest isolation, the sudo user's group under MANAGER_QEMU_USE_SUDO);
+ * `uid`, with guest isolation, owns the firmware variables copy.
+ */
+export interface QemuAccess {
+  gid: number;
+  uid?: number;
 }
 
 /** Creates the VM's directory and shares. On failure the caller removes the directory. */
@@ -62,25 +83,17 @@ export async function createVmDir(
   id: string,
   req: VmRequest,
   ovmfVarsTemplate: string | undefined,
-  owner?: { uid: number; gid: number },
+  access?: QemuAccess,
 ): Promise<void> {
-  await fs.mkdir(path.dirname(p.dir), { recursive: true, mode: owner ? 0o711 : 0o700 });
-  await fs.mkdir(p.dir, { mode: 0o700 });
-  await fs.mkdir(p.envDir, { mode: 0o700 });
-  await fs.mkdir(p.certsDir, { mode: 0o700 });
-  const fileMode = owner ? 0o440 : 0o600;
-  await writePrivateFile(path.join(p.envDir, 'environment'), renderEnvironmentFile(id, req), fileMode);
+  const qemuGid = access?.gid;
+  const shared = qemuGid !== undefined;
+  await fs.mkdir(path.dirname(p.dir), { recursive: true, mode: 0o700 });
+  await makeDir(p.dir, 0o710, qemuGid);
+  await makeDir(p.envDir, 0o750, qemuGid);
+  await makeDir(p.certsDir, 0o750, qemuGid);
+  await writePrivateFile(path.join(p.envDir, 'environment'), renderEnvironmentFile(id, req), shared ? 0o640 : 0o600, qemuGid);
   for (const f of certificateFiles(req)) {
-    await writePrivateFile(path.join(p.certsDir, f.name), f.data, fileMode);
-  }
-  if (owner) {
-    // Files first, directories after, the VM's own directory last: until then QEMU's user
-    // cannot even enter it.
-    for (const f of [path.join(p.envDir, 'environment'), ...certificateFiles(req).map((f) => path.join(p.certsDir, f.name))]) await fs.chown(f, 0, owner.gid);
-    for (const d of [p.envDir, p.certsDir]) {
-      await fs.chown(d, 0, owner.gid);
-      await fs.chmod(d, 0o750);
-    }
+    await writePrivateFile(path.join(p.certsDir, f.name), f.data, shared ? 0o640 : 0o600, qemuGid);
   }
   if (ovmfVarsTemplate !== undefined) {
     // The firmware writes its variables: each VM gets its own copy.
@@ -91,11 +104,14 @@ export async function createVmDir(
     }
     await fs.copyFile(ovmfVarsTemplate, p.ovmfVars, fs.constants.COPYFILE_EXCL);
     await fs.chmod(p.ovmfVars, 0o600);
-    if (owner) await fs.chown(p.ovmfVars, owner.uid, owner.gid);
-  }
-  if (owner) {
-    await fs.chown(p.dir, 0, owner.gid);
-    await fs.chmod(p.dir, 0o710);
+    if (access?.uid !== undefined) {
+      // The firmware writes its variables: with a user of its own, the copy is that user's alone.
+      await fs.chown(p.ovmfVars, access.uid, access.gid);
+    } else if (shared) {
+      // Under sudo QEMU's user is not this VM's alone: its group may write the copy.
+      await fs.chown(p.ovmfVars, -1, qemuGid);
+      await fs.chmod(p.ovmfVars, 0o660);
+    }
   }
 }
 
