@@ -19,6 +19,7 @@ Commands:
   serve        run the daemon (the default when no command is given)
   qemu-args    print the template QEMU command line for the current environment
   check        preflight this host for the current configuration
+  firewall     the guest firewall: firewall install | remove | status
   vm           talk to a running daemon: vm create | rm | info | policy | ls
   policy       decode an attestation policy (policy inspect FILE [--key PUB.pem])
 
@@ -59,6 +60,18 @@ async function main(argv: string[]): Promise<void> {
       if (values.help) return void process.stdout.write(CHECK_HELP);
       const { text, ok } = await checkCommand(loadConfig(process.env));
       process.stdout.write(text);
+      if (!ok) process.exitCode = 1;
+      return;
+    }
+    case 'firewall': {
+      const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { help: { type: 'boolean', short: 'h' } } });
+      const { FIREWALL_HELP, firewallCommand } = await import('./cli/firewall.js');
+      if (values.help || positionals.length !== 1) {
+        if (values.help) return void process.stdout.write(FIREWALL_HELP);
+        fail('usage: cocos-manager firewall install | remove | status', 2);
+      }
+      const { text, ok } = await firewallCommand(loadConfig(process.env), positionals[0]!);
+      process.stdout.write(`${text}\n`);
       if (!ok) process.exitCode = 1;
       return;
     }
