@@ -5,6 +5,8 @@
 import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { SANDBOX_OPTION } from '../qemu/args.js';
+import { probeSandbox } from '../vm/qemu-version.js';
 import { loadExeca } from '../vm/spawner.js';
 import type { Config, QemuConfig } from '../config/types.js';
 
@@ -110,6 +112,14 @@ async function checkQemu(qemu: string, q: QemuConfig, results: CheckResult[]): P
   for (const dev of deviceList.failure ? [] : ['virtio-net-pci', 'virtio-9p-pci']) {
     results.push(devices.includes(`"${dev}"`) ? pass(`qemu device ${dev}`, 'supported') : fail(`qemu device ${dev}`, 'not supported by this QEMU', 'use a QEMU built with virtio and 9P (virtfs) support'));
   }
+  // The same trial start as the daemon's, through the same prefix (sudo): VMs still launch
+  // without the sandbox, so this warns.
+  const sandbox = await probeSandbox(q);
+  results.push(
+    sandbox.supported
+      ? pass('qemu sandbox', `-sandbox ${SANDBOX_OPTION}`)
+      : warn('qemu sandbox', `${qemu} does not take -sandbox, VMs run without it: ${sandbox.reason}`, 'use a QEMU built with seccomp (Debian\'s qemu-system-x86 is)'),
+  );
 }
 
 /** `portIsFree` undefined: skip the port scan (the running daemon must not bind ports QEMU may be taking). */

@@ -20,6 +20,7 @@ import { ManagerError } from './errors.js';
 import type { ManagerObserver } from './observer.js';
 import type { PortPool } from './port-pool.js';
 import type { Vm, VmRegistry } from './vm-registry.js';
+import { SECCOMP_KILL } from './vm-state.js';
 
 export class VmLauncher {
   constructor(
@@ -93,6 +94,7 @@ export class VmLauncher {
         aaKbsParams: req.aaKbsParams,
         shares: { certsDir: paths.certsDir, envDir: paths.envDir },
         qmp: { socketPath: paths.qmpSocket, form: flavor.form },
+        sandbox: flavor.sandbox.supported,
       });
       const cmd = qemuCommand(q);
       const argv = [...cmd.prefix, ...args];
@@ -201,7 +203,8 @@ export class VmLauncher {
   }
 }
 
-function describeExit(info: ExitInfo): string {
+export function describeExit(info: ExitInfo): string {
+  if (info.signal === 'SIGSYS') return SECCOMP_KILL;
   if (info.signal) return `killed by ${info.signal}`;
   if (info.code !== null) return `exit code ${info.code}`;
   return 'exit status unknown';
