@@ -59,6 +59,13 @@ burst() {
     echo "neighbour_bytes=$(wc -c </tmp/neighbour.out)"
     echo "neighbour_first_line=$(head -1 /tmp/neighbour.out)"
   fi
+  # The env share (mounted read-only at /env by init.sh): can the guest make it writable and
+  # write to the host's state directory through it? QEMU's readonly=on must refuse the write.
+  mount -o remount,rw /env 2>/dev/null
+  echo "share_remount_exit=$?"
+  echo "written by the guest" 2>/dev/null >/env/guest-was-here
+  echo "share_write_exit=$?"
+  if [ -e /env/guest-was-here ]; then echo "share_file_appeared=1"; else echo "share_file_appeared=0"; fi
   echo "probe_done=1"
 } >/tmp/probe.out.tmp 2>&1
 mv /tmp/probe.out.tmp /tmp/probe.out

@@ -44,7 +44,8 @@ async function main(argv: string[]): Promise<void> {
       const { values } = parseArgs({ args, options: { shell: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } });
       if (values.help) return void process.stdout.write(QEMU_ARGS_HELP);
       const config = loadConfig(process.env);
-      process.stdout.write(`${qemuArgsCommand(config, values.shell === true)}\n`);
+      const line = await qemuArgsCommand(config, values.shell === true, (w) => process.stderr.write(`cocos-manager: warning: ${w}\n`));
+      process.stdout.write(`${line}\n`);
       return;
     }
     case 'serve': {

@@ -1,10 +1,14 @@
-// The argument vector matches the Go manager's (docs/qemu-argv.md) element by element, in every mode.
+// The argument vector matches the Go manager's (docs/qemu-argv.md) element by element, in every mode,
+// plus the deliberate deviations: read-only 9P shares, and -sandbox last when the binary takes it
+// (the host's QEMU does; a binary without seccomp gets none, and qemu-args says why).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runCli } from './helpers.mjs';
+import { FAKE_QEMU } from './daemon.mjs';
 import { loadConfig } from '../dist/config/load.js';
 import { buildQemuArgs } from '../dist/qemu/args.js';
 
+const SANDBOX = ['-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny'];
 const HOST_DATA = Buffer.alloc(32, 0xab).toString('base64');
 
 const COMMON_HEAD = ['-enable-kvm', '-machine', 'q35', '-cpu', 'EPYC', '-smp', '4,maxcpus=64', '-m', '2048M,slots=5,maxmem=30G'];
@@ -100,9 +104,20 @@ for (const { name, env, want } of table) {
     const r = runCli(['qemu-args'], env);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.split('\n').length, 2, 'one line');
-    assert.deepEqual(JSON.parse(r.stdout), want);
+    assert.deepEqual(JSON.parse(r.stdout), [...want, ...SANDBOX]);
   });
 }
+
+test('qemu-args leaves -sandbox out, and says why, for a binary without seccomp', () => {
+  const env = { MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_BIN_PATH: FAKE_QEMU, FAKE_QEMU_NO_SECCOMP: '1' };
+  const r = runCli(['qemu-args'], env);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), table[0].want);
+  assert.match(r.stderr, /does not take -sandbox, so VMs run without it: exit code 1: qemu-system-x86_64: -sandbox on,obsolete=deny,.*: -sandbox support is not enabled in this QEMU binary/);
+  const withSeccomp = runCli(['qemu-args'], { ...env, FAKE_QEMU_NO_SECCOMP: '' });
+  assert.deepEqual(JSON.parse(withSeccomp.stdout), [...table[0].want, ...SANDBOX]);
+  assert.equal(withSeccomp.stderr, '');
+});
 
 test('a VM gets its own port, firmware copy, kbs params and 9P shares, certificates first', () => {
   const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false' });
@@ -116,9 +131,17 @@ test('a VM gets its own port, firmware copy, kbs params and 9P shares, certifica
   assert.equal(args[12], 'if=pflash,format=raw,unit=1,file=/var/lib/cocos-manager/vms/x/OVMF_VARS.fd');
   assert.equal(args[args.indexOf('-append') + 1], 'quiet console=null agent.aa_kbc_params=cc_kbc::http://10.0.0.1:8080');
   assert.deepEqual(args.slice(-8), [
-    '-fsdev', 'local,id=cert_fs,path=/s/vms/x/certs,security_model=mapped',
+    '-fsdev', 'local,id=cert_fs,path=/s/vms/x/certs,security_model=mapped,readonly=on',
     '-device', 'virtio-9p-pci,fsdev=cert_fs,mount_tag=certs_share',
-    '-fsdev', 'local,id=env_fs,path=/s/vms/x/env,,1,security_model=mapped',
+    '-fsdev', 'local,id=env_fs,path=/s/vms/x/env,,1,security_model=mapped,readonly=on',
     '-device', 'virtio-9p-pci,fsdev=env_fs,mount_tag=env_share',
   ]);
+});
+
+test('-sandbox comes last, after the QMP channel, only when the binary takes it', () => {
+  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false' });
+  const vm = { hostPort: 6123, ovmfVarsFile: '/v', shares: { certsDir: '/c', envDir: '/e' }, qmp: { socketPath: '/q.sock', form: { reconnect: 'seconds', monitor: 'mon' } } };
+  assert.deepEqual(buildQemuArgs(config.qemu, { ...vm, sandbox: true }).slice(-2), SANDBOX);
+  assert.ok(!buildQemuArgs(config.qemu, { ...vm, sandbox: false }).includes('-sandbox'));
+  assert.ok(!buildQemuArgs(config.qemu, vm).includes('-sandbox'));
 });

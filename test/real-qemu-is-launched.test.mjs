@@ -1,6 +1,6 @@
 // The daemon launches the real qemu-system-x86_64 (software emulation, OVMF from Debian), on
 // each QEMU of qemu-versions.mjs (Debian 12's 7.2 and 11.1 from trixie-backports):
-// QEMU itself listens on the forwarded port, its output reaches the log, RemoveVm stops it;
+// QEMU itself listens on the forwarded port, under its seccomp sandbox, its output reaches the log, RemoveVm stops it;
 // a missing kernel is reported with QEMU's own words and rolled back.
 // The guest is a stub (a Linux boot header around a spin loop) made here: booting a real
 // Linux guest is the end-to-end test's job.
@@ -53,6 +53,8 @@ for (const qemu of QEMUS) describe(`on ${qemu.name}`, { skip: qemu.skip }, () =>
     // The PID the daemon holds is QEMU's own (a wrapper execs in place), not a shell's.
     const cmdline = fs.readFileSync(`/proc/${rec.pid}/cmdline`, 'utf8').split('\0');
     assert.ok(isQemuCommandLine(cmdline), cmdline.join(' '));
+    // Both QEMUs take the seccomp sandbox (the trial start says so), and run under it.
+    assert.equal(cmdline[cmdline.indexOf('-sandbox') + 1], 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny', cmdline.join(' '));
     assert.equal(await portIsFree(Number(vm.forwarded_port)), false, 'QEMU holds the forwarded port');
     // QEMU's own stderr line reaches the log with the cvm id.
     const line = await daemon.waitForLog((l) => l.cvm_id === vm.cvm_id && /char device redirected/.test(l.msg ?? ''), 10_000);

@@ -75,6 +75,7 @@ test('--shell leaves plain arguments unquoted so the line stays readable', () =>
       '-drive if=pflash,format=raw,unit=1,file=/usr/share/OVMF/OVMF_VARS.fd ' +
       '-netdev user,id=vmnic,hostfwd=tcp::7020-:7002 ' +
       '-device virtio-net-pci,disable-legacy=on,iommu_platform=true,netdev=vmnic,addr=0x2,romfile= ' +
-      "-kernel img/bzImage -append 'quiet console=null' -initrd img/rootfs.cpio.gz -nographic -monitor pty",
+      "-kernel img/bzImage -append 'quiet console=null' -initrd img/rootfs.cpio.gz -nographic -monitor pty " +
+      '-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
   );
 });

@@ -70,7 +70,7 @@ export async function checkCommand(config: Config): Promise<{ text: string; ok: 
 /** The daemon's start-up preflight: logged, never blocking the start. */
 export async function logPreflight(config: Config, log: Logger): Promise<void> {
   try {
-    const results = await preflight(config);
+    const results = await preflight(config, undefined, { sandbox: false });
     for (const r of results) {
       const line = { check: r.check, detail: r.detail, ...(r.remedy ? { remedy: r.remedy } : {}) };
       if (r.status === 'fail') log.error(line, `preflight failed: ${r.check}`);

@@ -1,27 +1,32 @@
 import type { Config } from '../config/types.js';
 import { buildQemuArgs, qemuCommand, templateLaunch } from '../qemu/args.js';
 import { shellCommandLine } from '../util/shell-quote.js';
+import { probeSandbox } from '../vm/qemu-version.js';
 
 export const QEMU_ARGS_HELP = `Usage: cocos-manager qemu-args [--shell]
 
 Prints the template QEMU argument vector for the current environment: the one the
 daemon logs at start (host port = MANAGER_QEMU_HOST_FWD_AGENT, ids as configured,
-OVMF variables file as configured, no 9P shares).
+OVMF variables file as configured, no 9P shares). Like the daemon, it starts the
+binary once (no machine, at most 5 s) to learn whether it takes -sandbox; when it
+does not, the vector has no -sandbox and stderr says why.
 
   (default)  one line, a JSON array of the arguments (the binary not included)
   --shell    one POSIX shell command line, binary first (with sudo when
              MANAGER_QEMU_USE_SUDO=true), quoted only where needed
 `;
 
-export function templateArgs(config: Config): string[] {
-  return buildQemuArgs(config.qemu, templateLaunch(config.qemu));
+export function templateArgs(config: Config, sandbox: boolean): string[] {
+  return buildQemuArgs(config.qemu, templateLaunch(config.qemu, sandbox));
 }
 
-export function templateCommandLine(config: Config): string {
+export function templateCommandLine(config: Config, sandbox: boolean): string {
   const cmd = qemuCommand(config.qemu);
-  return shellCommandLine([cmd.file, ...cmd.prefix, ...templateArgs(config)]);
+  return shellCommandLine([cmd.file, ...cmd.prefix, ...templateArgs(config, sandbox)]);
 }
 
-export function qemuArgsCommand(config: Config, shell: boolean): string {
-  return shell ? templateCommandLine(config) : JSON.stringify(templateArgs(config));
+export async function qemuArgsCommand(config: Config, shell: boolean, warn: (line: string) => void): Promise<string> {
+  const sandbox = await probeSandbox(config.qemu);
+  if (!sandbox.supported) warn(`${config.qemu.binPath} does not take -sandbox, so VMs run without it: ${sandbox.reason}`);
+  return shell ? templateCommandLine(config, sandbox.supported) : JSON.stringify(templateArgs(config, sandbox.supported));
 }

@@ -120,7 +120,7 @@ export async function serveCommand(config: Config): Promise<void> {
   let tracing: Tracing = { shutdown: () => Promise.resolve() };
   let lifecycle: Lifecycle = 'starting';
 
-  log.info({ command: templateCommandLine(config), version: build.version, commit: build.commit }, 'QEMU template command line');
+  log.info({ version: build.version, commit: build.commit }, 'cocos-manager starting');
   const ports = new PortPool(config.qemu.hostFwdRange, tcpPortIsFree);
   const measurer = new IgvmMeasurer(config.attestationPolicyBinaryPath, config.attestation.measureTimeoutMs);
   const policies = new AttestationPolicies(config, new LaunchPinner(measurer), pcrs, signingKey);
@@ -261,11 +261,20 @@ export async function serveCommand(config: Config): Promise<void> {
   void Promise.all([recovery, new Promise((resolve) => setTimeout(resolve, AFTER_START_DELAY_MS))]).then(() => {
     void logPreflight(config, log);
     void preloadSpawner();
-    // The binary's version picks the QMP option forms of each VM's argv (read once).
+    // The binary's version picks the QMP option forms of each VM's argv, and its trial start
+    // whether VMs get -sandbox (read once). The template is logged once that is known, so it
+    // shows what a VM really gets.
     manager
       .probeQemu()
-      .then((f) => log.info({ qemu_version: f.text, qmp_reconnect: f.form.reconnect }, 'QEMU version read'))
-      .catch((err) => log.warn(`could not read the QEMU version (retried at the next CreateVm): ${(err as Error).message}`));
+      .then((f) => {
+        log.info({ qemu_version: f.text, qmp_reconnect: f.form.reconnect, sandbox: f.sandbox.supported }, 'QEMU version read');
+        if (!f.sandbox.supported) log.warn({ bin: config.qemu.binPath }, `VMs run without QEMU's seccomp sandbox (-sandbox): ${f.sandbox.reason}`);
+        log.info({ command: templateCommandLine(config, f.sandbox.supported) }, 'QEMU template command line');
+      })
+      .catch((err) => {
+        log.warn(`could not read the QEMU version (retried at the next CreateVm): ${(err as Error).message}`);
+        log.info({ command: templateCommandLine(config, false), sandbox: 'unknown' }, 'QEMU template command line');
+      });
   });
 
   let stopping = false;

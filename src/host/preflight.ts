@@ -5,6 +5,8 @@
 import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { SANDBOX_OPTION } from '../qemu/args.js';
+import { probeSandbox } from '../vm/qemu-version.js';
 import { loadExeca } from '../vm/spawner.js';
 import { checkSharing, resolveQemuUser } from './qemu-user.js';
 import type { Config, QemuConfig } from '../config/types.js';
@@ -73,7 +75,7 @@ async function readable(check: string, file: string, setting: string): Promise<C
 }
 
 /** What the QEMU binary says it supports, asked of the binary itself (options differ between versions). */
-async function checkQemu(qemu: string, q: QemuConfig, results: CheckResult[]): Promise<void> {
+async function checkQemu(qemu: string, q: QemuConfig, results: CheckResult[], sandbox: boolean): Promise<void> {
   const versionAnswer = await askQemu(qemu, ['--version']);
   const version = versionAnswer.text.split('\n')[0]?.trim() ?? '';
   if (versionAnswer.failure) {
@@ -107,17 +109,30 @@ async function checkQemu(qemu: string, q: QemuConfig, results: CheckResult[]): P
   for (const dev of deviceList.failure ? [] : ['virtio-net-pci', 'virtio-9p-pci']) {
     results.push(devices.includes(`"${dev}"`) ? pass(`qemu device ${dev}`, 'supported') : fail(`qemu device ${dev}`, 'not supported by this QEMU', 'use a QEMU built with virtio and 9P (virtfs) support'));
   }
+  if (!sandbox) return;
+  // The same trial start as the daemon's, through the same prefix (sudo): VMs still launch
+  // without the sandbox, so this warns.
+  const trial = await probeSandbox(q);
+  results.push(
+    trial.supported
+      ? pass('qemu sandbox', `-sandbox ${SANDBOX_OPTION}`)
+      : warn('qemu sandbox', `${qemu} does not take -sandbox, VMs run without it: ${trial.reason}`, 'use a QEMU built with seccomp (Debian\'s qemu-system-x86 is)'),
+  );
 }
 
-/** `portIsFree` undefined: skip the port scan (the running daemon must not bind ports QEMU may be taking). */
-export async function preflight(config: Config, portIsFree?: (port: number) => Promise<boolean>): Promise<CheckResult[]> {
+/**
+ * `portIsFree` undefined: skip the port scan (the running daemon must not bind ports QEMU may be
+ * taking). `sandbox` false: skip the -sandbox trial start (the daemon makes its own, once, with
+ * the version probe, and warns about it itself).
+ */
+export async function preflight(config: Config, portIsFree?: (port: number) => Promise<boolean>, { sandbox = true } = {}): Promise<CheckResult[]> {
   const q = config.qemu;
   const results: CheckResult[] = [];
   const qemu = await findOnPath(q.binPath);
   if (!qemu) {
     results.push(fail('qemu binary', `${q.binPath} not found`, 'apt-get install qemu-system-x86, or set MANAGER_QEMU_BIN_PATH'));
   } else {
-    await checkQemu(qemu, q, results);
+    await checkQemu(qemu, q, results, sandbox);
   }
   if (q.useSudo) {
     // The daemon refuses to start without these (src/host/qemu-user.ts): said here first.

@@ -21,6 +21,7 @@ import type { ManagerObserver } from './observer.js';
 import type { PortPool } from './port-pool.js';
 import type { GuestIsolation } from './guest-isolation.js';
 import type { Vm, VmRegistry } from './vm-registry.js';
+import { SECCOMP_KILL } from './vm-state.js';
 
 export class VmLauncher {
   constructor(
@@ -107,6 +108,7 @@ export class VmLauncher {
         aaKbsParams: req.aaKbsParams,
         shares: { certsDir: paths.certsDir, envDir: paths.envDir },
         qmp: { socketPath: paths.qmpSocket, form: flavor.form },
+        sandbox: flavor.sandbox.supported,
       });
       const cmd = qemuCommand(q, runAs);
       const argv = [...cmd.prefix, ...args];
@@ -227,7 +229,8 @@ export class VmLauncher {
   }
 }
 
-function describeExit(info: ExitInfo): string {
+export function describeExit(info: ExitInfo): string {
+  if (info.signal === 'SIGSYS') return SECCOMP_KILL;
   if (info.signal) return `killed by ${info.signal}`;
   if (info.code !== null) return `exit code ${info.code}`;
   return 'exit status unknown';

@@ -22,7 +22,17 @@ export function holdsResources(state: VmState): boolean {
 }
 
 /** Why QEMU is gone, as operators read it. */
-export type ExitCause = 'guest shutdown' | 'guest panic' | 'host signal' | 'killed by the manager' | `exited with code ${number}` | 'unknown';
+export type ExitCause =
+  | 'guest shutdown'
+  | 'guest panic'
+  | 'host signal'
+  | 'killed by the manager'
+  | typeof SECCOMP_KILL
+  | `exited with code ${number}`
+  | 'unknown';
+
+/** QEMU's seccomp filter (-sandbox) kills the process with SIGSYS on a forbidden system call. */
+export const SECCOMP_KILL = 'killed by its seccomp sandbox (SIGSYS)';
 
 export interface ProcessExit {
   code: number | null;
@@ -138,6 +148,8 @@ export class VmStateMachine {
 }
 
 function causeOf(exit: ProcessExit | null, shutdownReason: string | undefined, panicked: boolean, stopRequested: boolean): ExitCause {
+  // Nothing else sends SIGSYS: whatever QEMU was doing, its filter stopped it.
+  if (exit?.signal === 'SIGSYS') return SECCOMP_KILL;
   if (panicked) return 'guest panic';
   if (shutdownReason === 'guest-shutdown' || shutdownReason === 'guest-reset') return 'guest shutdown';
   if (stopRequested) return 'killed by the manager';
@@ -147,7 +159,7 @@ function causeOf(exit: ProcessExit | null, shutdownReason: string | undefined, p
 }
 
 function isCrash(cause: ExitCause, exit: ProcessExit | null): boolean {
-  if (cause === 'guest panic') return true;
+  if (cause === 'guest panic' || cause === SECCOMP_KILL) return true;
   if (cause.startsWith('exited with code ')) return exit?.code !== 0;
   // Killed by a signal nobody announced to QEMU (no SHUTDOWN event): e.g. SIGKILL, OOM.
   if (cause === 'host signal') return exit?.signal === 'SIGKILL' || exit?.signal === 'SIGSEGV' || exit?.signal === 'SIGABRT';

@@ -18,7 +18,16 @@ export interface VmLaunch {
   shares?: { certsDir: string; envDir: string };
   /** The VM's QMP channel (QEMU connects to the daemon's socket); absent in the template. */
   qmp?: { socketPath: string; form: QmpForm };
+  /** Whether the binary takes SANDBOX_OPTION (found by a trial start: src/vm/qemu-version.ts). */
+  sandbox?: boolean;
 }
+
+/**
+ * QEMU's own seccomp filter: no obsolete system calls, no setuid/setgid, no fork/exec, no
+ * scheduler or affinity changes. A QEMU that breaks out of its device models then still cannot
+ * start a shell or regain privileges.
+ */
+export const SANDBOX_OPTION = 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny';
 
 /**
  * QEMU reads a comma inside a `key=value,...` option as the start of the next key
@@ -35,8 +44,8 @@ export function kernelCommandLine(q: QemuConfig, aaKbsParams = ''): string {
 }
 
 /** The per-VM values of the template command line: what the daemon logs at start and `qemu-args` prints. */
-export function templateLaunch(q: QemuConfig): VmLaunch {
-  return { hostPort: q.hostFwdAgent, ovmfVarsFile: q.ovmfVars.file };
+export function templateLaunch(q: QemuConfig, sandbox = false): VmLaunch {
+  return { hostPort: q.hostFwdAgent, ovmfVarsFile: q.ovmfVars.file, sandbox };
 }
 
 export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
@@ -94,12 +103,15 @@ export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
   args.push('-monitor', q.monitor);
 
   if (vm.shares) {
-    args.push('-fsdev', `local,id=cert_fs,path=${e(vm.shares.certsDir)},security_model=mapped`);
+    // Read-only: the guest only reads these, and a writable share lets it fill the state
+    // directory's disk (remount,rw then write) for every tenant.
+    args.push('-fsdev', `local,id=cert_fs,path=${e(vm.shares.certsDir)},security_model=mapped,readonly=on`);
     args.push('-device', 'virtio-9p-pci,fsdev=cert_fs,mount_tag=certs_share');
-    args.push('-fsdev', `local,id=env_fs,path=${e(vm.shares.envDir)},security_model=mapped`);
+    args.push('-fsdev', `local,id=env_fs,path=${e(vm.shares.envDir)},security_model=mapped,readonly=on`);
     args.push('-device', 'virtio-9p-pci,fsdev=env_fs,mount_tag=env_share');
   }
   if (vm.qmp) args.push(...qmpChannelArgs(vm.qmp.form, vm.qmp.socketPath));
+  if (vm.sandbox) args.push('-sandbox', SANDBOX_OPTION);
   return args;
 }
 
