@@ -25,8 +25,8 @@ for (const seccomp of [true, false]) describe(seccomp ? 'a QEMU with seccomp' : 
   const extra = seccomp ? {} : { FAKE_QEMU_NO_SECCOMP: '1' };
   before(async () => {
     const state = tmpDir('cocos-sandbox-');
-    records = path.join(state, 'records');
-    fs.mkdirSync(records);
+    // Writable by the VMs' users: the stand-in writes its argv there as its VM's uid.
+    records = tmpDir('cocos-sandbox-rec-');
     modeFile = path.join(state, 'mode');
     fs.writeFileSync(modeFile, 'normal');
     daemon = await Daemon.start(fakeQemuEnv(state, { FAKE_QEMU_RECORD_DIR: records, FAKE_QEMU_MODE_FILE: modeFile, ...extra }));
