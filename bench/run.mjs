@@ -208,6 +208,61 @@ async function guestPeerCheck(env) {
   await off.stop();
 }
 
+/**
+ * Guest isolation's cost on CreateVm (a root machine only): two daemons with the same history,
+ * one giving each VM its own uid and keeping the nftables table, one with MANAGER_GUEST_ISOLATION
+ * =false, CreateVm then RemoveVm on each, interleaved. One VM runs on each throughout, as on a
+ * host in use (the table is in place). The table's installation, paid by the first VM after
+ * an idle spell, is timed apart with `cocos-manager firewall install`.
+ */
+async function isolationCost(env) {
+  if (process.getuid?.() !== 0) return log('guest isolation: not root, figure skipped');
+  const n = quick ? 20 : 60;
+  const start = (on) => Daemon.start({ ...env, MANAGER_GUEST_ISOLATION: on, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(10), MANAGER_STATE_DIR: tmpDir('cocos-bench-iso-') }, { nodeFlags: NODE_FLAGS });
+  const on = await start('true');
+  const off = await start('false');
+  const onClient = on.client();
+  const offClient = off.client();
+  const keep = [await call(onClient, 'CreateVm', {}, 30_000), await call(offClient, 'CreateVm', {}, 30_000)];
+  const cycle = async (client) => {
+    const t0 = process.hrtime.bigint();
+    const vm = await call(client, 'CreateVm', {}, 30_000);
+    const took = ms(t0);
+    await call(client, 'RemoveVm', { cvm_id: vm.cvm_id }, 30_000);
+    return took;
+  };
+  for (let i = 0; i < 5; i++) { await cycle(onClient); await cycle(offClient); }
+  const withIso = [];
+  const without = [];
+  for (let i = 0; i < n; i++) {
+    if (i % 2 === 0) { withIso.push(await cycle(onClient)); without.push(await cycle(offClient)); }
+    else { without.push(await cycle(offClient)); withIso.push(await cycle(onClient)); }
+  }
+  const over = pct(withIso, 50) - pct(without, 50);
+  figure({ figure: `CreateVm p50 with / without guest isolation (own uid + firewall, ${n} sequential, 1 VM running)`, value: pct(withIso, 50).toFixed(1), floor: pct(without, 50).toFixed(1), over_ms: over.toFixed(1), target: '<= 5 ms over', ok: over <= 5 });
+  const installs = [];
+  const fwEnv = { PATH: process.env.PATH, MANAGER_STATE_DIR: tmpDir('cocos-bench-fw-') };
+  for (let i = 0; i < (quick ? 5 : 15); i++) {
+    const t0 = process.hrtime.bigint();
+    execFileSync(process.execPath, [CLI, 'firewall', 'install'], { env: fwEnv, stdio: 'ignore' });
+    installs.push(ms(t0));
+  }
+  execFileSync(process.execPath, [CLI, 'firewall', 'remove'], { env: fwEnv, stdio: 'ignore' });
+  const nodeFloor = [];
+  for (let i = 0; i < (quick ? 5 : 15); i++) {
+    const t0 = process.hrtime.bigint();
+    execFileSync(process.execPath, [CLI, '--help'], { stdio: 'ignore' });
+    nodeFloor.push(ms(t0));
+  }
+  figure({ figure: 'guest firewall install (cocos-manager firewall install, ms p50; the first VM after an idle spell pays the nft part)', value: pct(installs, 50).toFixed(1), floor: `${pct(nodeFloor, 50).toFixed(1)} (cocos-manager --help)`, over_ms: (pct(installs, 50) - pct(nodeFloor, 50)).toFixed(1) });
+  await call(onClient, 'RemoveVm', { cvm_id: keep[0].cvm_id });
+  await call(offClient, 'RemoveVm', { cvm_id: keep[1].cvm_id });
+  onClient.close();
+  offClient.close();
+  await on.stop();
+  await off.stop();
+}
+
 const results = { machine: {}, figures: [] };
 const figure = (f) => {
   results.figures.push(f);
@@ -241,6 +296,11 @@ async function main() {
   // BENCH_ONLY=guest-peer: only the figures of the guest-peer check.
   if (process.env.BENCH_ONLY === 'guest-peer') {
     await guestPeerCheck(env);
+    return;
+  }
+  // BENCH_ONLY=isolation: only guest isolation's cost on CreateVm.
+  if (process.env.BENCH_ONLY === 'isolation') {
+    await isolationCost(env);
     return;
   }
 
@@ -387,6 +447,7 @@ async function main() {
   client.close();
   await daemon.stop();
   await guestPeerCheck(env);
+  await isolationCost(env);
 
   fs.rmSync(root, { recursive: true, force: true });
 

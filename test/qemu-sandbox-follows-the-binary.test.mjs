@@ -76,7 +76,7 @@ for (const seccomp of [true, false]) describe(seccomp ? 'a QEMU with seccomp' : 
   });
 
   if (seccomp) test('a QEMU killed by its seccomp filter: GetVm and WatchVms say so', async () => {
-    const trigger = path.join(path.dirname(records), 'trip');
+    const trigger = path.join(tmpDir('cocos-sandbox-trip-'), 'trip');
     fs.writeFileSync(modeFile, `seccomp-kill-when:${trigger}`);
     const vm = await call(client, 'CreateVm', {});
     const events = [];

@@ -11,7 +11,7 @@ import { Daemon, call, fakeQemuEnv, isAlive, portIsFree, tmpDir, waitFor } from 
 const mnt = tmpDir('cocos-tmpfs-');
 const sh = (...args) => execFileSync(args[0], args.slice(1), { stdio: 'pipe', timeout: 10_000 });
 // Room for one VM (its 128 KiB firmware variables and a few small files), not two.
-sh('mount', '-t', 'tmpfs', '-o', 'size=200k,mode=0700', 'tmpfs', mnt);
+sh('mount', '-t', 'tmpfs', '-o', 'size=200k,mode=0711', 'tmpfs', mnt);
 after(() => {
   try {
     sh('umount', '-l', mnt);

@@ -2,11 +2,10 @@
  * `check`'s part on guest isolation (SECURITY.md): whether this host can give each VM a user of
  * its own and keep guests off the host with the firewall, for the configuration in force.
  */
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../config/types.js';
-import { tableNameFor } from './guest-firewall.js';
+import { GuestFirewall } from './guest-firewall.js';
 import type { CheckResult } from './check-result.js';
 import { deviceAccess, hostUidRangeConflicts, readableByVmUsers, untraversableAncestors } from './vm-users.js';
 
@@ -14,9 +13,21 @@ const pass = (check: string, detail: string): CheckResult => ({ check, status: '
 const fail = (check: string, detail: string, remedy: string): CheckResult => ({ check, status: 'fail', detail, remedy });
 const warn = (check: string, detail: string, remedy: string): CheckResult => ({ check, status: 'warn', detail, remedy });
 
+/** Whether `bin` is an executable on PATH or in the sbin directories (root's tools). */
 function onPath(bin: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${bin} || test -x /usr/sbin/${bin} || test -x /sbin/${bin}`], { stdio: 'ignore', env: { PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` } }).status === 0;
+  for (const dir of [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/sbin']) {
+    if (dir === '') continue;
+    try {
+      fs.accessSync(path.join(dir, bin), fs.constants.X_OK);
+      return true;
+    } catch {
+      /* next */
+    }
+  }
+  return false;
 }
+
+const QUIET = { info: () => undefined, warn: () => undefined, error: () => undefined } as never;
 
 /** The files every VM's QEMU opens itself (the daemon copies the OVMF variables template). */
 function launchFiles(config: Config): [string, string][] {
@@ -52,7 +63,7 @@ function rootQemus(stateDir: string): string[] {
   return out;
 }
 
-export function isolationChecks(config: Config, uid = process.getuid?.() ?? 0): CheckResult[] {
+export async function isolationChecks(config: Config, uid = process.getuid?.() ?? 0): Promise<CheckResult[]> {
   const iso = config.isolation;
   if (!iso.enabled) {
     return [warn('guest isolation', 'off (MANAGER_GUEST_ISOLATION=false): QEMU runs as the daemon\'s user and no firewall keeps guests off the host\'s services', 'set MANAGER_GUEST_ISOLATION=true and run the daemon as root')];
@@ -66,10 +77,11 @@ export function isolationChecks(config: Config, uid = process.getuid?.() ?? 0): 
   out.push(onPath('setpriv') ? pass('setpriv', 'present (util-linux)') : fail('setpriv', 'not found', 'apt-get install util-linux'));
   if (!onPath('nft')) out.push(fail('guest firewall', 'nft not found', 'apt-get install nftables'));
   else if (uid === 0) {
-    const table = tableNameFor(config.stateDir);
-    const listed = spawnSync('nft', ['list', 'table', 'inet', table], { encoding: 'utf8', env: { PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` } });
+    const fw = new GuestFirewall(config.stateDir, { uids: iso.uidRange, allow: iso.allowLocal }, QUIET);
+    const table = fw.table;
+    const listed = await fw.listing();
     out.push(
-      listed.status === 0
+      listed !== undefined
         ? pass('guest firewall', `nftables table inet ${table} in place`)
         : pass('guest firewall', `nftables table inet ${table} not in place: none is needed while no VM runs (the daemon installs it before the first QEMU starts)`),
     );

@@ -186,7 +186,7 @@ export async function preflight(config: Config, portIsFree?: (port: number) => P
 
   if (portIsFree) await checkPorts(results, config, portIsFree);
   results.push(await stateDirCheck(config.stateDir));
-  results.push(...isolationChecks(config));
+  results.push(...(await isolationChecks(config)));
   return results;
 }
 

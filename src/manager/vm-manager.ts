@@ -31,8 +31,12 @@ export interface CvmInfo {
   eosVersion: string;
 }
 
+/** How long the guest firewall outlives the last VM (see dropFirewallIfUnused). */
+const FIREWALL_LINGER_MS = 3_000;
+
 export class VmManager {
   private stopping = false;
+  private firewallLinger: NodeJS.Timeout | undefined;
   private readonly shutdownListeners = new Set<() => void>();
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly flavor: QemuFlavorCache;
@@ -54,14 +58,28 @@ export class VmManager {
     this.launcher = new VmLauncher(config, log, ports, this.registry, this.flavor, observer, policies, isolation, qemuGid);
   }
 
-  /** The guest firewall goes with the last VM (and comes back before the next one starts). */
+  /**
+   * The guest firewall goes with the last VM (and comes back before the next one starts), after
+   * FIREWALL_LINGER_MS without a VM: a host that removes its last VM and creates the next one at
+   * once (Prism's usual cycle) does not pay an nft install and removal each time. The table only
+   * concerns the VM uids, which run no process meanwhile.
+   */
   private dropFirewallIfUnused(): void {
     const fw = this.isolation?.firewall;
-    if (!fw) return;
-    fw.removeIf(() => this.registry.isEmpty).then(
-      (removed) => removed && this.log.info({ table: fw.table }, 'guest firewall removed: no VM left'),
-      (err) => this.log.error({ table: fw.table, err: String(err) }, 'could not remove the guest firewall table'),
-    );
+    if (!fw || !this.registry.isEmpty) return;
+    clearTimeout(this.firewallLinger);
+    this.firewallLinger = setTimeout(() => {
+      fw.removeIf(() => this.registry.isEmpty).then(
+        (removed) => removed && this.log.info({ table: fw.table }, 'guest firewall removed: no VM left'),
+        (err) => this.log.error({ table: fw.table, err: String(err) }, 'could not remove the guest firewall table'),
+      );
+    }, FIREWALL_LINGER_MS);
+    this.firewallLinger.unref();
+  }
+
+  /** The daemon stops: a removal still lingering is left to the stop sequence. */
+  private cancelFirewallLinger(): void {
+    clearTimeout(this.firewallLinger);
   }
 
   /** The VM whose QEMU runs as `uid`, and whether `uid` is a VM user's at all. */
@@ -240,6 +258,7 @@ export class VmManager {
   /** Refuses new VMs and stops TTL timers; VMs keep running (the next start re-adopts them). */
   beginShutdown(): void {
     this.stopping = true;
+    this.cancelFirewallLinger();
     this.registry.cancelTimers();
     for (const fn of [...this.shutdownListeners]) fn();
     this.shutdownListeners.clear();
