@@ -7,7 +7,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { bindAdminSocket, groupId, removeAdminSocket } from '../api/grpc/admin-socket.js';
 import { GuestConnections, listenGrpc } from '../api/grpc/listener.js';
-import { createGrpcServer, createRefusingServer, serverCredentials, setServing } from '../api/grpc/server.js';
+import { createGrpcServer, createRefusingServer, serverCredentials, setServing, tcpTransportOptions } from '../api/grpc/server.js';
+import { ConnectionGuard } from '../api/connection-guard.js';
 import { describeGuestPeerMode, GuestPeerGate, REFUSAL_TEXT } from '../api/guest-peer.js';
 import { createHttpServer, type Lifecycle, listen } from '../api/http/server.js';
 import { loadTlsMaterial } from '../api/tls.js';
@@ -104,8 +105,15 @@ export async function serveCommand(config: Config): Promise<void> {
   // Said once at start: what a guest or any other reacher of the port could do.
   for (const r of securityChecks(config)) if (r.status !== 'pass') log.warn({ check: r.check, remedy: r.remedy }, r.detail);
 
+  // Each TCP port its own caps: a flood of one leaves the other's connections alone.
+  const grpcGuard = new ConnectionGuard('grpc', config.connections, log, metrics);
+  const httpGuard = new ConnectionGuard('http', config.connections, log, metrics);
+  metrics.countConnections('grpc', () => grpcGuard.open);
+  metrics.countConnections('http', () => httpGuard.open);
+
   // Health answers (503) while the daemon recovers its VMs.
-  const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls, gate);
+  const httpLimits = { headersTimeoutMs: config.connections.httpHeadersTimeoutMs, idleMs: config.connections.idleMs };
+  const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls, gate, httpLimits, httpGuard);
   let httpPort: number;
   try {
     httpPort = await listen(httpServer, config.http.host, config.http.port);
@@ -126,16 +134,17 @@ export async function serveCommand(config: Config): Promise<void> {
   mark('leftovers');
 
   // ManagerAdmin on TCP only when asked for (the configuration demands mutual TLS then).
-  const grpcServer = createGrpcServer(manager, log, metrics, { admin: config.admin.onGrpcPort });
+  const transport = tcpTransportOptions(config.connections.idleMs);
+  const grpcServer = createGrpcServer(manager, log, metrics, { admin: config.admin.onGrpcPort, transport });
   const { server } = grpcServer;
   mark('grpc server');
   const guests = new GuestConnections();
   const refusing = createRefusingServer((peer, method) => {
     gate.refused(guests.get(peer) ?? { refuse: true, reason: 'guest connection' }, 'grpc', method);
-  }, REFUSAL_TEXT);
+  }, REFUSAL_TEXT, transport);
   let listener;
   try {
-    listener = await listenGrpc({ host: config.grpc.host, port: config.grpc.port, credentials: serverCredentials(grpcTls), server, refusing, gate, log }, guests);
+    listener = await listenGrpc({ host: config.grpc.host, port: config.grpc.port, credentials: serverCredentials(grpcTls), server, refusing, gate, guard: grpcGuard, log }, guests);
   } catch (err) {
     const where = `${config.grpc.host || '*'}:${config.grpc.port}`;
     throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${where}): ${(err as Error).message}`);
