@@ -61,6 +61,26 @@ export function longestStopMs(startTimeoutMs: number): number {
   return startTimeoutMs + STOP_GRACE_EXTRA_MS + STOP_DRAIN_MS + STOP_TRACES_MS;
 }
 
+/** Descriptors the daemon holds per VM, twice what was measured (its QMP socket, log followers). */
+export const DESCRIPTORS_PER_VM = 8;
+/** The daemon's own descriptors (modules, loggers, listeners, the admin socket's clients), with room. */
+export const DESCRIPTORS_BASE = 256;
+
+/** What the daemon may hold at once under `config` with `vms` VMs (systemd/cocos-manager.service's LimitNOFILE). */
+export function descriptorsNeeded(config: Pick<Config, 'connections'>, vms: number): number {
+  return DESCRIPTORS_BASE + 2 * config.connections.maxTotal + DESCRIPTORS_PER_VM * vms;
+}
+
+/** The soft RLIMIT_NOFILE of this process, from /proc (Node has no call for it); undefined if unreadable. */
+async function openFilesLimit(): Promise<number | undefined> {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(await fs.readFile('/proc/self/limits', 'utf8'));
+    return m === null ? undefined : m[1] === 'unlimited' ? Infinity : Number(m[1]);
+  } catch {
+    return undefined;
+  }
+}
+
 export async function serveCommand(config: Config): Promise<void> {
   const mark = (what: string) => process.env.COCOS_STARTUP_TRACE && process.stderr.write(`${what} ${performance.now().toFixed(0)}\n`);
   mark('serve');
@@ -102,6 +122,13 @@ export async function serveCommand(config: Config): Promise<void> {
   const knownPids = new Promise<void>((resolve) => (leftoversKnown = resolve));
   const gate = new GuestPeerGate(config.guestPeers, (peer, self) => knownPids.then(() => ownerOfPeer(peer, self, () => vms.supervisedPids())), log);
   log.info({ mode: describeGuestPeerMode(config.guestPeers) }, 'calls from guests');
+  // Past the limit, accept() fails and so does every open: connections and VMs alike.
+  void openFilesLimit().then((limit) => {
+    const needed = descriptorsNeeded(config, config.maxVms);
+    if (limit !== undefined && limit < needed) {
+      log.warn({ limit, needed, max_vms: config.maxVms, max_connections: config.connections.maxTotal }, `the open-files limit (${limit}) is below what MANAGER_MAX_CONNECTIONS and MANAGER_MAX_VMS need (${needed}): raise LimitNOFILE= in the unit (ulimit -n), or lower them`);
+    }
+  });
   // Said once at start: what a guest or any other reacher of the port could do.
   for (const r of securityChecks(config)) if (r.status !== 'pass') log.warn({ check: r.check, remedy: r.remedy }, r.detail);
 
