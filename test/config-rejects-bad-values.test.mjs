@@ -34,6 +34,11 @@ const cases = [
   ['policy format unknown', { MANAGER_ATTESTATION_POLICY_FORMAT: 'xml' }, 'MANAGER_ATTESTATION_POLICY_FORMAT', 'xml', /corim, json/],
   ['maxcpus below count', { MANAGER_QEMU_SMP_COUNT: '8', MANAGER_QEMU_SMP_MAXCPUS: '4' }, 'MANAGER_QEMU_SMP_MAXCPUS', '4', /SMP_COUNT/],
   ['TLS cert without key', { MANAGER_GRPC_SERVER_CERT: '/etc/c.pem' }, 'MANAGER_GRPC_SERVER_KEY', '', /turn TLS on together/],
+  ['no connections at all', { MANAGER_MAX_CONNECTIONS: '0' }, 'MANAGER_MAX_CONNECTIONS', '0', /positive integer/],
+  ['per-peer cap above the total', { MANAGER_MAX_CONNECTIONS: '100', MANAGER_MAX_CONNECTIONS_PER_PEER: '200' }, 'MANAGER_MAX_CONNECTIONS_PER_PEER', '200', /at most MANAGER_MAX_CONNECTIONS \(100\)/],
+  ['verdict deadline of zero', { MANAGER_CONNECTION_VERDICT_TIMEOUT: '0' }, 'MANAGER_CONNECTION_VERDICT_TIMEOUT', '0', /at most 1m/],
+  ['idle timeout beyond a day', { MANAGER_CONNECTION_IDLE_TIMEOUT: '25h' }, 'MANAGER_CONNECTION_IDLE_TIMEOUT', '25h', /at most 24h/],
+  ['headers timeout not a duration', { MANAGER_HTTP_HEADERS_TIMEOUT: '10' }, 'MANAGER_HTTP_HEADERS_TIMEOUT', '10', /Go duration/],
 ];
 
 for (const [name, env, variable, value, expected] of cases) {
