@@ -101,14 +101,15 @@ function serverOptions(limits: HttpLimits): http.ServerOptions {
 export function createHttpServer(deps: HttpEndpointDeps, tls: TlsMaterial | undefined, gate?: GuestPeerGate, limits?: HttpLimits, guard?: ConnectionGuard): http.Server {
   const handler = gate ? guarded(gate, httpHandler(deps)) : httpHandler(deps);
   const options = limits ? serverOptions(limits) : {};
-  const server = tls ? httpsServer(handler, tls, options) : http.createServer(options, handler);
+  // Under TLS, the handshake too must end within the headers timeout (Node's default: 120 s).
+  const server = tls ? httpsServer(handler, tls, limits ? { ...options, handshakeTimeout: limits.headersTimeoutMs } : options) : http.createServer(options, handler);
   if (limits) {
     server.maxHeadersCount = MAX_HEADERS_COUNT;
     // A socket silent for this long (a client that stops reading a response) is destroyed.
     server.setTimeout(limits.idleMs);
   }
   // Who is calling is found out as soon as the connection opens (after TLS), once.
-  const verdict = (socket: net.Socket) => void (guard ? guard.verdictWithin(gate!, socket) : gate!.verdictFor(socket));
+  const verdict = (socket: net.Socket) => void (guard ? guard.verdictWithin(gate!, socket) : gate!.verdictFor(socket)).catch(() => socket.destroy());
   if (guard) {
     // The caps come first, before HTTP (or TLS) sees the socket: Node's own 'connection'
     // listener is called only for an admitted one.
@@ -127,7 +128,7 @@ export function createHttpServer(deps: HttpEndpointDeps, tls: TlsMaterial | unde
   return server;
 }
 
-function httpsServer(handler: http.RequestListener, tls: TlsMaterial, options: http.ServerOptions): http.Server {
+function httpsServer(handler: http.RequestListener, tls: TlsMaterial, options: https.ServerOptions): http.Server {
   return https.createServer(
     {
       ...options,
