@@ -40,6 +40,11 @@ const cases = [
   ['QEMU sudo user empty', { MANAGER_QEMU_SUDO_USER: '' }, 'MANAGER_QEMU_SUDO_USER', '', /name or numeric id/],
   ['QEMU sudo user in sudo\'s #uid form', { MANAGER_QEMU_SUDO_USER: '#1000' }, 'MANAGER_QEMU_SUDO_USER', '#1000', /name or numeric id/],
   ['QEMU sudo user with a space', { MANAGER_QEMU_SUDO_USER: 'cocos qemu' }, 'MANAGER_QEMU_SUDO_USER', 'cocos qemu', /name or numeric id/],
+  ['no connections at all', { MANAGER_MAX_CONNECTIONS: '0' }, 'MANAGER_MAX_CONNECTIONS', '0', /positive integer/],
+  ['per-peer cap above the total', { MANAGER_MAX_CONNECTIONS: '100', MANAGER_MAX_CONNECTIONS_PER_PEER: '200' }, 'MANAGER_MAX_CONNECTIONS_PER_PEER', '200', /at most MANAGER_MAX_CONNECTIONS \(100\)/],
+  ['verdict deadline of zero', { MANAGER_CONNECTION_VERDICT_TIMEOUT: '0' }, 'MANAGER_CONNECTION_VERDICT_TIMEOUT', '0', /at most 1m/],
+  ['idle timeout beyond a day', { MANAGER_CONNECTION_IDLE_TIMEOUT: '25h' }, 'MANAGER_CONNECTION_IDLE_TIMEOUT', '25h', /at most 24h/],
+  ['headers timeout not a duration', { MANAGER_HTTP_HEADERS_TIMEOUT: '10' }, 'MANAGER_HTTP_HEADERS_TIMEOUT', '10', /Go duration/],
 ];
 
 for (const [name, env, variable, value, expected] of cases) {

@@ -39,6 +39,18 @@ test('systemd-analyze verify accepts the unit with no warning', () => {
   assert.doesNotMatch(unit, /^(PrivateDevices|MemoryDenyWriteExecute|NoNewPrivileges)=(yes|true)$/m);
 });
 
+test('LimitNOFILE bounds the daemon and holds the connection caps and 1000 VMs at the defaults', async () => {
+  const { descriptorsNeeded } = await import('../dist/cli/serve.js');
+  const unit = fs.readFileSync(UNIT, 'utf8');
+  const m = /^LimitNOFILE=(\d+)$/m.exec(unit);
+  assert.ok(m, 'LimitNOFILE= is set, to one number (soft = hard: no raising it past the bound)');
+  const limit = Number(m[1]);
+  const defaults = loadConfig({});
+  assert.ok(limit >= descriptorsNeeded(defaults, 1000), `${limit} < ${descriptorsNeeded(defaults, 1000)}`);
+  // A bound, not systemd's 524288.
+  assert.ok(limit <= 65536, `${limit}`);
+});
+
 test('the unit runs in the install prefix, so relative settings resolve there, not against /', () => {
   const unit = fs.readFileSync(UNIT, 'utf8');
   const prefix = /^ExecStart=\S+ .*?(\/\S+)\/dist\/cli\.js serve$/m.exec(unit)[1];

@@ -37,6 +37,8 @@ export interface GuestPeerSettings {
 }
 
 const ALLOWED: PeerVerdict = { refuse: false, reason: 'not a guest' };
+/** Nothing can be served on a closed connection; refused, so a closed socket never counts as a host's. */
+const CLOSED: PeerVerdict = { refuse: true, reason: 'the connection closed before it was attributed' };
 
 /** What `check` and the start-up log say about the mode in force. */
 export function describeGuestPeerMode(s: GuestPeerSettings): string {
@@ -80,16 +82,19 @@ export class GuestPeerGate {
     }
     // One at a time, each after a turn of the event loop: a guest that floods the port with
     // connections delays new connections' verdicts, not the calls of connections already open.
+    // A connection closed before its turn (the verdict deadline, src/api/connection-guard.ts)
+    // is not attributed: a flood's queue drains without a look at /proc for each.
     const run = this.queue.then(
       () => new Promise<void>((r) => setImmediate(r)),
-    ).then(() => this.attribute({ address: remoteAddress, port: remotePort }, { address: localAddress, port: localPort }));
+    ).then(() => (socket.destroyed ? undefined : this.attribute({ address: remoteAddress, port: remotePort }, { address: localAddress, port: localPort })));
     this.queue = run.catch(() => undefined);
-    let who: PeerAttribution;
+    let who: PeerAttribution | undefined;
     try {
       who = await run;
     } catch (err) {
       who = { kind: 'unattributed', reason: `attribution failed: ${String(err)}` };
     }
+    if (who === undefined) return CLOSED;
     switch (who.kind) {
       case 'guest':
         return { refuse: true, vmId: who.vmId, reason: who.pid > 0 ? `the caller is the guest of VM ${who.vmId} (through QEMU pid ${who.pid})` : `the caller is the guest of VM ${who.vmId} (its socket belongs to that VM's user)` };

@@ -7,7 +7,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { bindAdminSocket, groupId, removeAdminSocket } from '../api/grpc/admin-socket.js';
 import { GuestConnections, listenGrpc } from '../api/grpc/listener.js';
-import { createGrpcServer, createRefusingServer, serverCredentials, setServing } from '../api/grpc/server.js';
+import { createGrpcServer, createRefusingServer, serverCredentials, setServing, tcpTransportOptions } from '../api/grpc/server.js';
+import { ConnectionGuard } from '../api/connection-guard.js';
 import { describeGuestPeerMode, GuestPeerGate, REFUSAL_TEXT } from '../api/guest-peer.js';
 import { createHttpServer, type Lifecycle, listen } from '../api/http/server.js';
 import { loadTlsMaterial } from '../api/tls.js';
@@ -93,6 +94,26 @@ export function longestStopMs(startTimeoutMs: number): number {
   return startTimeoutMs + STOP_GRACE_EXTRA_MS + STOP_DRAIN_MS + STOP_TRACES_MS;
 }
 
+/** Descriptors the daemon holds per VM, twice what was measured (its QMP socket, log followers). */
+export const DESCRIPTORS_PER_VM = 8;
+/** The daemon's own descriptors (modules, loggers, listeners, the admin socket's clients), with room. */
+export const DESCRIPTORS_BASE = 256;
+
+/** What the daemon may hold at once under `config` with `vms` VMs (systemd/cocos-manager.service's LimitNOFILE). */
+export function descriptorsNeeded(config: Pick<Config, 'connections'>, vms: number): number {
+  return DESCRIPTORS_BASE + 2 * config.connections.maxTotal + DESCRIPTORS_PER_VM * vms;
+}
+
+/** The soft RLIMIT_NOFILE of this process, from /proc (Node has no call for it); undefined if unreadable. */
+async function openFilesLimit(): Promise<number | undefined> {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(await fs.readFile('/proc/self/limits', 'utf8'));
+    return m === null ? undefined : m[1] === 'unlimited' ? Infinity : Number(m[1]);
+  } catch {
+    return undefined;
+  }
+}
+
 export async function serveCommand(config: Config): Promise<void> {
   const mark = (what: string) => process.env.COCOS_STARTUP_TRACE && process.stderr.write(`${what} ${performance.now().toFixed(0)}\n`);
   mark('serve');
@@ -156,11 +177,25 @@ export async function serveCommand(config: Config): Promise<void> {
       : undefined;
   const gate = new GuestPeerGate(config.guestPeers, (peer, self) => knownPids.then(() => ownerOfPeer(peer, self, () => vms.supervisedPids(isolation !== undefined), byUid)), log);
   log.info({ mode: describeGuestPeerMode(config.guestPeers) }, 'calls from guests');
+  // Past the limit, accept() fails and so does every open: connections and VMs alike.
+  void openFilesLimit().then((limit) => {
+    const needed = descriptorsNeeded(config, config.maxVms);
+    if (limit !== undefined && limit < needed) {
+      log.warn({ limit, needed, max_vms: config.maxVms, max_connections: config.connections.maxTotal }, `the open-files limit (${limit}) is below what MANAGER_MAX_CONNECTIONS and MANAGER_MAX_VMS need (${needed}): raise LimitNOFILE= in the unit (ulimit -n), or lower them`);
+    }
+  });
   // Said once at start: what a guest or any other reacher of the port could do.
   for (const r of securityChecks(config)) if (r.status !== 'pass') log.warn({ check: r.check, remedy: r.remedy }, r.detail);
 
+  // Each TCP port its own caps: a flood of one leaves the other's connections alone.
+  const grpcGuard = new ConnectionGuard('grpc', config.connections, log, metrics);
+  const httpGuard = new ConnectionGuard('http', config.connections, log, metrics);
+  metrics.countConnections('grpc', () => grpcGuard.open);
+  metrics.countConnections('http', () => httpGuard.open);
+
   // Health answers (503) while the daemon recovers its VMs.
-  const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls, gate);
+  const httpLimits = { headersTimeoutMs: config.connections.httpHeadersTimeoutMs, idleMs: config.connections.idleMs };
+  const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls, gate, httpLimits, httpGuard);
   let httpPort: number;
   try {
     httpPort = await listen(httpServer, config.http.host, config.http.port);
@@ -200,16 +235,17 @@ export async function serveCommand(config: Config): Promise<void> {
   }
 
   // ManagerAdmin on TCP only when asked for (the configuration demands mutual TLS then).
-  const grpcServer = createGrpcServer(manager, log, metrics, { admin: config.admin.onGrpcPort });
+  const transport = tcpTransportOptions(config.connections.idleMs);
+  const grpcServer = createGrpcServer(manager, log, metrics, { admin: config.admin.onGrpcPort, transport });
   const { server } = grpcServer;
   mark('grpc server');
   const guests = new GuestConnections();
   const refusing = createRefusingServer((peer, method) => {
     gate.refused(guests.get(peer) ?? { refuse: true, reason: 'guest connection' }, 'grpc', method);
-  }, REFUSAL_TEXT);
+  }, REFUSAL_TEXT, transport);
   let listener;
   try {
-    listener = await listenGrpc({ host: config.grpc.host, port: config.grpc.port, credentials: serverCredentials(grpcTls), server, refusing, gate, log }, guests);
+    listener = await listenGrpc({ host: config.grpc.host, port: config.grpc.port, credentials: serverCredentials(grpcTls), server, refusing, gate, guard: grpcGuard, log }, guests);
   } catch (err) {
     const where = `${config.grpc.host || '*'}:${config.grpc.port}`;
     throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${where}): ${(err as Error).message}`);

@@ -144,6 +144,13 @@ export const SPECS = {
   MANAGER_ADMIN_ON_GRPC_PORT: boolean({ default: false }),
   MANAGER_CONSOLE_LOG_MAX_SIZE: memorySize({ default: '8M' }),
   MANAGER_CONSOLE_LINES_PER_SECOND: count({ default: 100 }),
+  // Connections to the gRPC TCP port and the HTTP port (each port its own caps): every local
+  // client, guests' QEMUs included, shares the peer address 127.0.0.1.
+  MANAGER_MAX_CONNECTIONS: positiveCount({ default: 2048 }),
+  MANAGER_MAX_CONNECTIONS_PER_PEER: positiveCount({ default: 256 }),
+  MANAGER_CONNECTION_VERDICT_TIMEOUT: boundedDuration(60_000, '1m')({ default: 5_000 }),
+  MANAGER_CONNECTION_IDLE_TIMEOUT: boundedDuration(24 * 3_600_000, '24h')({ default: 5 * 60_000 }),
+  MANAGER_HTTP_HEADERS_TIMEOUT: boundedDuration(5 * 60_000, '5m')({ default: 10_000 }),
 };
 
 /** Variables whose value is not free text: for these an empty value means "unset", as in the Go manager. */
@@ -291,6 +298,13 @@ export function loadConfig(rawEnv: Readonly<Record<string, string | undefined>>)
       logMaxBytes: Number(sizeInBytes(e.MANAGER_CONSOLE_LOG_MAX_SIZE, 'M')),
       linesPerSecond: e.MANAGER_CONSOLE_LINES_PER_SECOND,
     },
+    connections: {
+      maxTotal: e.MANAGER_MAX_CONNECTIONS,
+      maxPerPeer: e.MANAGER_MAX_CONNECTIONS_PER_PEER,
+      verdictTimeoutMs: e.MANAGER_CONNECTION_VERDICT_TIMEOUT,
+      idleMs: e.MANAGER_CONNECTION_IDLE_TIMEOUT,
+      httpHeadersTimeoutMs: e.MANAGER_HTTP_HEADERS_TIMEOUT,
+    },
   };
   checkCombinations(config, env);
   return config;
@@ -360,6 +374,9 @@ function checkGuestFacingSettings(c: Config, env: Record<string, string | undefi
   const size = uids.last - uids.first + 1;
   if (c.isolation.enabled && c.maxVms > 0 && size < c.maxVms) {
     throw describe('MANAGER_VM_UID_RANGE', env.MANAGER_VM_UID_RANGE, `expected at least MANAGER_MAX_VMS (${c.maxVms}) ids: each VM's QEMU runs as a uid of its own`);
+  }
+  if (c.connections.maxPerPeer > c.connections.maxTotal) {
+    throw describe('MANAGER_MAX_CONNECTIONS_PER_PEER', env.MANAGER_MAX_CONNECTIONS_PER_PEER, `expected at most MANAGER_MAX_CONNECTIONS (${c.connections.maxTotal})`);
   }
   if (c.console.logMaxBytes < 1024 * 1024) {
     throw describe('MANAGER_CONSOLE_LOG_MAX_SIZE', env.MANAGER_CONSOLE_LOG_MAX_SIZE, 'expected at least 1M');

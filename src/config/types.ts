@@ -139,6 +139,19 @@ export interface Config {
     /** Console lines per VM per second that reach the daemon's log (a token bucket). */
     linesPerSecond: number;
   };
+  /** Bounds of the connections to the gRPC TCP port and the HTTP port (each port its own caps). */
+  connections: {
+    /** Connections open at once on one port. */
+    maxTotal: number;
+    /** Connections open at once on one port from one peer address. */
+    maxPerPeer: number;
+    /** Longest wait of a new connection for its guest-peer verdict; then it is closed. */
+    verdictTimeoutMs: number;
+    /** A gRPC connection with no call open, or an HTTP socket with no traffic, is closed after this. */
+    idleMs: number;
+    /** Time an HTTP client has to send its request's headers. */
+    httpHeadersTimeoutMs: number;
+  };
 }
 
 /** Which confidential-computing technology a VM launched with this configuration uses. */

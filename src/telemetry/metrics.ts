@@ -3,6 +3,7 @@
  * cause): never a VM id.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { ConnectionObserver, GuardedApi, RefusalReason } from '../api/connection-guard.js';
 import type { ManagerObserver, QemuExitCause } from '../manager/observer.js';
 
 export interface MetricSources {
@@ -10,12 +11,14 @@ export interface MetricSources {
   portsFree(): number;
 }
 
-export class Metrics implements ManagerObserver {
+export class Metrics implements ManagerObserver, ConnectionObserver {
   readonly registry = new Registry();
   private readonly rpcRequests: Counter<'method' | 'code'>;
   private readonly rpcDuration: Histogram<'method' | 'code'>;
   private readonly startDuration: Histogram;
   private readonly exits: Counter<'cause'>;
+  private readonly connectionsRefused: Counter<'api' | 'reason'>;
+  private readonly openConnections = new Map<GuardedApi, () => number>();
 
   constructor(sources: MetricSources) {
     const registers = [this.registry];
@@ -44,6 +47,22 @@ export class Metrics implements ManagerObserver {
       help: 'QEMU processes that ended, by cause',
       labelNames: ['cause'],
       registers,
+    });
+    this.connectionsRefused = new Counter({
+      name: 'cocos_manager_connections_refused_total',
+      help: 'Connections to the gRPC TCP port or the HTTP port closed at once: over the cap per peer (per_peer) or in total (total), or no guest-peer verdict within MANAGER_CONNECTION_VERDICT_TIMEOUT (verdict_timeout)',
+      labelNames: ['api', 'reason'],
+      registers,
+    });
+    const open = this.openConnections;
+    new Gauge({
+      name: 'cocos_manager_connections_open',
+      help: 'Connections open on the gRPC TCP port and on the HTTP port (what MANAGER_MAX_CONNECTIONS caps)',
+      labelNames: ['api'],
+      registers,
+      collect() {
+        for (const [api, count] of open) this.set({ api }, count());
+      },
     });
     new Gauge({
       name: 'cocos_manager_vms',
@@ -75,5 +94,14 @@ export class Metrics implements ManagerObserver {
 
   qemuExited(cause: QemuExitCause): void {
     this.exits.inc({ cause });
+  }
+
+  connectionRefused(api: GuardedApi, reason: RefusalReason): void {
+    this.connectionsRefused.inc({ api, reason });
+  }
+
+  /** Where the open-connections gauge reads a port's count (its guard). */
+  countConnections(api: GuardedApi, open: () => number): void {
+    this.openConnections.set(api, open);
   }
 }

@@ -1,12 +1,14 @@
 /**
- * The gRPC TCP listener: the daemon accepts each connection itself, asks the guest-peer gate who
- * is calling (once per connection), then hands the connection to the real server or, for a
+ * The gRPC TCP listener: the daemon accepts each connection itself, counts it against the
+ * connection caps (src/api/connection-guard.ts), asks the guest-peer gate who is calling (once
+ * per connection, within a deadline), then hands the connection to the real server or, for a
  * guest, to the refusing one. A guest's calls therefore never reach a handler, and host callers
  * pay nothing per call.
  */
 import net from 'node:net';
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import type { ConnectionGuard } from '../connection-guard.js';
 import { type GuestPeerGate, type PeerVerdict } from '../guest-peer.js';
 
 export interface GrpcListener {
@@ -24,6 +26,8 @@ export interface GrpcListenerOptions {
   server: grpc.Server;
   refusing: grpc.Server;
   gate: GuestPeerGate;
+  /** The caps and the verdict deadline of this port. */
+  guard: ConnectionGuard;
   log: Logger;
 }
 
@@ -46,9 +50,12 @@ export function listenGrpc(o: GrpcListenerOptions, guests: GuestConnections): Pr
   // Paused: nothing is read from a connection before it is known whose it is.
   const tcp = net.createServer({ pauseOnConnect: true }, (socket) => {
     socket.on('error', () => undefined);
-    o.gate.verdictFor(socket).then(
+    // Over a cap: reset before a byte is read, let alone a TLS handshake or an HTTP/2 session.
+    if (!o.guard.admit(socket)) return;
+    o.guard.verdictWithin(o.gate, socket).then(
       (v) => {
-        if (socket.destroyed) return;
+        // No verdict in time (the guard closed it), or the peer went meanwhile.
+        if (v === undefined || socket.destroyed) return;
         if (v.refuse) {
           guests.add(socket, v);
           refusing.injectConnection(socket);
@@ -72,7 +79,14 @@ export function listenGrpc(o: GrpcListenerOptions, guests: GuestConnections): Pr
       tcp.off('error', reject);
       tcp.on('error', (err) => o.log.error({ err: String(err) }, 'gRPC listener error'));
       const a = tcp.address() as net.AddressInfo;
-      resolve({ port: a.port, address: `${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`, close: () => tcp.close() });
+      resolve({
+        port: a.port,
+        address: `${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`,
+        close: () => {
+          tcp.close();
+          o.guard.close();
+        },
+      });
     });
   });
 }

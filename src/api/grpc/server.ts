@@ -299,12 +299,39 @@ export interface GrpcServer {
   services: string[];
 }
 
+/** A server pings a connection with a call open after this much silence (a peer gone dead). */
+export const KEEPALIVE_TIME_MS = 2 * 60_000;
+/** ... and closes it when the ping is not answered within this. */
+export const KEEPALIVE_TIMEOUT_MS = 20_000;
+/** Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); clients queue the rest. */
+export const MAX_CONCURRENT_STREAMS = 100;
+/** nghttp2's memory per connection, in MiB (headers tables, queued frames); past it, new streams are refused. */
+export const MAX_SESSION_MEMORY_MIB = 32;
+
+/**
+ * The bounds of each connection of a TCP port (docs/configuration.md, "Connections"): the
+ * idle timeout closes a connection with no call open (a client reconnects by itself), the
+ * keep-alive pings find dead peers of connections with calls open, and the stream and memory
+ * limits bound what one connection can hold. grpc-js has no ping policy of its own; nghttp2
+ * ends a session that floods PINGs or SETTINGS (it caps the acknowledgements it queues).
+ */
+export function tcpTransportOptions(idleMs: number): grpc.ServerOptions {
+  return {
+    'grpc.max_connection_idle_ms': idleMs,
+    'grpc.keepalive_time_ms': KEEPALIVE_TIME_MS,
+    'grpc.keepalive_timeout_ms': KEEPALIVE_TIMEOUT_MS,
+    'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
+    'grpc-node.max_session_memory': MAX_SESSION_MEMORY_MIB,
+  };
+}
+
 /**
  * A server of ManagerService, health and reflection, and of ManagerAdmin when `admin` (the admin
- * socket always; the TCP port only when asked for and behind mutual TLS).
+ * socket always; the TCP port only when asked for and behind mutual TLS). `transport`: the
+ * per-connection bounds of a TCP port (the admin socket's server has none).
  */
-export function createGrpcServer(manager: VmManager, log: Logger, recorder: CallRecorder, { admin = true } = {}): GrpcServer {
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+export function createGrpcServer(manager: VmManager, log: Logger, recorder: CallRecorder, { admin = true, transport = {} as grpc.ServerOptions } = {}): GrpcServer {
+  const server = new grpc.Server({ ...transport, 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
   // One load for the services and for reflection, which describes health too so grpcurl needs no .proto.
   const { pkg, reflection } = services();
   server.addService(pkg.manager.ManagerService.service, managerHandlers(manager, log, recorder));
@@ -343,7 +370,7 @@ function unreachable(service: grpc.ServiceDefinition): grpc.UntypedServiceImplem
  * The server that guests' connections are handed to: the same services, none of their
  * handlers; every call is answered PERMISSION_DENIED before it reaches anything.
  */
-export function createRefusingServer(onRefused: (peer: { address: string; port: number }, method: string) => void, details: string): grpc.Server {
+export function createRefusingServer(onRefused: (peer: { address: string; port: number }, method: string) => void, details: string, transport: grpc.ServerOptions = {}): grpc.Server {
   const refuse: grpc.ServerInterceptor = (method, call) =>
     new grpc.ServerInterceptingCall(call, {
       start: (next) => {
@@ -356,7 +383,7 @@ export function createRefusingServer(onRefused: (peer: { address: string; port: 
         });
       },
     });
-  const server = new grpc.Server({ interceptors: [refuse], 'grpc.max_receive_message_length': 64 * 1024 });
+  const server = new grpc.Server({ ...transport, interceptors: [refuse], 'grpc.max_receive_message_length': 64 * 1024 });
   const { pkg } = services();
   server.addService(pkg.manager.ManagerService.service, unreachable(pkg.manager.ManagerService.service));
   server.addService(pkg.manager.ManagerAdmin.service, unreachable(pkg.manager.ManagerAdmin.service));

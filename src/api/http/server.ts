@@ -1,11 +1,14 @@
 /**
  * The HTTP endpoint: GET /health (application/health+json) and GET /metrics (Prometheus text).
- * TLS and mutual TLS from the MANAGER_HTTP_ settings, exactly as the gRPC server.
+ * TLS and mutual TLS from the MANAGER_HTTP_ settings, exactly as the gRPC server. Connections
+ * are capped and bounded in time like the gRPC port's (src/api/connection-guard.ts).
  */
 import http from 'node:http';
 import https from 'node:https';
+import type net from 'node:net';
 import type { Registry } from 'prom-client';
 import type { BuildInfo } from '../../telemetry/build-info.js';
+import type { ConnectionGuard } from '../connection-guard.js';
 import type { GuestPeerGate } from '../guest-peer.js';
 import type { TlsMaterial } from '../tls.js';
 
@@ -61,6 +64,8 @@ function guarded(gate: GuestPeerGate, handler: http.RequestListener): http.Reque
     gate.verdictFor(req.socket).then(
       (v) => {
         if (!v.refuse) return handler(req, res);
+        // Closed meanwhile (the verdict deadline, or the client went): nobody to answer.
+        if (req.socket.destroyed) return;
         gate.refused(v, 'http', `${req.method} ${(req.url ?? '/').split('?', 1)[0]}`);
         send(res, 403, 'text/plain; charset=utf-8', 'forbidden: the manager does not answer guest VMs\n', { connection: 'close' });
       },
@@ -69,17 +74,64 @@ function guarded(gate: GuestPeerGate, handler: http.RequestListener): http.Reque
   };
 }
 
-export function createHttpServer(deps: HttpEndpointDeps, tls: TlsMaterial | undefined, gate?: GuestPeerGate): http.Server {
+/** How long a client has to send a request's headers (MANAGER_HTTP_HEADERS_TIMEOUT) and how long a socket may be silent. */
+export interface HttpLimits {
+  headersTimeoutMs: number;
+  idleMs: number;
+}
+
+/** An idle keep-alive connection is closed after this (Node's default, said explicitly). */
+export const KEEP_ALIVE_TIMEOUT_MS = 5_000;
+/** /health and /metrics need a handful of headers; a client sending more is not one of ours. */
+export const MAX_HEADERS_COUNT = 64;
+export const MAX_HEADER_SIZE = 8 * 1024;
+
+function serverOptions(limits: HttpLimits): http.ServerOptions {
+  return {
+    // A GET has no body: its request is its headers, so both deadlines are the same.
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.headersTimeoutMs,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    maxHeaderSize: MAX_HEADER_SIZE,
+    // Node enforces the two timeouts when it sweeps its connections (every 30 s by default).
+    connectionsCheckingInterval: Math.max(100, Math.min(1_000, limits.headersTimeoutMs)),
+  };
+}
+
+export function createHttpServer(deps: HttpEndpointDeps, tls: TlsMaterial | undefined, gate?: GuestPeerGate, limits?: HttpLimits, guard?: ConnectionGuard): http.Server {
   const handler = gate ? guarded(gate, httpHandler(deps)) : httpHandler(deps);
-  const server = tls ? httpsServer(handler, tls) : http.createServer(handler);
-  // Who is calling is found out as soon as the connection opens, once.
-  if (gate) server.on(tls ? 'secureConnection' : 'connection', (socket: import('node:net').Socket) => void gate.verdictFor(socket));
+  const options = limits ? serverOptions(limits) : {};
+  // Under TLS, the handshake too must end within the headers timeout (Node's default: 120 s).
+  const server = tls ? httpsServer(handler, tls, limits ? { ...options, handshakeTimeout: limits.headersTimeoutMs } : options) : http.createServer(options, handler);
+  if (limits) {
+    server.maxHeadersCount = MAX_HEADERS_COUNT;
+    // A socket silent for this long (a client that stops reading a response) is destroyed.
+    server.setTimeout(limits.idleMs);
+  }
+  // Who is calling is found out as soon as the connection opens (after TLS), once.
+  const verdict = (socket: net.Socket) => void (guard ? guard.verdictWithin(gate!, socket) : gate!.verdictFor(socket)).catch(() => socket.destroy());
+  if (guard) {
+    // The caps come first, before HTTP (or TLS) sees the socket: Node's own 'connection'
+    // listener is called only for an admitted one.
+    const own = server.listeners('connection') as ((s: net.Socket) => void)[];
+    server.removeAllListeners('connection');
+    server.on('connection', (socket: net.Socket) => {
+      if (!guard.admit(socket)) return;
+      for (const l of own) l.call(server, socket);
+      if (gate && !tls) verdict(socket);
+    });
+    if (gate && tls) server.on('secureConnection', verdict);
+  } else if (gate) {
+    server.on(tls ? 'secureConnection' : 'connection', verdict);
+  }
+  if (guard) server.on('close', () => guard.close());
   return server;
 }
 
-function httpsServer(handler: http.RequestListener, tls: TlsMaterial): http.Server {
+function httpsServer(handler: http.RequestListener, tls: TlsMaterial, options: https.ServerOptions): http.Server {
   return https.createServer(
     {
+      ...options,
       key: tls.key,
       cert: tls.certChain,
       ca: tls.clientCa,
