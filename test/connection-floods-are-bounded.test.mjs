@@ -12,7 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Daemon, call, fakeQemuEnv, tmpDir, waitFor } from './daemon.mjs';
 import { ConnectionGuard } from '../dist/api/connection-guard.js';
 import { GuestPeerGate } from '../dist/api/guest-peer.js';
-import { listenGrpc, GuestConnections } from '../dist/api/grpc/listener.js';
+import { listenGrpc } from '../dist/api/grpc/listener.js';
 
 const daemons = [];
 after(async () => {
@@ -198,7 +198,7 @@ test('a connection whose guest verdict does not come within the deadline is clos
   const guard = new ConnectionGuard('grpc', { maxTotal: 100, maxPerPeer: 100, verdictTimeoutMs: 300 }, log, { connectionRefused: (api, reason) => refused.push(`${api}/${reason}`) }, 2_000);
   const gate = new GuestPeerGate({ refuse: true, refuseUnattributed: false }, () => new Promise(() => undefined), log);
   const server = new grpc.Server();
-  const listener = await listenGrpc({ host: '127.0.0.1', port: 0, credentials: grpc.ServerCredentials.createInsecure(), server, refusing: server, gate, guard, log }, new GuestConnections());
+  const listener = await listenGrpc({ host: '127.0.0.1', port: 0, credentials: grpc.ServerCredentials.createInsecure(), server, gate, guard, log });
   const waiting = flood(listener.port, 3, '127.0.0.1');
   try {
     assert.ok(await waitFor(() => waiting.closed === 3, 10_000, 20), `${waiting.closed} of 3 closed`);

@@ -137,6 +137,3 @@ export class GuestPeerGate {
     if (this.logged.size > 1024) for (const [k, e] of this.logged) if (now - e.at >= this.logWindowMs) this.logged.delete(k);
   }
 }
-
-/** The message a refused caller gets. */
-export const REFUSAL_TEXT = 'calls from a guest VM are not accepted: the manager refuses callers that reach it through a VM\'s user-mode network';

@@ -6,10 +6,10 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { bindAdminSocket, groupId, removeAdminSocket } from '../api/grpc/admin-socket.js';
-import { GuestConnections, listenGrpc } from '../api/grpc/listener.js';
-import { createGrpcServer, createRefusingServer, serverCredentials, setServing, tcpTransportOptions } from '../api/grpc/server.js';
+import { listenGrpc } from '../api/grpc/listener.js';
+import { createGrpcServer, serverCredentials, setServing, tcpTransportOptions } from '../api/grpc/server.js';
 import { ConnectionGuard } from '../api/connection-guard.js';
-import { describeGuestPeerMode, GuestPeerGate, REFUSAL_TEXT } from '../api/guest-peer.js';
+import { describeGuestPeerMode, GuestPeerGate } from '../api/guest-peer.js';
 import { createHttpServer, type Lifecycle, listen } from '../api/http/server.js';
 import { loadTlsMaterial } from '../api/tls.js';
 import type { Config } from '../config/types.js';
@@ -239,13 +239,9 @@ export async function serveCommand(config: Config): Promise<void> {
   const grpcServer = createGrpcServer(manager, log, metrics, { admin: config.admin.onGrpcPort, transport });
   const { server } = grpcServer;
   mark('grpc server');
-  const guests = new GuestConnections();
-  const refusing = createRefusingServer((peer, method) => {
-    gate.refused(guests.get(peer) ?? { refuse: true, reason: 'guest connection' }, 'grpc', method);
-  }, REFUSAL_TEXT, transport);
   let listener;
   try {
-    listener = await listenGrpc({ host: config.grpc.host, port: config.grpc.port, credentials: serverCredentials(grpcTls), server, refusing, gate, guard: grpcGuard, log }, guests);
+    listener = await listenGrpc({ host: config.grpc.host, port: config.grpc.port, credentials: serverCredentials(grpcTls), server, gate, guard: grpcGuard, log });
   } catch (err) {
     const where = `${config.grpc.host || '*'}:${config.grpc.port}`;
     throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${where}): ${(err as Error).message}`);
@@ -333,7 +329,6 @@ export async function serveCommand(config: Config): Promise<void> {
       manager.beginShutdown();
       await Promise.race([callsDone, graceOver]);
       server.forceShutdown();
-      refusing.forceShutdown();
       admin?.server.forceShutdown();
       if (admin) await removeAdminSocket(config.admin.socket);
       await manager.drain(STOP_DRAIN_MS);

@@ -1,15 +1,15 @@
 /**
  * The gRPC TCP listener: the daemon accepts each connection itself, counts it against the
  * connection caps (src/api/connection-guard.ts), asks the guest-peer gate who is calling (once
- * per connection, within a deadline), then hands the connection to the real server or, for a
- * guest, to the refusing one. A guest's calls therefore never reach a handler, and host callers
+ * per connection, within a deadline), then hands the connection to the server or, for a guest,
+ * closes it unread. A guest's bytes therefore never reach HTTP/2 or a handler, and host callers
  * pay nothing per call.
  */
 import net from 'node:net';
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { ConnectionGuard } from '../connection-guard.js';
-import { type GuestPeerGate, type PeerVerdict } from '../guest-peer.js';
+import type { GuestPeerGate } from '../guest-peer.js';
 
 export interface GrpcListener {
   port: number;
@@ -24,29 +24,14 @@ export interface GrpcListenerOptions {
   port: number;
   credentials: grpc.ServerCredentials;
   server: grpc.Server;
-  refusing: grpc.Server;
   gate: GuestPeerGate;
   /** The caps and the verdict deadline of this port. */
   guard: ConnectionGuard;
   log: Logger;
 }
 
-/** The verdicts of guests' live connections, by "address:port" of the peer (what grpc-js reports). */
-export class GuestConnections {
-  private readonly byPeer = new Map<string, PeerVerdict>();
-  add(socket: net.Socket, v: PeerVerdict): void {
-    const key = `${socket.remoteAddress}:${socket.remotePort}`;
-    this.byPeer.set(key, v);
-    socket.once('close', () => this.byPeer.delete(key));
-  }
-  get(peer: { address: string; port: number }): PeerVerdict | undefined {
-    return this.byPeer.get(`${peer.address}:${peer.port}`);
-  }
-}
-
-export function listenGrpc(o: GrpcListenerOptions, guests: GuestConnections): Promise<GrpcListener> {
+export function listenGrpc(o: GrpcListenerOptions): Promise<GrpcListener> {
   const main = o.server.createConnectionInjector(o.credentials);
-  const refusing = o.refusing.createConnectionInjector(o.credentials);
   // Paused: nothing is read from a connection before it is known whose it is.
   const tcp = net.createServer({ pauseOnConnect: true }, (socket) => {
     socket.on('error', () => undefined);
@@ -57,11 +42,12 @@ export function listenGrpc(o: GrpcListenerOptions, guests: GuestConnections): Pr
         // No verdict in time (the guard closed it), or the peer went meanwhile.
         if (v === undefined || socket.destroyed) return;
         if (v.refuse) {
-          guests.add(socket, v);
-          refusing.injectConnection(socket);
-        } else {
-          main.injectConnection(socket);
+          // A guest's connection is closed unread: no byte of it reaches HTTP/2, let alone a handler.
+          o.gate.refused(v, 'grpc', 'connection');
+          socket.destroy();
+          return;
         }
+        main.injectConnection(socket);
         // The HTTP/2 session has taken the socket over; let it read.
         socket.resume();
       },

@@ -355,38 +355,3 @@ export function bindServer(server: grpc.Server, address: string, creds: grpc.Ser
   });
 }
 
-/** Every method of a service answered by nothing: the refusing server's interceptor answers first. */
-function unreachable(service: grpc.ServiceDefinition): grpc.UntypedServiceImplementation {
-  const out: grpc.UntypedServiceImplementation = {};
-  for (const name of Object.keys(service)) {
-    out[name] = () => {
-      throw new Error('unreachable: the refusing server answers every call in its interceptor');
-    };
-  }
-  return out;
-}
-
-/**
- * The server that guests' connections are handed to: the same services, none of their
- * handlers; every call is answered PERMISSION_DENIED before it reaches anything.
- */
-export function createRefusingServer(onRefused: (peer: { address: string; port: number }, method: string) => void, details: string, transport: grpc.ServerOptions = {}): grpc.Server {
-  const refuse: grpc.ServerInterceptor = (method, call) =>
-    new grpc.ServerInterceptingCall(call, {
-      start: (next) => {
-        next({
-          onReceiveMetadata: () => {
-            const c = call.getConnectionInfo();
-            onRefused({ address: c.remoteAddress ?? '', port: c.remotePort ?? 0 }, method.path);
-            call.sendStatus({ code: grpc.status.PERMISSION_DENIED, details, metadata: new grpc.Metadata() });
-          },
-        });
-      },
-    });
-  const server = new grpc.Server({ ...transport, interceptors: [refuse], 'grpc.max_receive_message_length': 64 * 1024 });
-  const { pkg } = services();
-  server.addService(pkg.manager.ManagerService.service, unreachable(pkg.manager.ManagerService.service));
-  server.addService(pkg.manager.ManagerAdmin.service, unreachable(pkg.manager.ManagerAdmin.service));
-  new HealthImplementation({ '': 'NOT_SERVING' }).addToServer(server);
-  return server;
-}

@@ -9,7 +9,7 @@ import type net from 'node:net';
 import type { Registry } from 'prom-client';
 import type { BuildInfo } from '../../telemetry/build-info.js';
 import type { ConnectionGuard } from '../connection-guard.js';
-import type { GuestPeerGate } from '../guest-peer.js';
+import type { GuestPeerGate, PeerVerdict } from '../guest-peer.js';
 import type { TlsMaterial } from '../tls.js';
 
 /** 'recovering': serving, while VMs an earlier run left are being re-adopted. */
@@ -58,20 +58,27 @@ export function httpHandler(deps: HttpEndpointDeps): http.RequestListener {
   };
 }
 
-/** Answers 403 to a guest's connection (the verdict is the connection's, made when it opened). */
+/**
+ * A request is answered only once its connection's verdict says it is not a guest's (the
+ * verdict is the connection's, made when it opened); a guest's connection is closed, unanswered.
+ */
 function guarded(gate: GuestPeerGate, handler: http.RequestListener): http.RequestListener {
   return (req, res) => {
     gate.verdictFor(req.socket).then(
       (v) => {
         if (!v.refuse) return handler(req, res);
-        // Closed meanwhile (the verdict deadline, or the client went): nobody to answer.
-        if (req.socket.destroyed) return;
-        gate.refused(v, 'http', `${req.method} ${(req.url ?? '/').split('?', 1)[0]}`);
-        send(res, 403, 'text/plain; charset=utf-8', 'forbidden: the manager does not answer guest VMs\n', { connection: 'close' });
+        refuse(gate, v, req.socket, `${req.method} ${(req.url ?? '/').split('?', 1)[0]}`);
       },
-      () => send(res, 403, 'text/plain; charset=utf-8', 'forbidden\n', { connection: 'close' }),
+      () => req.socket.destroy(),
     );
   };
+}
+
+/** Closes a guest's connection at once (logged once per VM per window). */
+function refuse(gate: GuestPeerGate, v: PeerVerdict, socket: net.Socket, what: string): void {
+  if (socket.destroyed) return;
+  gate.refused(v, 'http', what);
+  socket.destroy();
 }
 
 /** How long a client has to send a request's headers (MANAGER_HTTP_HEADERS_TIMEOUT) and how long a socket may be silent. */
@@ -109,7 +116,11 @@ export function createHttpServer(deps: HttpEndpointDeps, tls: TlsMaterial | unde
     server.setTimeout(limits.idleMs);
   }
   // Who is calling is found out as soon as the connection opens (after TLS), once.
-  const verdict = (socket: net.Socket) => void (guard ? guard.verdictWithin(gate!, socket) : gate!.verdictFor(socket)).catch(() => socket.destroy());
+  const verdict = (socket: net.Socket) =>
+    void (guard ? guard.verdictWithin(gate!, socket) : gate!.verdictFor(socket)).then(
+      (v) => v?.refuse && refuse(gate!, v, socket, 'connection'),
+      () => socket.destroy(),
+    );
   if (guard) {
     // The caps come first, before HTTP (or TLS) sees the socket: Node's own 'connection'
     // listener is called only for an admitted one.
