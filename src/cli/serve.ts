@@ -209,6 +209,10 @@ export async function serveCommand(config: Config): Promise<void> {
   const stateLock = await locking;
   stateLock.onLost(() => log.error({ lock: stateLock.file }, 'the state directory lock was lost (its flock process was killed): another daemon could now start on this MANAGER_STATE_DIR; restart this one'));
   mark('locked');
+  // The table's install (two nft runs, ~25 ms) goes on while the records are read; both are
+  // needed before the port opens.
+  const installing = firewall?.install();
+  installing?.catch(() => undefined); // awaited below
   // Before the port opens, only the records of what an earlier run left are read: their ports,
   // slots and processes (whose guests are refused) are reserved. /proc and QMP come after.
   const leftovers = await manager.expectLeftovers();
@@ -225,7 +229,7 @@ export async function serveCommand(config: Config): Promise<void> {
       );
     }
     try {
-      await firewall.install();
+      await installing;
     } catch (err) {
       throw new StartupError(
         `the guest firewall (nftables table ${firewall.table}) could not be installed: ${(err as Error).message}; install nftables and give the daemon CAP_NET_ADMIN, or set MANAGER_GUEST_ISOLATION=false (guests then reach the host's loopback)`,
