@@ -108,8 +108,7 @@ test('with guest isolation off, the /proc check fails closed: 40 send-then-reset
     assert.deepEqual(results.connect, { grpc: 'connected', http: 'connected' }, 'no firewall: the guest connects');
     assert.equal(results.burst.length, 40);
     // Refused connections are closed unanswered: no status, no byte of an answer.
-    assert.deepEqual(results.http.map((r) => r.status), [undefined, undefined], JSON.stringify(results.http));
-    assert.ok(results.http.every((r) => ['UND_ERR_SOCKET', 'ECONNRESET'].includes(r.code)), JSON.stringify(results.http));
+    assert.ok(results.http.every((r) => r.closed === true || r.code === 'ECONNRESET'), JSON.stringify(results.http));
     assert.deepEqual(results.grpc.map((r) => r.code), Array(3).fill(grpc.status.UNAVAILABLE), JSON.stringify(results.grpc));
     // The bursts' connections were gone before their verdicts: refused, never served.
     assert.ok(await waitFor(async () => (await status(s.d, victim.cvm_id)).state === 'running', 5_000));
