@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { CLI, baseEnv } from './helpers.mjs';
-import { Daemon, call, fakeQemuEnv, firewallTable, firewallTablePresent, nextUidRange, tmpDir, waitFor } from './daemon.mjs';
+import { Daemon, call, fakeQemuEnv, firewallTable, firewallTablePresent, isAlive, nextUidRange, tmpDir, waitFor } from './daemon.mjs';
 
 const isRoot = process.getuid?.() === 0;
 const skip = isRoot ? false : 'needs root (a uid per VM, nftables)';
@@ -32,10 +32,10 @@ function getVm(d, id) {
 const mode = (p) => (fs.statSync(p).mode & 0o7777).toString(8);
 const owner = (p) => `${fs.statSync(p).uid}:${fs.statSync(p).gid}`;
 
-test('each VM\'s QEMU runs as a uid of its own, owns only what it must open, and its uid is reused once the VM is gone', { skip }, async () => {
-  const range = nextUidRange(10);
+test('each VM\'s QEMU runs as a uid of its own, owns only what it must open, and its uid is handed out again once the VM is gone', { skip }, async () => {
+  const range = nextUidRange(3);
   const first = Number(range.split('-')[0]);
-  const d = await Daemon.start(fakeQemuEnv(path.join(tmpDir('cocos-uid-'), 'state'), { MANAGER_VM_UID_RANGE: range }));
+  const d = await Daemon.start(fakeQemuEnv(path.join(tmpDir('cocos-uid-'), 'state'), { MANAGER_VM_UID_RANGE: range, MANAGER_MAX_VMS: '0' }));
   daemons.push(d);
   const [a, b] = await d.createVms({}, {});
   const va = await getVm(d, a.cvm_id);
@@ -73,11 +73,48 @@ test('each VM\'s QEMU runs as a uid of its own, owns only what it must open, and
   const client = d.client();
   try {
     await call(client, 'RemoveVm', { cvm_id: a.cvm_id });
+    // Round the range: the last uid first, then the one freed (the range is 3 uids).
     const c = await call(client, 'CreateVm', {});
-    assert.equal(ids((await getVm(d, c.cvm_id)).pid).uid[0], first, 'a removed VM\'s uid is handed out again');
+    assert.equal(ids((await getVm(d, c.cvm_id)).pid).uid[0], first + 2, 'a uid just freed is the last to be reused');
+    const e = await call(client, 'CreateVm', {});
+    assert.equal(ids((await getVm(d, e.cvm_id)).pid).uid[0], first, 'a removed VM\'s uid is handed out again');
+    await assert.rejects(call(client, 'CreateVm', {}), (err) => err.code === 8 && /no free uid left in MANAGER_VM_UID_RANGE/.test(err.details));
   } finally {
     client.close();
   }
+});
+
+test('two daemons sharing a uid range never give two VMs one uid; a removed VM\'s uid is retired: what still runs as it is killed', { skip }, async () => {
+  const range = nextUidRange(4);
+  const first = Number(range.split('-')[0]);
+  const one = await Daemon.start(fakeQemuEnv(path.join(tmpDir('cocos-uid-a-'), 'state'), { MANAGER_VM_UID_RANGE: range, MANAGER_MAX_VMS: '0' }));
+  daemons.push(one);
+  const two = await Daemon.start(fakeQemuEnv(path.join(tmpDir('cocos-uid-b-'), 'state'), { MANAGER_VM_UID_RANGE: range, MANAGER_MAX_VMS: '0' }));
+  daemons.push(two);
+  const [a] = await one.createVms({});
+  const [b] = await two.createVms({});
+  const ua = ids((await getVm(one, a.cvm_id)).pid).uid[0];
+  const ub = ids((await getVm(two, b.cvm_id)).pid).uid[0];
+  assert.equal(ua, first);
+  assert.notEqual(ub, ua, 'the second daemon skips the uid a process runs as');
+
+  // Something a QEMU left behind (an escape's detached child) runs on as the VM's uid.
+  const stray = spawn('setpriv', [`--reuid=${ua}`, `--regid=${ua}`, '--clear-groups', 'sleep', '600'], { stdio: 'ignore', detached: true });
+  stray.unref();
+  assert.ok(await waitFor(() => { try { return ids(stray.pid).uid[0] === ua; } catch { return false; } }, 5_000));
+  const client = one.client();
+  try {
+    await call(client, 'RemoveVm', { cvm_id: a.cvm_id });
+    assert.ok(await waitFor(() => !isAlive(stray.pid), 5_000), 'the stray process of the removed VM\'s uid was killed');
+  } finally {
+    client.close();
+  }
+});
+
+test('a root daemon does not run QEMU through sudo: it gives each VM a user of its own (exit 2 naming MANAGER_QEMU_USE_SUDO)', { skip }, async () => {
+  const r = await serveExit(fakeQemuEnv(path.join(tmpDir('cocos-rootsudo-'), 'state'), { MANAGER_QEMU_USE_SUDO: 'true', MANAGER_VM_UID_RANGE: nextUidRange() }));
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /MANAGER_QEMU_USE_SUDO=true is for a daemon that is not root/);
 });
 
 test('the guest firewall is in place while VMs run, put back when removed behind the daemon\'s back, and gone with the last VM', { skip }, async () => {
@@ -93,7 +130,7 @@ test('the guest firewall is in place while VMs run, put back when removed behind
   assert.match(rules, new RegExp(`meta skuid != ${first}-${last} accept`));
   assert.match(rules, /fib daddr type != local accept/);
   assert.match(rules, /tcp flags syn \/ fin,syn,rst,ack reject with tcp reset/);
-  assert.match(rules, /meta l4proto udp reject/);
+  assert.match(rules, /meta l4proto \{ udp, dccp, sctp, udplite \} reject/);
 
   spawnSync('nft', ['delete', 'table', 'inet', table]);
   assert.ok(!firewallTablePresent(d.stateDir));

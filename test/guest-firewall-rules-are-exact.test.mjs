@@ -29,7 +29,7 @@ test('the script replaces the table in one transaction and refuses the VM uids\'
     '\t\tip daddr 127.0.0.1 udp dport 123 accept',
     '\t\tip6 daddr ::1 tcp dport 9000 accept',
     '\t\ttcp flags & (fin | syn | rst | ack) == syn reject with tcp reset',
-    '\t\tmeta l4proto udp reject',
+    '\t\tmeta l4proto { udp, udplite, sctp, dccp } reject',
     '\t}',
     '}',
     '',

@@ -26,7 +26,7 @@ import { lockStateDir } from '../host/state-dir-lock.js';
 import { type GuestIsolation, VmManager } from '../manager/vm-manager.js';
 import { UidPool } from '../manager/uid-pool.js';
 import { GuestFirewall } from '../host/guest-firewall.js';
-import { deviceAccess, deviceGroups, untraversableAncestors } from '../host/vm-users.js';
+import { deviceAccess, deviceGroups, procUidProcesses, untraversableAncestors } from '../host/vm-users.js';
 import { readBuildInfo } from '../telemetry/build-info.js';
 import { createLogger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
@@ -75,7 +75,13 @@ async function prepareStateDir(dir: string, isolating: boolean, qemuGid?: number
 /** Guest isolation needs a root daemon: under sudo the unit's privileged step installs the firewall. */
 function guestIsolationMode(config: Config): 'per-vm-user' | 'sudo' | 'off' {
   if (!config.isolation.enabled) return 'off';
-  if (config.qemu.useSudo) return 'sudo';
+  if (config.qemu.useSudo) {
+    // A root daemon gives each VM a user of its own; sudo would run them all as one.
+    if (process.getuid?.() === 0) {
+      throw new StartupError('MANAGER_QEMU_USE_SUDO=true is for a daemon that is not root: a root daemon runs each VM\'s QEMU as a user of its own (guest isolation); set MANAGER_QEMU_USE_SUDO=false');
+    }
+    return 'sudo';
+  }
   if (process.getuid?.() !== 0) {
     throw new StartupError(
       "MANAGER_GUEST_ISOLATION=true needs a root daemon (each VM's QEMU runs as a uid of its own, and an nftables table refuses guests' connections to the host): run it as root, as the systemd unit does, use MANAGER_QEMU_USE_SUDO, or set MANAGER_GUEST_ISOLATION=false (guests then reach the host's loopback)",
@@ -154,9 +160,18 @@ export async function serveCommand(config: Config): Promise<void> {
   let firewall: GuestFirewall | undefined;
   if (isolationMode === 'per-vm-user') {
     const devices = deviceAccess();
-    for (const d of devices) if (d.problem) log.warn({ device: d.device }, d.problem);
+    // A device every VM needs but no VM user can open would fail every CreateVm inside QEMU.
+    const needed = (d: string) => (d === '/dev/kvm' ? config.qemu.enableKvm : d === '/dev/sev' ? config.qemu.enableSevSnp : false);
+    for (const d of devices) {
+      if (!d.problem) continue;
+      if (needed(d.device)) throw new StartupError(`${d.problem}; or set MANAGER_GUEST_ISOLATION=false`);
+      log.warn({ device: d.device }, d.problem);
+    }
     firewall = new GuestFirewall(config.stateDir, { uids: config.isolation.uidRange, allow: config.isolation.allowLocal }, log);
-    isolation = { uids: new UidPool(config.isolation.uidRange), groups: deviceGroups(devices), firewall };
+    const uids = new UidPool(config.isolation.uidRange, procUidProcesses, (uid, left) =>
+      log.error({ uid, processes: left }, 'processes of a removed VM\'s uid survive SIGKILL: the uid stays out of use until they are gone'),
+    );
+    isolation = { uids, groups: deviceGroups(devices), firewall };
   } else if (isolationMode === 'off') {
     log.warn('guest isolation is off (MANAGER_GUEST_ISOLATION=false): QEMU runs as the daemon\'s user and nothing but the /proc check keeps guests from calling the host\'s services through 10.0.2.2');
   }
@@ -248,6 +263,8 @@ export async function serveCommand(config: Config): Promise<void> {
     listener = await listenGrpc({ host: config.grpc.host, port: config.grpc.port, credentials: serverCredentials(grpcTls), server, gate, guard: grpcGuard, log });
   } catch (err) {
     const where = `${config.grpc.host || '*'}:${config.grpc.port}`;
+    // The table installed a moment ago is not needed if no VM of an earlier run is left.
+    await firewall?.removeIf(() => !manager.hasVms()).catch(() => false);
     throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${where}): ${(err as Error).message}`);
   }
   mark('grpc listening');

@@ -60,6 +60,8 @@ export class GuestFirewall {
   readonly table: string;
   /** `nft list table` of what was installed last, to notice a change made behind our back. */
   private installed: string | undefined;
+  /** Whether the table should be in place (VMs may run): the watch puts it back while it is. */
+  private wanted = false;
   private nameservers: string[] = [];
   private timer: NodeJS.Timeout | undefined;
   private checking = false;
@@ -90,10 +92,11 @@ export class GuestFirewall {
   }
 
   private async installNow(): Promise<void> {
+    this.wanted = true;
+    this.watch();
     this.nameservers = hostNameservers();
     await runNft(['-f', '-'], guestFirewallScript({ ...this.base, table: this.table, nameservers: this.nameservers }));
     this.installed = await this.listing();
-    this.watch();
   }
 
   /** Installs the table unless it is already in place (before each QEMU starts). */
@@ -108,6 +111,7 @@ export class GuestFirewall {
     return this.inTurn(async () => {
       if (!unused()) return false;
       this.stopWatching();
+      this.wanted = false;
       this.installed = undefined;
       await runNft(['-f', '-'], `table inet ${this.table}\ndelete table inet ${this.table}\n`);
       return true;
@@ -136,25 +140,33 @@ export class GuestFirewall {
 
   /** One look: the table as installed, for the nameservers of now; put back if not. */
   async check(): Promise<void> {
-    if (this.checking || this.installed === undefined) return;
+    if (this.checking || !this.wanted) return;
     this.checking = true;
     try {
       const ns = hostNameservers();
       const now = await this.listing();
-      if (this.installed === undefined) return; // removed meanwhile
+      if (!this.wanted) return; // removed meanwhile, on purpose
       let why: string | undefined;
-      if (now === undefined) why = 'the table was removed';
+      if (this.installed === undefined) why = 'the table could not be put back before';
+      else if (now === undefined) why = 'the table was removed';
       else if (now !== this.installed) why = 'the table was changed';
       else if (ns.join(' ') !== this.nameservers.join(' ')) why = `the host's nameservers changed (${ns.join(', ') || 'none'})`;
       if (!why) return;
-      if (why.startsWith('the table')) this.log.warn({ table: this.table }, `${why} behind the manager's back: putting it back (guests' connections to the host are refused again)`);
-      else this.log.info({ table: this.table, nameservers: ns }, `${why}: the guest firewall follows`);
+      if (why.startsWith('the table was')) this.log.warn({ table: this.table }, `${why} behind the manager's back: putting it back (guests' connections to the host are refused again)`);
+      else if (why.startsWith('the host')) this.log.info({ table: this.table, nameservers: ns }, `${why}: the guest firewall follows`);
       // Unless it was removed on purpose meanwhile (the last VM went).
       await this.inTurn(async () => {
-        if (this.installed !== undefined) await this.installNow();
+        if (!this.wanted) return;
+        try {
+          await this.installNow();
+        } catch (err) {
+          // Not in place: tried again at the next look, and by the next CreateVm before its QEMU starts.
+          this.installed = undefined;
+          throw err;
+        }
       });
     } catch (err) {
-      this.log.error({ table: this.table, err: String(err) }, 'could not put the guest firewall back: guests may reach the host until it is');
+      this.log.error({ table: this.table, err: String(err) }, 'could not put the guest firewall back: guests may reach the host until it is (retried every 2 s; no VM starts without it)');
     } finally {
       this.checking = false;
     }

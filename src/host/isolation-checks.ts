@@ -40,6 +40,25 @@ function launchFiles(config: Config): [string, string][] {
   return files;
 }
 
+/** VMs of the state directory whose QEMU runs now (their record's PID is alive). */
+function liveVms(stateDir: string): string[] {
+  const vms = path.join(stateDir, 'vms');
+  let names: string[];
+  try {
+    names = fs.readdirSync(vms);
+  } catch {
+    return [];
+  }
+  return names.filter((name) => {
+    try {
+      const r = JSON.parse(fs.readFileSync(path.join(vms, name, 'record.json'), 'utf8')) as { pid?: number };
+      return typeof r.pid === 'number' && fs.existsSync(`/proc/${r.pid}`);
+    } catch {
+      return false;
+    }
+  });
+}
+
 /** VMs of the state directory whose QEMU runs as root (started before guest isolation). */
 function rootQemus(stateDir: string): string[] {
   const vms = path.join(stateDir, 'vms');
@@ -68,7 +87,12 @@ export async function isolationChecks(config: Config, uid = process.getuid?.() ?
   if (!iso.enabled) {
     return [warn('guest isolation', 'off (MANAGER_GUEST_ISOLATION=false): QEMU runs as the daemon\'s user and no firewall keeps guests off the host\'s services', 'set MANAGER_GUEST_ISOLATION=true and run the daemon as root')];
   }
-  if (config.qemu.useSudo) return [];
+  if (config.qemu.useSudo) {
+    // The unit's privileged step installs the table for MANAGER_QEMU_SUDO_USER; only root can look.
+    if (uid !== 0) return [warn('guest firewall', 'under MANAGER_QEMU_USE_SUDO the table is installed by `cocos-manager firewall install` (the unit\'s ExecStartPre=+) and only root can list it', 'run `cocos-manager check` as root, or `sudo cocos-manager firewall status`')];
+    const listed = await new GuestFirewall(config.stateDir, { uids: iso.uidRange, allow: iso.allowLocal }, QUIET).listing();
+    return [listed !== undefined ? pass('guest firewall', 'table in place (installed by the unit\'s privileged step)') : fail('guest firewall', 'no table for this state directory: guests reach the host\'s loopback', 'enable ExecStartPre=+/usr/local/bin/cocos-manager firewall install in the unit, or run it now')];
+  }
   const out: CheckResult[] = [];
   const range = `MANAGER_VM_UID_RANGE=${iso.uidRange.first}-${iso.uidRange.last}`;
   if (uid !== 0) out.push(fail('guest isolation', 'the daemon must run as root to give each VM a uid of its own and install the firewall', 'run it as root (the systemd unit does), or set MANAGER_GUEST_ISOLATION=false'));
@@ -80,10 +104,13 @@ export async function isolationChecks(config: Config, uid = process.getuid?.() ?
     const fw = new GuestFirewall(config.stateDir, { uids: iso.uidRange, allow: iso.allowLocal }, QUIET);
     const table = fw.table;
     const listed = await fw.listing();
+    const running = liveVms(config.stateDir);
     out.push(
       listed !== undefined
         ? pass('guest firewall', `nftables table inet ${table} in place`)
-        : pass('guest firewall', `nftables table inet ${table} not in place: none is needed while no VM runs (the daemon installs it before the first QEMU starts)`),
+        : running.length > 0
+          ? fail('guest firewall', `nftables table inet ${table} is missing while ${running.length} VM(s) run: their guests reach the host`, 'start the daemon (it installs the table at start), or run `cocos-manager firewall install`')
+          : pass('guest firewall', `nftables table inet ${table} not in place: none is needed while no VM runs (the daemon installs it before the first QEMU starts)`),
     );
   }
   for (const [setting, file] of launchFiles(config)) {

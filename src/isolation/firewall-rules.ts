@@ -5,7 +5,8 @@
  * A guest reaches the host only through its QEMU (user-mode networking turns 10.0.2.2 into the
  * host's loopback), and every QEMU runs as a uid of the VM range. So the output hook rejects,
  * for sockets of those uids, connection attempts to any local address: TCP's first SYN (only
- * the SYN: no connection tracking is switched on for the host) and every UDP datagram. A
+ * the SYN: no connection tracking is switched on for the host) and every UDP datagram (and
+ * UDP-Lite, SCTP and DCCP, which an escaped QEMU could open without privileges). A
  * guest's connect() fails at once with ECONNREFUSED; no byte reaches a process. Traffic to
  * other hosts, and the replies of QEMU's forwarded ports (SYN-ACK), are untouched.
  */
@@ -54,7 +55,7 @@ export function guestFirewallScript(s: GuestFirewallSpec): string {
     `\t\tfib daddr type != local accept`,
     ...accepts,
     `\t\ttcp flags & (fin | syn | rst | ack) == syn reject with tcp reset`,
-    `\t\tmeta l4proto udp reject`,
+    `\t\tmeta l4proto { udp, udplite, sctp, dccp } reject`,
     `\t}`,
     `}`,
     '',

@@ -47,7 +47,13 @@ export function listenGrpc(o: GrpcListenerOptions): Promise<GrpcListener> {
           socket.destroy();
           return;
         }
-        main.injectConnection(socket);
+        try {
+          main.injectConnection(socket);
+        } catch (err) {
+          o.log.error({ err: String(err) }, 'could not hand a gRPC connection to the server; closed');
+          socket.destroy();
+          return;
+        }
         // The HTTP/2 session has taken the socket over; let it read.
         socket.resume();
       },
