@@ -7,36 +7,14 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { Daemon, call, tcgEnv, tmpDir } from './daemon.mjs';
-import { GUEST_INITRD, GUEST_KERNEL, consoleTail } from './guest.mjs';
+import { GUEST_INITRD, GUEST_KERNEL, consoleTail, waitForProbe } from './guest.mjs';
 import { QEMUS } from './qemu-versions.mjs';
 
 const PROBE_TIMEOUT_MS = 180_000;
 // A guest initramfs built elsewhere (e.g. from a worktree whose build/ is shared) may be named here.
 const INITRD = process.env.COCOS_TEST_GUEST_INITRD || GUEST_INITRD;
-
-/** The probe's key=value lines once it is done, read from the agent's report; bounded. */
-async function probeReport(port, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const text = await new Promise((resolve) => {
-      const sock = net.connect({ port, host: '127.0.0.1' });
-      let data = '';
-      sock.setTimeout(3_000, () => sock.destroy());
-      sock.on('data', (d) => { data += d; });
-      sock.on('close', () => resolve(data));
-      sock.on('error', () => resolve(''));
-    });
-    if (text.includes('probe_done=1') && text.includes('== end')) {
-      const lines = text.slice(text.indexOf('== probe'), text.indexOf('== end')).split('\n');
-      return Object.fromEntries(lines.filter((l) => /^[a-z0-9_]+=/.test(l)).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
-    }
-    await new Promise((r) => setTimeout(r, 1_000));
-  }
-  throw new Error(`no probe report on port ${port} within ${timeoutMs} ms`);
-}
 
 for (const qemu of QEMUS) describe(`on ${qemu.name}`, { skip: qemu.skip }, () => {
   let daemon;
@@ -74,7 +52,7 @@ for (const qemu of QEMUS) describe(`on ${qemu.name}`, { skip: qemu.skip }, () =>
 
     let probe;
     try {
-      probe = await probeReport(Number(vm.forwarded_port), PROBE_TIMEOUT_MS);
+      ({ probe } = await waitForProbe(Number(vm.forwarded_port), PROBE_TIMEOUT_MS));
     } catch (err) {
       err.message += `\n--- serial console of ${vm.cvm_id} ---\n${consoleTail(state, vm.cvm_id)}`;
       throw err;

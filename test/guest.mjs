@@ -30,6 +30,28 @@ export async function waitForAgentReport(port, timeoutMs) {
   throw new Error(`agent on port ${port} gave no report within ${timeoutMs} ms`);
 }
 
+/**
+ * The hostile probe's findings (guest/probe.sh) once it is done, read from the agent's report:
+ * its key=value lines (plus `<name>_said`, what wget printed per URL) and the whole report; bounded.
+ */
+export async function waitForProbe(port, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const text = await askOnce(port, 3_000);
+    if (text.includes('probe_done=1') && text.includes('== end')) {
+      const lines = text.slice(text.indexOf('== probe'), text.indexOf('== end')).split('\n');
+      const probe = Object.fromEntries(lines.filter((l) => /^[a-z0-9_]+=/.test(l)).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+      for (const l of lines) {
+        const m = /^(http|http_lan): (.*)$/.exec(l);
+        if (m) probe[`${m[1]}_said`] = `${probe[`${m[1]}_said`] ?? ''}${m[2]}\n`;
+      }
+      return { probe, report: parseReport(text) };
+    }
+    await new Promise((r) => setTimeout(r, 1_000));
+  }
+  throw new Error(`no probe report on port ${port} within ${timeoutMs} ms`);
+}
+
 export function parseReport(text) {
   const sections = {};
   let current;

@@ -40,8 +40,8 @@ function launchFiles(config: Config): [string, string][] {
   return files;
 }
 
-/** VMs of the state directory whose QEMU runs now (their record's PID is alive). */
-function liveVms(stateDir: string): string[] {
+/** The VMs of the state directory whose QEMU runs now (their record's PID is alive), and as whom. */
+function runningVms(stateDir: string): { name: string; pid: number; asRoot: boolean; ownUser: boolean }[] {
   const vms = path.join(stateDir, 'vms');
   let names: string[];
   try {
@@ -49,32 +49,13 @@ function liveVms(stateDir: string): string[] {
   } catch {
     return [];
   }
-  return names.filter((name) => {
-    try {
-      const r = JSON.parse(fs.readFileSync(path.join(vms, name, 'record.json'), 'utf8')) as { pid?: number };
-      return typeof r.pid === 'number' && fs.existsSync(`/proc/${r.pid}`);
-    } catch {
-      return false;
-    }
-  });
-}
-
-/** VMs of the state directory whose QEMU runs as root (started before guest isolation). */
-function rootQemus(stateDir: string): string[] {
-  const vms = path.join(stateDir, 'vms');
-  let names: string[];
-  try {
-    names = fs.readdirSync(vms);
-  } catch {
-    return [];
-  }
-  const out: string[] = [];
+  const out: { name: string; pid: number; asRoot: boolean; ownUser: boolean }[] = [];
   for (const name of names) {
     try {
       const r = JSON.parse(fs.readFileSync(path.join(vms, name, 'record.json'), 'utf8')) as { pid?: number; runAs?: unknown };
-      if (r.runAs || typeof r.pid !== 'number') continue;
+      if (typeof r.pid !== 'number') continue;
       const status = fs.readFileSync(`/proc/${r.pid}/status`, 'utf8');
-      if (/^Uid:\s+0\s/m.test(status)) out.push(`${name} (pid ${r.pid})`);
+      out.push({ name, pid: r.pid, asRoot: /^Uid:\s+0\s/m.test(status), ownUser: Boolean(r.runAs) });
     } catch {
       /* no record, or not running */
     }
@@ -104,7 +85,7 @@ export async function isolationChecks(config: Config, uid = process.getuid?.() ?
     const fw = new GuestFirewall(config.stateDir, { uids: iso.uidRange, allow: iso.allowLocal }, QUIET);
     const table = fw.table;
     const listed = await fw.listing();
-    const running = liveVms(config.stateDir);
+    const running = runningVms(config.stateDir);
     out.push(
       listed !== undefined
         ? pass('guest firewall', `nftables table inet ${table} in place`)
@@ -124,7 +105,7 @@ export async function isolationChecks(config: Config, uid = process.getuid?.() ?
     if (!needed) continue;
     out.push(d.problem ? fail(`${d.device} for VM users`, d.problem, 'see the detail') : pass(`${d.device} for VM users`, d.gid === undefined ? 'open to all' : `through group ${d.gid}`));
   }
-  const rooted = rootQemus(config.stateDir);
+  const rooted = runningVms(config.stateDir).filter((v) => v.asRoot && !v.ownUser).map((v) => `${v.name} (pid ${v.pid})`);
   if (rooted.length > 0) out.push(warn('VMs running as root', `started before guest isolation: ${rooted.join(', ')}`, 'remove and re-create them: their guests are not kept off the host by a uid of their own'));
   return out;
 }
