@@ -145,11 +145,19 @@ export class QemuProcess {
     // A lost QMP connection is the first sign of an exit. QEMU closes it while it cleans up,
     // before the process is gone (freeing a large guest's memory takes a while): look often.
     qmp.onDisconnect(() => hurry(ADOPTED_HURRY_MS));
+    // Until QEMU's QMP channel is back (it reconnects within a second or so), nothing else would
+    // tell of an exit: a QEMU that dies right after a daemon restart is looked for often too.
+    let qmpBack = qmp.isConnected;
+    qmp.onReady(() => {
+      qmpBack = true;
+    });
+    const adoptedAt = Date.now();
+    const often = () => Date.now() < hurryUntil || (!qmpBack && Date.now() - adoptedAt < ADOPTED_HURRY_MS);
     // Recovery has just read the start time: the first look is after a wait (or a wake).
     const exited = (async (): Promise<ExitInfo> => {
       do {
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, Date.now() < hurryUntil ? ADOPTED_STOP_POLL_MS : ADOPTED_POLL_MS);
+          const timer = setTimeout(resolve, often() ? ADOPTED_STOP_POLL_MS : ADOPTED_POLL_MS);
           wake = () => {
             clearTimeout(timer);
             resolve();
