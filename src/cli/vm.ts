@@ -149,6 +149,7 @@ interface VmStatusOut {
   exit_signal: string;
   kernel_cmd: string;
   exit_cause: string;
+  pause_reason: string;
 }
 
 interface VmEventOut {
@@ -166,7 +167,7 @@ function streamEvents(admin: grpc.Client, json: boolean, count: number | undefin
     const stream = (admin as unknown as { WatchVms(req: object): grpc.ClientReadableStream<VmEventOut> }).WatchVms({});
     let seen = 0;
     stream.on('data', (e: VmEventOut) => {
-      const exit = e.vm.exit_cause ? ` (${e.vm.exit_cause})` : '';
+      const exit = e.vm.exit_cause ? ` (${e.vm.exit_cause})` : e.vm.pause_reason ? ` (${e.vm.pause_reason})` : '';
       process.stdout.write(json ? `${JSON.stringify(e)}\n` : `${e.at}  ${e.id}  ${e.from} -> ${e.to}${exit}  ${e.reason}\n`);
       if (count !== undefined && ++seen >= count) {
         stream.cancel();
@@ -233,7 +234,7 @@ export async function vmCommand(args: string[]): Promise<string> {
         const i = await unaryCall<Record<string, unknown>>(c.api, 'CVMInfo', { id }, timeoutMs);
         if (v.json) return JSON.stringify({ ...s, ovmf_version: i.ovmf_version, cpu_num: i.cpu_num, cpu_type: i.cpu_type, eos_version: i.eos_version });
         return table([
-          ['id', s.id], ['state', s.state], ['pid', String(s.pid)], ['forwarded port', s.forwarded_port], ['created', s.created_at],
+          ['id', s.id], ['state', s.pause_reason ? `${s.state} (${s.pause_reason})` : s.state], ['pid', String(s.pid)], ['forwarded port', s.forwarded_port], ['created', s.created_at],
           ['ttl deadline', s.ttl_deadline || '(none)'],
           ['exit', s.has_exit ? `${s.exit_cause || 'unknown'} (${s.exit_signal || `code ${s.exit_code}`})` : '(none)'],
           ['kernel command line', s.kernel_cmd], ['cpu', `${i.cpu_num} x ${i.cpu_type}`], ['ovmf', String(i.ovmf_version)], ['eos', String(i.eos_version) || '(unset)'],
@@ -253,7 +254,7 @@ export async function vmCommand(args: string[]): Promise<string> {
         if (res.vms.length === 0) return 'no VMs';
         return table([
           ['ID', 'STATE', 'PID', 'PORT', 'CREATED', 'TTL DEADLINE', 'EXIT'],
-          ...res.vms.map((s) => [s.id, s.state, String(s.pid), s.forwarded_port, s.created_at, s.ttl_deadline || '-', s.exit_cause || '-']),
+          ...res.vms.map((s) => [s.id, s.pause_reason ? `${s.state} (${s.pause_reason})` : s.state, String(s.pid), s.forwarded_port, s.created_at, s.ttl_deadline || '-', s.exit_cause || '-']),
         ]);
       }
       case 'events': {

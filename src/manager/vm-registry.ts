@@ -51,6 +51,8 @@ export interface VmStatusView {
   expiresAt: string | null;
   exit: { code: number | null; signal: string | null; at: string; cause: string } | null;
   kernelCmdline: string;
+  /** While paused: why QEMU paused the guest by itself (guest panic, an I/O error); null otherwise. */
+  pauseReason: string | null;
 }
 
 /** One transition, for watchers; `to: 'removed'` when the VM leaves the manager. */
@@ -162,7 +164,9 @@ export class VmRegistry {
       if (vm.record) vm.record.exit = vm.exit;
     }
     if (vm.record) vm.record.state = t.to;
-    vm.log.info({ from: t.from, to: t.to, reason: t.reason, cause: vm.machine.cause }, `VM ${t.to}`);
+    const paused = vm.machine.pauseReason;
+    if (paused) vm.log.warn({ from: t.from, to: t.to, reason: t.reason, pause_reason: paused }, `VM paused by QEMU: ${paused}`);
+    else vm.log.info({ from: t.from, to: t.to, reason: t.reason, cause: vm.machine.cause }, `VM ${t.to}`);
     this.notify(vm, t);
     return t;
   }
@@ -460,6 +464,7 @@ export function statusView(vm: Vm): VmStatusView {
     expiresAt: r?.expiresAt ?? null,
     exit,
     kernelCmdline: r?.kernelCmdline ?? '',
+    pauseReason: vm.machine.pauseReason ?? null,
   };
 }
 

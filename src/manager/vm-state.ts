@@ -65,6 +65,8 @@ export class VmStateMachine {
   private panicked = false;
   private stopRequested = false;
   private exitCause: ExitCause | undefined;
+  /** Why QEMU paused the guest by itself (a panic, an I/O error), while paused. */
+  private pausedBecause: string | undefined;
 
   constructor(initial: VmState = 'starting') {
     this.current = initial;
@@ -76,6 +78,11 @@ export class VmStateMachine {
 
   get cause(): ExitCause | undefined {
     return this.exitCause;
+  }
+
+  /** While paused: why QEMU paused the guest by itself; undefined for a pause asked for (QMP stop). */
+  get pauseReason(): string | undefined {
+    return this.current === 'paused' ? this.pausedBecause : undefined;
   }
 
   get holdsResources(): boolean {
@@ -98,6 +105,9 @@ export class VmStateMachine {
         if (from === 'stopping') break; // a late answer does not undo a stop
         to = input.status === 'running' ? 'running' : input.status === 'shutdown' ? 'stopping' : 'paused';
         reason = `QEMU status ${input.status}`;
+        // A run state that says why (after a daemon restart the events that told it are gone).
+        if (to === 'paused') this.pausedBecause = PAUSED_STATUS[input.status] ?? this.pausedBecause;
+        else this.pausedBecause = undefined;
         break;
       case 'start-failed':
         to = 'failed';
@@ -115,9 +125,22 @@ export class VmStateMachine {
             break;
           case 'RESUME':
             if (from === 'paused' || from === 'starting') to = 'running';
+            this.pausedBecause = undefined;
             break;
           case 'GUEST_PANICKED':
             this.panicked = true;
+            // -action panic=pause: the guest stays, paused, for the operator to look at.
+            if (input.data.action === 'pause') {
+              this.pausedBecause = 'guest panic';
+              if (from === 'running') to = 'paused';
+            }
+            break;
+          case 'BLOCK_IO_ERROR':
+            // werror/rerror=stop: QEMU pauses the guest until the disk is fixed and it is resumed.
+            if (input.data.action === 'stop') {
+              this.pausedBecause = ioErrorReason(input.data);
+              if (from === 'running') to = 'paused';
+            }
             break;
           case 'SHUTDOWN':
             this.shutdownReason = typeof input.data.reason === 'string' ? input.data.reason : undefined;
@@ -145,6 +168,20 @@ export class VmStateMachine {
     this.current = to;
     return { from, to, reason };
   }
+}
+
+/** QEMU run states that are a pause with a reason (qapi/run-state.json). */
+const PAUSED_STATUS: Record<string, string> = {
+  'io-error': 'I/O error',
+  'guest-panicked': 'guest panic',
+  'internal-error': 'QEMU internal error',
+  watchdog: 'guest watchdog',
+};
+
+function ioErrorReason(d: Record<string, unknown>): string {
+  const device = typeof d.device === 'string' && d.device !== '' ? d.device : typeof d['node-name'] === 'string' ? d['node-name'] : 'a disk';
+  const what = d.nospace === true ? 'no space left' : typeof d.reason === 'string' ? d.reason : 'error';
+  return `I/O error on ${device} (${typeof d.operation === 'string' ? `${d.operation}, ` : ''}${what})`;
 }
 
 function causeOf(exit: ProcessExit | null, shutdownReason: string | undefined, panicked: boolean, stopRequested: boolean): ExitCause {

@@ -209,6 +209,7 @@ function toVmStatus(v: VmStatusView): VmStatus {
     exit_signal: v.exit?.signal ?? '',
     kernel_cmd: v.kernelCmdline,
     exit_cause: v.exit?.cause ?? '',
+    pause_reason: v.pauseReason ?? '',
   };
 }
 
