@@ -219,20 +219,36 @@ export const WATCH_BUFFER = 256;
 function watchVms(manager: VmManager, log: Logger, recorder: CallRecorder): ManagerAdminHandlers['WatchVms'] {
   return (call) => {
     const started = process.hrtime.bigint();
+    // Like every other method: a span continuing the caller's trace, the metric's label, an rpc line.
+    const span = tracer.startSpan(
+      'manager.ManagerAdmin/WatchVms',
+      { kind: SpanKind.SERVER, attributes: { 'rpc.system': 'grpc', 'rpc.service': 'manager.ManagerAdmin', 'rpc.method': 'WatchVms' } },
+      propagation.extract(context.active(), call.metadata, metadataGetter),
+    );
     let done = false;
     let queued = 0;
+    let sent = 0;
     const finish = (code: string) => {
       if (done) return;
       done = true;
       unsubscribe();
       offShutdown();
-      recorder.rpc('/manager.ManagerAdmin/WatchVms', code, Number(process.hrtime.bigint() - started) / 1e9);
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      span.setAttribute('rpc.grpc.status_code', grpc.status[code as keyof typeof grpc.status] as number);
+      span.setAttribute('cocos.events_sent', sent);
+      if (code !== 'OK' && code !== 'CANCELLED') span.setStatus({ code: SpanStatusCode.ERROR, message: code });
+      span.end();
+      recorder.rpc('WatchVms', code, seconds);
+      const line = { method: 'WatchVms', code, ms: seconds * 1000, events: sent };
+      if (code === 'OK' || code === 'CANCELLED') log.debug(line, 'rpc');
+      else log.info(line, 'rpc');
     };
     // The opening list is written whole, whatever its length (hundreds of VMs): only the
     // transitions after it count against the buffer.
     let listing = false;
     const send = (e: VmEvent): void => {
       if (done) return;
+      sent++;
       if (listing) {
         call.write(toVmEvent(e));
         return;
