@@ -43,3 +43,16 @@ test('a TTL longer than 24.8 days does not fire at once (Node timers overflow th
   assert.ok(await waitFor(() => soon, 1_000));
   t2.cancel();
 });
+
+test('a TTL never fires before its deadline, even when it was armed from a clock that ran ahead', async () => {
+  // Armed while "now" reads 40 ms ahead (as Node's cached loop time can differ from the clock),
+  // setTimeout comes 40 ms before the deadline; the timer must wait out the rest.
+  let skew = 40;
+  const at = Date.now() + 100;
+  let firedAt;
+  const timer = new TtlTimer(at, () => { firedAt = Date.now(); }, () => Date.now() + skew);
+  skew = 0;
+  assert.ok(await waitFor(() => firedAt !== undefined, 2_000));
+  assert.ok(firedAt >= at, `fired ${at - firedAt} ms early`);
+  timer.cancel();
+});

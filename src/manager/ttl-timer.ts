@@ -1,4 +1,7 @@
-/** A timer for any delay: Node's setTimeout fires at once beyond 2^31-1 ms (24.8 days), so long TTLs re-arm. */
+/**
+ * A timer for a wall-clock deadline, never early: Node's setTimeout fires at once beyond 2^31-1 ms
+ * (24.8 days), so long TTLs re-arm, and it can fire before the deadline on a busy loop (below).
+ */
 const MAX_DELAY = 2_147_483_647;
 
 export class TtlTimer {
@@ -17,7 +20,9 @@ export class TtlTimer {
     if (left <= 0) {
       this.handle = setTimeout(this.fire, 0);
     } else {
-      this.handle = setTimeout(() => (left > MAX_DELAY ? this.arm() : this.fire()), Math.min(left, MAX_DELAY));
+      // Node measures a timeout from the event loop's cached time, which on a busy loop lags the
+      // clock: the callback can come before `at` by as much. Then it waits for the rest.
+      this.handle = setTimeout(() => this.arm(), Math.min(left, MAX_DELAY));
     }
     this.handle.unref();
   }
