@@ -103,10 +103,10 @@ async function directQmpLaunch(template, root, i, port, env) {
   const t0 = process.hrtime.bigint();
   const child = spawn(FAKE_QEMU, [...directArgv(template, dir, port), ...qmpChannelArgs(form, qmp.socketPath)], { stdio: 'ignore', detached: true, env });
   await qmp.whenConnected();
-  await qmp.execute('query-status');
+  await qmp.queryStatus();
   const readyMs = ms(t0);
   const exited = new Promise((r) => child.once('exit', r));
-  await qmp.execute('quit').catch(() => undefined);
+  await qmp.quit().catch(() => undefined);
   await exited;
   qmp.close();
   return readyMs;

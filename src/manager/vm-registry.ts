@@ -254,7 +254,7 @@ export class VmRegistry {
     const reattached = () => {
       vm.log.info('QMP reattached');
       qmp
-        ?.execute<{ status?: string }>('query-status')
+        ?.queryStatus()
         .then((st) => st.status && this.apply(vm, { kind: 'status', status: st.status }))
         .catch(() => undefined);
     };
@@ -356,7 +356,7 @@ export class VmRegistry {
     const waitMs = this.config.powerdownTimeoutMs;
     if (waitMs <= 0 || !vm.qmp?.isConnected) return;
     try {
-      await vm.qmp.execute('system_powerdown', undefined, Math.min(waitMs, 5_000));
+      await vm.qmp.systemPowerdown(Math.min(waitMs, 5_000));
     } catch (err) {
       vm.log.warn(`system_powerdown failed, stopping QEMU: ${(err as Error).message}`);
       return;

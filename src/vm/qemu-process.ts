@@ -230,7 +230,7 @@ export class QemuProcess {
       for (;;) {
         try {
           await qmp.whenConnected();
-          const st = await qmp.execute<{ status?: string; running?: boolean }>('query-status', undefined, timeoutMs);
+          const st = await qmp.queryStatus(timeoutMs);
           return { outcome: 'ready' as const, status: st.status };
         } catch {
           if (this.hasExited) return { outcome: 'exited' as const };
@@ -282,7 +282,7 @@ export class QemuProcess {
     }
     if (this.qmp?.isConnected) {
       // QEMU answers quit and then exits; it may also exit before the answer is read.
-      const asked = this.qmp.execute('quit', undefined, timeoutMs).then(
+      const asked = this.qmp.quit(timeoutMs).then(
         () => true,
         () => false,
       );
@@ -298,7 +298,7 @@ export class QemuProcess {
   /** Ends QEMU at once (rollback): QMP quit where it is up, SIGKILL otherwise; bounded. */
   async kill(): Promise<ExitInfo> {
     if (this.qmp?.isConnected) {
-      await this.qmp.execute('quit', undefined, 1_000).catch(() => undefined);
+      await this.qmp.quit(1_000).catch(() => undefined);
       if (await this.waitExit(1_000)) return this.exited;
     }
     await this.signal('SIGKILL');

@@ -20,6 +20,15 @@ export interface QmpEvent {
   data: Record<string, unknown>;
 }
 
+/** The QMP commands the manager sends (qapi/*.json), and nothing else. */
+type QmpCommand = 'qmp_capabilities' | 'query-status' | 'quit' | 'system_powerdown';
+
+/** query-status's answer, as far as the manager reads it. */
+export interface QmpStatus {
+  status?: string;
+  running?: boolean;
+}
+
 export class QmpError extends Error {
   constructor(
     message: string,
@@ -147,13 +156,32 @@ export class QmpChannel {
     });
   }
 
+  /**
+   * QEMU's run state (qapi/run-state.json StatusInfo): `running`, `paused`, `shutdown`,
+   * `io-error`, `guest-panicked`, ... The commands the manager sends are these methods, typed
+   * once here, rather than command names spelled where they are used.
+   */
+  queryStatus(timeoutMs?: number): Promise<QmpStatus> {
+    return this.execute<QmpStatus>('query-status', undefined, timeoutMs);
+  }
+
+  /** QEMU exits (without the guest's say). */
+  quit(timeoutMs?: number): Promise<unknown> {
+    return this.execute('quit', undefined, timeoutMs);
+  }
+
+  /** The guest's ACPI power button. */
+  systemPowerdown(timeoutMs?: number): Promise<unknown> {
+    return this.execute('system_powerdown', undefined, timeoutMs);
+  }
+
   /** Runs one command; rejects on a QMP error, on timeout or if the connection drops. */
-  execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = 5_000): Promise<T> {
+  private execute<T = unknown>(command: QmpCommand, args?: Record<string, unknown>, timeoutMs = 5_000): Promise<T> {
     if (!this.isConnected) return Promise.reject(new QmpError(`QMP is not connected (${command})`));
     return this.send<T>(command, args, timeoutMs);
   }
 
-  private send<T>(command: string, args: Record<string, unknown> | undefined, timeoutMs: number): Promise<T> {
+  private send<T>(command: QmpCommand, args: Record<string, unknown> | undefined, timeoutMs: number): Promise<T> {
     const sock = this.sock;
     if (!sock) return Promise.reject(new QmpError(`QMP is not connected (${command})`));
     if (this.pending.size >= MAX_PENDING) return Promise.reject(new QmpError('too many QMP commands in flight'));
