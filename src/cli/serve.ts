@@ -271,7 +271,13 @@ export async function serveCommand(config: Config): Promise<void> {
   let admin: ReturnType<typeof createGrpcServer> | undefined;
   if (config.admin.socket !== '') {
     admin = createGrpcServer(manager, log, metrics, { admin: true });
-    await bindAdminSocket(admin.server, config.admin.socket, adminGid);
+    try {
+      await bindAdminSocket(admin.server, config.admin.socket, adminGid);
+    } catch (err) {
+      // As for the gRPC port: the table installed a moment ago goes unless VMs of an earlier run are left.
+      await firewall?.removeIf(() => !manager.hasVms()).catch(() => false);
+      throw err;
+    }
     setServing(admin, true);
     log.info({ socket: config.admin.socket, group: config.admin.socketGroup || null }, 'admin socket listening (ManagerAdmin and ManagerService)');
   }
