@@ -6,10 +6,9 @@
  * daemon's own business; these commands are for operators (status) and that step.
  */
 import type { Config } from '../config/types.js';
-import { FirewallError, GuestFirewall } from '../host/guest-firewall.js';
+import { FirewallError, GuestFirewall, QUIET_LOG } from '../host/guest-firewall.js';
 import { resolveQemuUser } from '../host/qemu-user.js';
 import { StartupError } from '../util/startup-error.js';
-import type { Logger } from 'pino';
 
 export const FIREWALL_HELP = `Usage: cocos-manager firewall install | remove | status
 
@@ -19,11 +18,9 @@ the uid of MANAGER_QEMU_SUDO_USER. install replaces it atomically; remove delete
 prints it (exit 1 when it is not in place). Needs root (CAP_NET_ADMIN).
 `;
 
-const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined } as unknown as Logger;
-
 async function firewallFor(config: Config): Promise<GuestFirewall> {
   const uids = config.qemu.useSudo ? (({ uid }) => ({ first: uid, last: uid }))(await resolveQemuUser(config.qemu.sudoUser)) : config.isolation.uidRange;
-  return new GuestFirewall(config.stateDir, { uids, allow: config.isolation.allowLocal }, quiet);
+  return new GuestFirewall(config.stateDir, { uids, allow: config.isolation.allowLocal }, QUIET_LOG);
 }
 
 export async function firewallCommand(config: Config, action: string): Promise<{ text: string; ok: boolean }> {

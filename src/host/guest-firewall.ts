@@ -56,6 +56,9 @@ export function hostNameservers(): string[] {
   }
 }
 
+/** For a one-off use of the table (check, the firewall command): no watch, nothing to log. */
+export const QUIET_LOG = { info: () => undefined, warn: () => undefined, error: () => undefined } as unknown as Logger;
+
 export class GuestFirewall {
   readonly table: string;
   /** `nft list table` of what was installed last, to notice a change made behind our back. */
@@ -74,10 +77,6 @@ export class GuestFirewall {
     private readonly log: Logger,
   ) {
     this.table = tableNameFor(stateDir);
-  }
-
-  get isInstalled(): boolean {
-    return this.installed !== undefined;
   }
 
   private inTurn<T>(fn: () => Promise<T>): Promise<T> {

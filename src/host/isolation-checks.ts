@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../config/types.js';
-import { GuestFirewall } from './guest-firewall.js';
+import { GuestFirewall, QUIET_LOG } from './guest-firewall.js';
 import type { CheckResult } from './check-result.js';
 import { deviceAccess, hostUidRangeConflicts, readableByVmUsers, untraversableAncestors } from './vm-users.js';
 
@@ -27,7 +27,6 @@ function onPath(bin: string): boolean {
   return false;
 }
 
-const QUIET = { info: () => undefined, warn: () => undefined, error: () => undefined } as never;
 
 /** The files every VM's QEMU opens itself (the daemon copies the OVMF variables template). */
 function launchFiles(config: Config): [string, string][] {
@@ -71,7 +70,7 @@ export async function isolationChecks(config: Config, uid = process.getuid?.() ?
   if (config.qemu.useSudo) {
     // The unit's privileged step installs the table for MANAGER_QEMU_SUDO_USER; only root can look.
     if (uid !== 0) return [warn('guest firewall', 'under MANAGER_QEMU_USE_SUDO the table is installed by `cocos-manager firewall install` (the unit\'s ExecStartPre=+) and only root can list it', 'run `cocos-manager check` as root, or `sudo cocos-manager firewall status`')];
-    const listed = await new GuestFirewall(config.stateDir, { uids: iso.uidRange, allow: iso.allowLocal }, QUIET).listing();
+    const listed = await new GuestFirewall(config.stateDir, { uids: iso.uidRange, allow: iso.allowLocal }, QUIET_LOG).listing();
     return [listed !== undefined ? pass('guest firewall', 'table in place (installed by the unit\'s privileged step)') : fail('guest firewall', 'no table for this state directory: guests reach the host\'s loopback', 'enable ExecStartPre=+/usr/local/bin/cocos-manager firewall install in the unit, or run it now')];
   }
   const out: CheckResult[] = [];
@@ -82,7 +81,7 @@ export async function isolationChecks(config: Config, uid = process.getuid?.() ?
   out.push(onPath('setpriv') ? pass('setpriv', 'present (util-linux)') : fail('setpriv', 'not found', 'apt-get install util-linux'));
   if (!onPath('nft')) out.push(fail('guest firewall', 'nft not found', 'apt-get install nftables'));
   else if (uid === 0) {
-    const fw = new GuestFirewall(config.stateDir, { uids: iso.uidRange, allow: iso.allowLocal }, QUIET);
+    const fw = new GuestFirewall(config.stateDir, { uids: iso.uidRange, allow: iso.allowLocal }, QUIET_LOG);
     const table = fw.table;
     const listed = await fw.listing();
     const running = runningVms(config.stateDir);
