@@ -32,6 +32,16 @@ module.exports = {
       to: { path: '^src/vm/' },
     },
     {
+      name: 'manager-reaches-processes-through-the-driver',
+      comment:
+        'The manager (launcher, registry, recovery, SupervisedVm) reaches QEMU and /proc only through the VmDriver port (src/manager/vm-driver.port.ts); src/vm/qemu-driver.ts implements it and the CLI wires it in, so tests run the manager with a fake driver.',
+      severity: 'error',
+      from: { path: '^src/manager/' },
+      to: {
+        path: ['^src/vm/(qemu-process|qemu-driver|qmp|proc|spawner|qemu-version|socket-owner|output-tail|console-budget)\\.ts$', '^(node:)?(child_process|net|dgram|cluster|worker_threads)$', '^execa'],
+      },
+    },
+    {
       name: 'no-circular',
       severity: 'error',
       from: {},

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { describeGuestPeerMode } from '../api/guest-peer.js';
 import type { Config } from '../config/types.js';
 import { type CheckResult, preflight } from '../host/preflight.js';
-import { tcpPortIsFree } from '../manager/port-probe.js';
+import { tcpPortIsFree } from '../host/port-probe.js';
 
 export const CHECK_HELP = `Usage: cocos-manager check
 

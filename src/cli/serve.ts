@@ -15,16 +15,17 @@ import { loadTlsMaterial } from '../api/tls.js';
 import type { Config } from '../config/types.js';
 import { loadPcrValues, loadSigningKey } from '../manager/attestation-files.js';
 import { AttestationPolicies } from '../manager/attestation-policy.js';
-import { IgvmMeasurer } from '../manager/igvm-measurement.js';
+import { IgvmMeasurer } from '../host/igvm-measurement.js';
 import { LaunchPinner } from '../manager/launch-pin.js';
 import { PortPool } from '../manager/port-pool.js';
 import { ownerOfPeer } from '../vm/socket-owner.js';
 import { preloadSpawner } from '../vm/spawner.js';
-import { tcpPortIsFree } from '../manager/port-probe.js';
+import { tcpPortIsFree } from '../host/port-probe.js';
 import { checkSharing, resolveQemuUser } from '../host/qemu-user.js';
 import { lockStateDir } from '../host/state-dir-lock.js';
 import { type GuestIsolation, VmManager } from '../manager/vm-manager.js';
 import { UidPool } from '../manager/uid-pool.js';
+import { QemuDriver } from '../vm/qemu-driver.js';
 import { GuestFirewall } from '../host/guest-firewall.js';
 import { deviceAccess, deviceGroups, procUidProcesses, untraversableAncestors } from '../host/vm-users.js';
 import { readBuildInfo } from '../telemetry/build-info.js';
@@ -175,7 +176,7 @@ export async function serveCommand(config: Config): Promise<void> {
   } else if (isolationMode === 'off') {
     log.warn('guest isolation is off (MANAGER_GUEST_ISOLATION=false): QEMU runs as the daemon\'s user and nothing but the /proc check keeps guests from calling the host\'s services through 10.0.2.2');
   }
-  manager = new VmManager(config, log, ports, policies, metrics, isolation, qemuUser?.gid);
+  manager = new VmManager(config, log, ports, new QemuDriver(config.qemu), { policies, observer: metrics, isolation, qemuGid: qemuUser?.gid });
   const vms = manager;
   // Who is calling, once per connection: a supervised QEMU's socket means a guest (10.0.2.2).
   // A connection that comes before the records are read (the HTTP port opens first) waits for
