@@ -6,6 +6,8 @@
  * a re-adopted QEMU is found by PID and start time. Every call the manager makes is logged in
  * `driver.calls` (shared with the test's own steps, so the order of a removal can be asserted).
  */
+import { DriverError } from '../dist/manager/vm-driver.port.js';
+
 let nextPid = 40_000;
 
 export class FakeProcesses {
@@ -60,13 +62,13 @@ export class FakeDriver {
 
   async flavor() {
     if (this.fail.flavor) throw this.fail.flavor;
-    return { version: { major: 7, minor: 2, micro: 0 }, form: 'chardev-reconnect', text: '7.2.0', sandbox: { supported: true } };
+    return { version: { major: 7, minor: 2, micro: 0 }, form: { reconnect: 'seconds', monitor: 'mon' }, text: '7.2.0', sandbox: { supported: true } };
   }
 
   async spawn(spec) {
     this.calls.push(['spawn', spec.vmId]);
-    if (this.fail.qmp) throw Object.assign(new Error(`could not open the VM's QMP socket: ${this.fail.qmp}`), { name: 'DriverError', stage: 'qmp' });
-    if (this.fail.spawn) throw Object.assign(new Error(`cannot run ${JSON.stringify(spec.file)}: ${this.fail.spawn}`), { name: 'DriverError', stage: 'spawn' });
+    if (this.fail.qmp) throw new DriverError('qmp', `could not open the VM's QMP socket: ${this.fail.qmp}`);
+    if (this.fail.spawn) throw new DriverError('spawn', `cannot run ${JSON.stringify(spec.file)}: ${this.fail.spawn}`);
     const { pid, startTime } = this.processes.add([spec.file, ...spec.argv]);
     const port = hostPortOf(spec.argv);
     if (this.bindsForward && port !== undefined) this.processes.listening.add(port);

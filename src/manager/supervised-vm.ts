@@ -157,9 +157,17 @@ export class SupervisedVm {
   /** QEMU is up and running: the record goes to disk and the VM is followed from now on. */
   async started(): Promise<void> {
     this.below = this.handle?.descendants() ?? [];
-    this.apply({ kind: 'status', status: 'running' });
+    // On disk first: a VM is announced running only once a restarted daemon would find it.
+    this.record.state = 'running';
     this.persisted = true;
-    await this.persist();
+    try {
+      await this.persist();
+    } catch (err) {
+      this.record.state = 'starting';
+      this.persisted = false;
+      throw err;
+    }
+    this.apply({ kind: 'status', status: 'running' });
     this.supervise(false);
   }
 
