@@ -212,8 +212,9 @@ export class SupervisedVm {
       await h.qmpDrained(200);
       const stopping = this.removing !== undefined;
       const t = this.apply({ kind: 'exited', exit: readableExit(info) });
+      if (stopping) return; // the removal closes the channel, in its order
       h.close();
-      if (!t || stopping) return;
+      if (!t) return;
       const cause = this.machine.cause ?? 'unknown';
       this.log.warn({ exit_code: info.code, signal: info.signal, pid: h.pid, cause }, `QEMU exited on its own (${cause})`);
       this.around.observer.qemuExited(metricCause(cause, this.machine.state));
