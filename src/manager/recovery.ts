@@ -43,9 +43,9 @@ const LIVE_STATES = new Set(['running', 'paused', 'stopping']);
 /** Record files read at once at start: enough to keep the thread pool busy, few enough descriptors. */
 const READ_CONCURRENCY = 32;
 /**
- * VMs re-adopted or cleaned at once. Two hide the thread pool's latency as well as eight did
- * (500 VMs in 1.4 s either way) and keep each turn of the event loop short, so calls served
- * meanwhile are not held back (first answer 150 ms after the port opened, against 250-300 ms).
+ * VMs re-adopted or cleaned at once: two hide the thread pool's latency and keep each turn of
+ * the event loop short, so calls served meanwhile are not held back (figures: bench/README.md,
+ * "restart at scale").
  */
 const RECOVER_CONCURRENCY = 2;
 

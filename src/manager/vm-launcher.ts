@@ -130,12 +130,14 @@ export class VmLauncher {
         throw fileError(err, paths.dir);
       }
     });
-    let flavor: QemuFlavor;
-    try {
-      flavor = await this.driver.flavor();
-    } catch (err) {
-      throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
-    }
+    // Read once per daemon: the option forms and the sandbox this binary takes.
+    const flavor: QemuFlavor = await inSpan('probe-qemu', async () => {
+      try {
+        return await this.driver.flavor();
+      } catch (err) {
+        throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
+      }
+    });
     const cmd = qemuCommand(q, runAs);
     const argv = [
       ...cmd.prefix,
@@ -196,9 +198,11 @@ export class VmLauncher {
       throw new ManagerError('failed-precondition', `QEMU started but its VM is ${JSON.stringify(ready.status ?? 'unknown')}, not running`);
     }
     // QEMU binds its forwards during qemu_init, before it answers QMP; one look confirms it.
-    if (!(await this.driver.processes.portIsListening(port))) {
-      throw new ManagerError('unavailable', `QEMU is running but nothing listens on host port ${port}; last output: ${lastOutput()}`);
-    }
+    await inSpan('check-forward', async () => {
+      if (!(await this.driver.processes.portIsListening(port))) {
+        throw new ManagerError('unavailable', `QEMU is running but nothing listens on host port ${port}; last output: ${lastOutput()}`);
+      }
+    });
     timings.ready = at();
     await pinning?.confirm(); // QEMU has loaded its files by now: still the ones pinned?
     this.around.observer.vmStarted(Number(process.hrtime.bigint() - spawnedAt) / 1e9);
