@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { type Config, cvmKind } from '../config/types.js';
 import { buildQemuArgs, kernelCommandLine, qemuCommand, type RunAs } from '../qemu/args.js';
-import { type CreateReqInput, RequestError, validateCreateReq } from '../request/create-request.js';
+import type { VmRequest } from '../request/create-request.js';
 import { inSpan } from '../telemetry/spans.js';
 import { shellCommandLine } from '../util/shell-quote.js';
 import { descendantPids, portIsListening } from '../vm/proc.js';
@@ -37,14 +37,7 @@ export class VmLauncher {
     private readonly qemuGid?: number,
   ) {}
 
-  async launch(input: CreateReqInput): Promise<{ id: string; port: number }> {
-    let req;
-    try {
-      req = validateCreateReq(input);
-    } catch (err) {
-      if (err instanceof RequestError) throw new ManagerError('invalid-argument', err.message);
-      throw err;
-    }
+  async launch(req: VmRequest): Promise<{ id: string; port: number }> {
     const id = randomUUID();
     const log = this.log.child({ cvm_id: id });
     const vm = this.registry.reserve(id, log);

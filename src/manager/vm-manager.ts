@@ -5,11 +5,13 @@
  */
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
-import { type CreateReqInput, validateVmId } from '../request/create-request.js';
+import type { VmRequest } from '../request/create-request.js';
+import type { VmId } from '../request/vm-id.js';
 import { type QemuFlavor, QemuFlavorCache } from '../vm/qemu-version.js';
 import type { VmRecord } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
+import type { CvmInfo, ManagerService } from './manager-service.port.js';
 import { type ManagerObserver, NO_OBSERVER } from './observer.js';
 import type { GuestIsolation } from './guest-isolation.js';
 import type { PortPool } from './port-pool.js';
@@ -22,19 +24,10 @@ export type { GuestIsolation } from './guest-isolation.js';
 export type { VmEvent, VmStatusView } from './vm-registry.js';
 export type { VmState } from './vm-state.js';
 
-export interface CvmInfo {
-  id: string;
-  ovmfVersion: string;
-  cpuNum: number;
-  cpuType: string;
-  kernelCmd: string;
-  eosVersion: string;
-}
-
 /** How long the guest firewall outlives the last VM (see dropFirewallIfUnused). */
 const FIREWALL_LINGER_MS = 3_000;
 
-export class VmManager {
+export class VmManager implements ManagerService {
   private stopping = false;
   private firewallLinger: NodeJS.Timeout | undefined;
   private readonly shutdownListeners = new Set<() => void>();
@@ -138,22 +131,19 @@ export class VmManager {
     return p;
   }
 
-  create(input: CreateReqInput): Promise<{ id: string; port: number }> {
+  create(req: VmRequest): Promise<{ id: string; port: number }> {
     if (this.stopping) return Promise.reject(new ManagerError('unavailable', 'the manager is shutting down; retry on another host or later'));
-    return this.track(this.launcher.launch(input));
+    return this.track(this.launcher.launch(req));
   }
 
-  async remove(id: string): Promise<void> {
+  async remove(id: VmId): Promise<void> {
     await this.settled(id);
     return this.track(this.registry.remove(id, 'removed'));
   }
 
-  /**
-   * Waits until recovery has decided the VM a call names (at once for any other id, and for
-   * malformed ids, which the call itself then refuses).
-   */
-  private async settled(rawId: string): Promise<void> {
-    await this.registry.settled(rawId);
+  /** Waits until recovery has decided the VM a call names (at once for any other id). */
+  private async settled(id: VmId): Promise<void> {
+    await this.registry.settled(id);
     this.refuseIfIncomplete();
   }
 
@@ -164,13 +154,7 @@ export class VmManager {
     }
   }
 
-  async info(rawId: string): Promise<CvmInfo> {
-    let id: string;
-    try {
-      id = validateVmId('id', rawId);
-    } catch (err) {
-      throw new ManagerError('invalid-argument', (err as Error).message);
-    }
+  async info(id: VmId): Promise<CvmInfo> {
     await this.settled(id);
     const vm = this.registry.has(id);
     const q = this.config.qemu;
@@ -206,22 +190,22 @@ export class VmManager {
     this.registry.settleAll();
   }
 
-  async status(rawId: string): Promise<VmStatusView> {
-    await this.settled(rawId);
-    return statusView(this.registry.find('id', rawId));
+  async status(id: VmId): Promise<VmStatusView> {
+    await this.settled(id);
+    return statusView(this.registry.find(id));
   }
 
   /** The VM's record, or NOT_FOUND (FAILED_PRECONDITION while it starts). */
-  async get(rawId: string): Promise<VmRecord> {
-    await this.settled(rawId);
-    const vm = this.registry.find('id', rawId);
+  async get(id: VmId): Promise<VmRecord> {
+    await this.settled(id);
+    const vm = this.registry.find(id);
     if (!vm.record) throw new ManagerError('failed-precondition', `VM ${vm.id} is still starting`);
     return vm.record;
   }
 
   /** The attestation policy of a VM, encoded as configured. */
-  async attestationPolicy(rawId: string): Promise<Uint8Array> {
-    const record = await this.get(rawId);
+  async attestationPolicy(id: VmId): Promise<Uint8Array> {
+    const record = await this.get(id);
     if (!this.policies) throw new ManagerError('unimplemented', 'attestation policies are not configured on this manager');
     return this.policies.policyFor(record);
   }

@@ -6,12 +6,11 @@
  */
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
-import { validateVmId } from '../request/create-request.js';
 import type { ExitInfo, QemuProcess } from '../vm/qemu-process.js';
 import type { QmpChannel } from '../vm/qmp.js';
 import { removeVmDir, type VmPaths } from '../vm/vm-dir.js';
 import { type VmRecord, writeRecordAtomically } from '../vm/vm-record.js';
-import { ManagerError } from './errors.js';
+import { ManagerError, VmNotFound } from './errors.js';
 import { type ManagerObserver, NO_OBSERVER, type QemuExitCause } from './observer.js';
 import type { PortPool } from './port-pool.js';
 import type { UidPool } from './uid-pool.js';
@@ -297,8 +296,8 @@ export class VmRegistry {
    * RemoveVm and TTL: optionally the guest's power button first (MANAGER_QEMU_POWERDOWN_TIMEOUT),
    * then QMP quit / SIGTERM, then SIGKILL; every wait bounded. Then its files go.
    */
-  remove(rawId: string, cause: StopCause = 'removed'): Promise<void> {
-    const vm = this.find('cvm_id', rawId);
+  remove(id: string, cause: StopCause = 'removed'): Promise<void> {
+    const vm = this.find(id);
     if (vm.machine.state === 'starting') {
       return Promise.reject(new ManagerError('failed-precondition', `VM ${vm.id} is still starting; remove it once CreateVm has answered`));
     }
@@ -365,16 +364,10 @@ export class VmRegistry {
     else vm.log.warn(`the guest did not shut down within MANAGER_QEMU_POWERDOWN_TIMEOUT (${waitMs} ms): stopping QEMU`);
   }
 
-  /** The VM, or NOT_FOUND (INVALID_ARGUMENT for a malformed id). */
-  find(field: string, rawId: string): Vm {
-    let id: string;
-    try {
-      id = validateVmId(field, rawId);
-    } catch (err) {
-      throw new ManagerError('invalid-argument', (err as Error).message);
-    }
+  /** The VM, or NOT_FOUND. The id was parsed where the call came in (VmId), or is the registry's own. */
+  find(id: string): Vm {
     const vm = this.vms.get(id);
-    if (!vm) throw new ManagerError('not-found', `no VM with ${field} ${JSON.stringify(id)} on this manager`);
+    if (!vm) throw new VmNotFound(id);
     return vm;
   }
 
