@@ -21,7 +21,7 @@ const metadataGetter: TextMapGetter<grpc.Metadata> = {
 };
 
 /** `/manager.ManagerAdmin/WatchVms` → the service and the plain method name (the metric's label). */
-export function methodOfPath(path: string): { service: string; method: string } {
+function methodOfPath(path: string): { service: string; method: string } {
   const slash = path.lastIndexOf('/');
   return { service: path.slice(1, slash), method: path.slice(slash + 1) };
 }
