@@ -12,16 +12,17 @@ import { PortPool } from '../dist/manager/port-pool.js';
 import { UidPool } from '../dist/manager/uid-pool.js';
 import { diskFiles } from '../dist/manager/vm-files.js';
 import { VmManager } from '../dist/manager/vm-manager.js';
+import { validateCreateReq } from '../dist/request/create-request.js';
 import { tmpDir } from './daemon.mjs';
 import { FakeDriver } from './fake-driver.mjs';
 
-/** A CreateReq as it comes off the wire (proto3 defaults), with a TTL if given. */
+/** A CreateReq as the API hands it to the manager (parsed at the edge), with a TTL if given. */
 export function createReq(ttl = '') {
-  return {
+  return validateCreateReq({
     agent_log_level: 'info', agent_cvm_server_ca_cert: Buffer.alloc(0), agent_cvm_client_key: Buffer.alloc(0),
     agent_cvm_client_cert: Buffer.alloc(0), agent_cvm_server_url: 'cvms.example:7001', agent_cvm_ca_url: '', ttl,
     agent_certs_token: '', aws_access_key_id: '', aws_secret_access_key: '', aws_endpoint_url: '', aws_region: '', aa_kbs_params: '',
-  };
+  });
 }
 
 /**

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { type Config, cvmKind } from '../config/types.js';
 import { buildQemuArgs, kernelCommandLine, qemuCommand, type RunAs } from '../qemu/args.js';
-import { type CreateReqInput, RequestError, type VmRequest, validateCreateReq } from '../request/create-request.js';
+import type { VmRequest } from '../request/create-request.js';
 import { inSpan } from '../telemetry/spans.js';
 import { shellCommandLine } from '../util/shell-quote.js';
 import { VarsTemplateError, vmPaths } from '../vm/vm-dir.js';
@@ -34,14 +34,7 @@ export class VmLauncher {
     private readonly qemuGid?: number,
   ) {}
 
-  async launch(input: CreateReqInput): Promise<{ id: string; port: number }> {
-    let req: VmRequest;
-    try {
-      req = validateCreateReq(input);
-    } catch (err) {
-      if (err instanceof RequestError) throw new ManagerError('invalid-argument', err.message);
-      throw err;
-    }
+  async launch(req: VmRequest): Promise<{ id: string; port: number }> {
     if (!this.registry.hasSlot) throw new ManagerError('resource-exhausted', `MANAGER_MAX_VMS=${this.config.maxVms} VMs are already running or starting`);
     const id = randomUUID();
     const log = this.log.child({ cvm_id: id });

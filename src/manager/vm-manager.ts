@@ -5,11 +5,13 @@
  */
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
-import { type CreateReqInput, validateVmId } from '../request/create-request.js';
+import type { VmRequest } from '../request/create-request.js';
+import type { VmId } from '../request/vm-id.js';
 import type { VmRecord } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
 import { type SupervisedPid, supervisedPids, vmOfUid } from './guest-attribution.js';
+import type { CvmInfo, ManagerService } from './manager-service.port.js';
 import type { GuestIsolation } from './guest-isolation.js';
 import { type ManagerObserver, NO_OBSERVER } from './observer.js';
 import type { PortPool } from './port-pool.js';
@@ -26,19 +28,10 @@ export type { VmStatusView } from './supervised-vm.js';
 export type { VmEvent } from './vm-registry.js';
 export type { VmState } from './vm-state.js';
 
-export interface CvmInfo {
-  id: string;
-  ovmfVersion: string;
-  cpuNum: number;
-  cpuType: string;
-  kernelCmd: string;
-  eosVersion: string;
-}
-
 /** How long the guest firewall outlives the last VM (see dropFirewallIfUnused). */
 const FIREWALL_LINGER_MS = 3_000;
 
-export class VmManager {
+export class VmManager implements ManagerService {
   private stopping = false;
   private firewallLinger: NodeJS.Timeout | undefined;
   private readonly shutdownListeners = new Set<() => void>();
@@ -162,29 +155,25 @@ export class VmManager {
     return p;
   }
 
-  create(input: CreateReqInput): Promise<{ id: string; port: number }> {
+  create(req: VmRequest): Promise<{ id: string; port: number }> {
     if (this.stopping) return Promise.reject(new ManagerError('unavailable', 'the manager is shutting down; retry on another host or later'));
-    return this.track(this.launcher.launch(input));
+    return this.track(this.launcher.launch(req));
   }
 
-  async remove(rawId: string): Promise<void> {
-    const vm = await this.find('cvm_id', rawId);
+  async remove(id: VmId): Promise<void> {
+    const vm = await this.find(id);
     return this.track(vm.remove('removed'));
   }
 
-  /** The VM a call names, once recovery has decided it: INVALID_ARGUMENT, NOT_FOUND or the VM. */
-  private async find(field: string, rawId: string): Promise<SupervisedVm> {
-    const id = parseId(field, rawId);
+  /** The VM a call names, once recovery has decided it: NOT_FOUND or the VM. */
+  private async find(id: VmId): Promise<SupervisedVm> {
     await this.settled(id);
-    return this.registry.find(field, id);
+    return this.registry.find(id);
   }
 
-  /**
-   * Waits until recovery has decided the VM a call names (at once for any other id, and for
-   * malformed ids, which the call itself then refuses).
-   */
-  private async settled(rawId: string): Promise<void> {
-    await this.registry.settled(rawId);
+  /** Waits until recovery has decided the VM a call names (at once for any other id). */
+  private async settled(id: VmId): Promise<void> {
+    await this.registry.settled(id);
     this.refuseIfIncomplete();
   }
 
@@ -195,8 +184,7 @@ export class VmManager {
     }
   }
 
-  async info(rawId: string): Promise<CvmInfo> {
-    const id = parseId('id', rawId);
+  async info(id: VmId): Promise<CvmInfo> {
     await this.settled(id);
     const vm = this.registry.get(id);
     const q = this.config.qemu;
@@ -232,20 +220,20 @@ export class VmManager {
     this.registry.settleAll();
   }
 
-  async status(rawId: string): Promise<VmStatusView> {
-    return (await this.find('id', rawId)).view();
+  async status(id: VmId): Promise<VmStatusView> {
+    return (await this.find(id)).view();
   }
 
   /** The VM's record, or NOT_FOUND (FAILED_PRECONDITION while it starts). */
-  async get(rawId: string): Promise<VmRecord> {
-    const vm = await this.find('id', rawId);
+  async get(id: VmId): Promise<VmRecord> {
+    const vm = await this.find(id);
     if (vm.state === 'starting') throw new ManagerError('failed-precondition', `VM ${vm.id} is still starting`);
     return vm.record;
   }
 
   /** The attestation policy of a VM, encoded as configured. */
-  async attestationPolicy(rawId: string): Promise<Uint8Array> {
-    const record = await this.get(rawId);
+  async attestationPolicy(id: VmId): Promise<Uint8Array> {
+    const record = await this.get(id);
     if (!this.policies) throw new ManagerError('unimplemented', 'attestation policies are not configured on this manager');
     return this.policies.policyFor(record);
   }
@@ -304,14 +292,5 @@ export class VmManager {
       }),
     ]);
     clearTimeout(timer);
-  }
-}
-
-/** A VM id as a call gives it, checked (INVALID_ARGUMENT names the field). */
-function parseId(field: string, rawId: string): string {
-  try {
-    return validateVmId(field, rawId);
-  } catch (err) {
-    throw new ManagerError('invalid-argument', (err as Error).message);
   }
 }

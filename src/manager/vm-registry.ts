@@ -4,7 +4,7 @@
  * (WatchVms) that see every change as it happens. Everything else about a VM is its own.
  */
 import type { Logger } from 'pino';
-import { ManagerError } from './errors.js';
+import { VmNotFound } from './errors.js';
 import type { PortPool } from './port-pool.js';
 import type { SupervisedVm, VmChange, VmStatusView } from './supervised-vm.js';
 import type { UidPool } from './uid-pool.js';
@@ -122,10 +122,10 @@ export class VmRegistry {
     for (const id of [...this.expected.keys()]) this.settle(id, true);
   }
 
-  /** The VM, or NOT_FOUND; `field` is the request field that named it. */
-  find(field: string, id: string): SupervisedVm {
+  /** The VM, or NOT_FOUND. The id was parsed where the call came in (VmId), or is the registry's own. */
+  find(id: string): SupervisedVm {
     const vm = this.vms.get(id);
-    if (!vm) throw new ManagerError('not-found', `no VM with ${field} ${JSON.stringify(id)} on this manager`);
+    if (!vm) throw new VmNotFound(id);
     return vm;
   }
 
