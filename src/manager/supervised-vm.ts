@@ -28,6 +28,9 @@ export interface VmStatusView {
   kernelCmdline: string;
   /** While paused: why QEMU paused the guest by itself (guest panic, an I/O error); null otherwise. */
   pauseReason: string | null;
+  /** What it was launched as, and how that was decided (null: by a daemon that did not record it). */
+  cvmKind: VmRecord['launch']['kind'];
+  cvmDecision: string | null;
 }
 
 export type StopCause = 'removed' | 'ttl';
@@ -344,6 +347,8 @@ export class SupervisedVm {
       exit: e ? { code: e.code, signal: e.signal, at: e.at, cause: e.cause ?? this.machine.cause ?? 'unknown' } : null,
       kernelCmdline: r.kernelCmdline,
       pauseReason: this.machine.pauseReason ?? null,
+      cvmKind: r.launch.kind,
+      cvmDecision: r.launch.decision ?? null,
     };
   }
 }
