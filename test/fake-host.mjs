@@ -129,9 +129,9 @@ export class FakeHost {
     return ['nsenter', `--mount=${this.nsFile}`, '--'];
   }
 
-  /** Runs `argv` on this host, bounded; spawnSync's result. */
-  run(argv, { timeout = 20_000 } = {}) {
-    return spawnSync(this.prefix[0], [...this.prefix.slice(1), ...argv], { encoding: 'utf8', timeout });
+  /** Runs `argv` on this host, bounded (with `env` as its environment if given); spawnSync's result. */
+  run(argv, { timeout = 20_000, env } = {}) {
+    return spawnSync(this.prefix[0], [...this.prefix.slice(1), ...argv], { encoding: 'utf8', timeout, ...(env ? { env } : {}) });
   }
 
   /** fs.statSync of a path as this host shows it (e.g. /dev/vfio/12). */
