@@ -14,10 +14,10 @@ import { runCli } from './helpers.mjs';
 
 const skip = fakeHostUnavailable({ pci: true });
 const daemons = [];
-let host;
+const hosts = [];
 after(async () => {
   for (const d of daemons) await d.stop();
-  host?.dispose();
+  for (const h of hosts) h.dispose();
 });
 
 const GPU_A = { bdf: '0000:01:00.0', group: '10' };
@@ -46,7 +46,7 @@ function qemuGpu(pid) {
 }
 
 test('each VM gets a GPU of its own, used by its own user; none free is refused naming the holders; removal and restart keep each GPU with one VM', { skip }, async () => {
-  host = FakeHost.create({
+  const host = FakeHost.create({
     pci: {
       devices: [
         pciDevice(GPU_A.bdf, GPU_A.group),
@@ -56,6 +56,7 @@ test('each VM gets a GPU of its own, used by its own user; none free is refused 
       ],
     },
   });
+  hosts.push(host);
   const env = fakeQemuEnv(path.join(tmpDir('cocos-gpu-'), 'state'), { MANAGER_QEMU_MEMORY_SIZE: '4M', MANAGER_QEMU_MAX_MEMORY: '64M', MANAGER_MAX_VMS: '0' });
   let d = await Daemon.start(env, { wrap: host.prefix });
   daemons.push(d);
@@ -113,4 +114,29 @@ test('each VM gets a GPU of its own, used by its own user; none free is refused 
   } finally {
     client2.close();
   }
+});
+
+test('a list gives VMs exactly its GPUs, in its order; none gives VMs no GPU on a host that has some', { skip }, async () => {
+  const host = FakeHost.create({ pci: { devices: [pciDevice(GPU_A.bdf, GPU_A.group), pciDevice(GPU_B.bdf, GPU_B.group), pciDevice('0000:03:00.0', '12')] } });
+  hosts.push(host);
+  const start = async (bdf) => {
+    const d = await Daemon.start(fakeQemuEnv(path.join(tmpDir('cocos-gpu-'), 'state'), { MANAGER_QEMU_MEMORY_SIZE: '4M', MANAGER_MAX_VMS: '0', MANAGER_QEMU_GPU_BDF: bdf }), { wrap: host.prefix });
+    daemons.push(d);
+    return d;
+  };
+  const listed = await start('0000:02:00.0,01:00.0');
+  assert.deepEqual(listed.logs.lines.find((l) => l.msg === '2 GPU(s) for VMs, one each')?.gpus, [GPU_B.bdf, GPU_A.bdf]);
+  const [x, y] = await listed.createVms({}, {});
+  assert.deepEqual([(await getVm(listed, x.cvm_id)).gpu, (await getVm(listed, y.cvm_id)).gpu], [GPU_B.bdf, GPU_A.bdf]);
+  await assert.rejects(listed.createVms({}), (err) => err.code === 8 && !err.details.includes('0000:03:00.0'), 'a GPU left out of the list is never given');
+  await listed.stop();
+
+  const none = await start('none');
+  assert.ok(none.logs.lines.some((l) => l.msg === 'GPU passthrough is off (MANAGER_QEMU_GPU_BDF=none)'));
+  const [z] = await none.createVms({});
+  const vz = await getVm(none, z.cvm_id);
+  assert.equal(vz.gpu, '');
+  assert.ok(!fs.readFileSync(`/proc/${vz.pid}/cmdline`, 'utf8').includes('vfio-pci'), 'the argv has no GPU');
+  const memlock = (pid) => /^Max locked memory.*$/m.exec(fs.readFileSync(`/proc/${pid}/limits`, 'utf8'))[0];
+  assert.equal(memlock(vz.pid), memlock('self'), 'no prlimit: QEMU keeps the limit it inherits');
 });
