@@ -5,7 +5,8 @@
 // not be given (absent, on another driver, an IOMMU group shared with a device on a host driver,
 // no /dev/vfio node, no IOMMU) stops the daemon with exit 2 and one line naming
 // MANAGER_QEMU_GPU_BDF when it is named there, is left out with a warning when it was only
-// found; `check` says the same in its rows.
+// found; `check` says the same in its rows. A daemon whose locked-memory limit cannot hold a
+// GPU VM's guest memory does not start either.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
