@@ -11,6 +11,7 @@
  * on (stricter than Go): CreateVm then fails, naming what the host lacks.
  */
 import { ConfigError } from './setting.js';
+import { SETTINGS } from './settings.js';
 
 /** One technology on this host: whether it can run such guests, and what keeps it off (one phrase each). */
 export interface HostSupport {
@@ -70,8 +71,8 @@ export interface CvmResolution {
   unavailable?: string;
 }
 
-/** The opt-out's name, as settings.ts declares it (named here for the messages). */
-export const OPT_OUT = 'MANAGER_ALLOW_NON_CONFIDENTIAL_VMS';
+/** The opt-out's name, for the messages. */
+export const OPT_OUT = SETTINGS.qemu.allowNonConfidentialVms.env;
 
 const givenText = (d: DeclaredCvm) => (d.text === undefined ? `${d.variable} is unset (auto)` : `${d.variable}=${JSON.stringify(d.text)}`);
 
