@@ -31,7 +31,7 @@ export class UidPool {
   private readonly held = new Set<number>();
   /** Released uids whose processes are still to be killed (held meanwhile). */
   private readonly retiring = new Map<number, number>();
-  private retireTimer: NodeJS.Immediate | NodeJS.Timeout | undefined;
+  private retireTimer: NodeJS.Timeout | undefined;
   private look: { uids: Set<number>; at: number } | undefined;
   private cursor: number;
 
@@ -54,6 +54,15 @@ export class UidPool {
 
   /** A free uid, now held; undefined when every uid of the range is held or busy. */
   acquire(): number | undefined {
+    const uid = this.pick();
+    if (uid !== undefined || this.retiring.size === 0) return uid;
+    // None free but some being retired: retire them now rather than refuse the VM.
+    clearTimeout(this.retireTimer);
+    this.retire();
+    return this.pick();
+  }
+
+  private pick(): number | undefined {
     if (this.look === undefined || Date.now() - this.look.at > LOOK_FRESH_MS) this.look = { uids: this.processes.inUse(), at: Date.now() };
     const busy = this.look.uids;
     for (let tried = 0; tried < this.size; tried++) {
@@ -73,12 +82,13 @@ export class UidPool {
 
   /**
    * The VM is gone: its uid is retired (its processes killed) and then free again. Off the
-   * caller's path, the uid held until it is done; the uids released meanwhile (a burst of
-   * RemoveVm) are retired by the same look at every process.
+   * caller's path (a timer: after the RemoveVm answer is written, not before), the uid held
+   * until it is done; the uids released meanwhile (a burst of RemoveVm) are retired by the same
+   * look at every process.
    */
   release(uid: number): void {
     if (!this.retiring.has(uid)) this.retiring.set(uid, 0);
-    this.retireTimer ??= setImmediate(() => this.retire());
+    this.retireTimer ??= setTimeout(() => this.retire(), 0);
   }
 
   private retire(): void {
