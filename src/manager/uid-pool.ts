@@ -20,6 +20,12 @@ export interface UidProcesses {
 
 const RETIRE_RETRY_MS = 1_000;
 /**
+ * How long after a release its uid is retired: after the RemoveVm answer has reached its caller
+ * (a gRPC answer's trailers go out a turn or two after the call returns; a look at every process
+ * in between held them back ~2 ms), and so that a burst of releases shares one look.
+ */
+const RETIRE_DELAY_MS = 50;
+/**
  * How long one look at the processes' uids serves acquire(). A look reads every process of the
  * host (milliseconds with a few hundred); a burst of CreateVm, or the one after a RemoveVm
  * (whose retirement has just looked), need not each take their own. Ranges are meant to be
@@ -82,13 +88,12 @@ export class UidPool {
 
   /**
    * The VM is gone: its uid is retired (its processes killed) and then free again. Off the
-   * caller's path (a timer: after the RemoveVm answer is written, not before), the uid held
-   * until it is done; the uids released meanwhile (a burst of RemoveVm) are retired by the same
-   * look at every process.
+   * caller's path (RETIRE_DELAY_MS later), the uid held until it is done; the uids released
+   * meanwhile (a burst of RemoveVm) are retired by the same look at every process.
    */
   release(uid: number): void {
     if (!this.retiring.has(uid)) this.retiring.set(uid, 0);
-    this.retireTimer ??= setTimeout(() => this.retire(), 0);
+    this.retireTimer ??= setTimeout(() => this.retire(), RETIRE_DELAY_MS);
   }
 
   private retire(): void {
