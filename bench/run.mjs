@@ -474,7 +474,7 @@ async function main() {
 
   fs.rmSync(root, { recursive: true, force: true });
 
-  const rows = [['figure', 'value', 'floor', 'ratio', 'target', 'met'], ...results.figures.map((f) => [f.figure, String(f.value), String(f.floor), f.ratio ?? (f.over_ms ? `+${f.over_ms} ms` : '-'), f.target, f.ok === undefined ? '-' : f.ok ? 'yes' : 'NO'])];
+  const rows = [['figure', 'value', 'floor', 'ratio', 'target', 'met'], ...results.figures.map((f) => [f.figure, String(f.value), String(f.floor), f.ratio ?? (f.over_ms ? `+${f.over_ms} ms` : '-'), f.target ?? '-', f.ok === undefined ? '-' : f.ok ? 'yes' : 'NO'])];
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   process.stdout.write(`${rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ')).join('\n')}\n`);
   fs.mkdirSync(path.join(here, 'results'), { recursive: true });

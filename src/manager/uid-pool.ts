@@ -21,8 +21,8 @@ export interface UidProcesses {
 const RETIRE_RETRY_MS = 1_000;
 /**
  * How long after a release its uid is retired: after the RemoveVm answer has reached its caller
- * (a gRPC answer's trailers go out a turn or two after the call returns; a look at every process
- * in between held them back ~2 ms), and so that a burst of releases shares one look.
+ * (run on the next turn of the event loop, the look at every process held the answer back
+ * ~2 ms), and so that a burst of releases shares one look.
  */
 const RETIRE_DELAY_MS = 50;
 /**
