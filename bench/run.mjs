@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import { Daemon, FAKE_QEMU, call, fakeQemuEnv, managerPkg, nextRange, tmpDir } from '../test/daemon.mjs';
+import { Daemon, FAKE_QEMU, call, fakeQemuEnv, managerPkg, nextRange, nextUidRange, tmpDir } from '../test/daemon.mjs';
 
 // The start-time figure times a bare spawn to the first answer, so it picks its ports ahead
 // (the daemon's own port-0 report would add the log read to what is measured).
@@ -29,6 +29,13 @@ import { QmpChannel } from '../dist/vm/qmp.js';
 import { qmpChannelArgs, qmpFormFor, parseQemuVersion } from '../dist/qemu/qmp-args.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
+/** Every daemon the run starts: stopped (their stand-ins killed, their firewall tables gone) if a figure fails. */
+const started = new Set();
+async function startDaemon(env, opts) {
+  const d = await Daemon.start(env, opts);
+  started.add(d);
+  return d;
+}
 const quick = process.env.BENCH_QUICK === '1';
 const N_SEQ = quick ? 40 : 200;
 const BACKGROUND = quick ? 20 : 100; // VMs added per step of the scaling figure
@@ -156,7 +163,7 @@ async function freshConnection(port) {
 async function guestPeerCheck(env) {
   const VMS = quick ? 5 : 20;
   // Two daemons with the same history, the check on in one and off in the other.
-  const start = (refuse) => Daemon.start({ ...env, MANAGER_REFUSE_GUEST_CALLS: refuse, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(VMS + 5), MANAGER_STATE_DIR: tmpDir('cocos-bench-peer-') }, { nodeFlags: NODE_FLAGS });
+  const start = (refuse) => startDaemon({ ...env, MANAGER_REFUSE_GUEST_CALLS: refuse, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(VMS + 5), MANAGER_STATE_DIR: tmpDir('cocos-bench-peer-') }, { nodeFlags: NODE_FLAGS });
   const on = await start('true');
   const off = await start('false');
   const onClient = on.client();
@@ -219,7 +226,7 @@ async function guestPeerCheck(env) {
 async function isolationCost(env) {
   if (process.getuid?.() !== 0) return log('guest isolation: not root, figure skipped');
   const n = quick ? 20 : 60;
-  const start = (on) => Daemon.start({ ...env, MANAGER_GUEST_ISOLATION: on, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(10), MANAGER_STATE_DIR: tmpDir('cocos-bench-iso-') }, { nodeFlags: NODE_FLAGS });
+  const start = (on) => startDaemon({ ...env, MANAGER_GUEST_ISOLATION: on, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(10), MANAGER_STATE_DIR: tmpDir('cocos-bench-iso-') }, { nodeFlags: NODE_FLAGS });
   const on = await start('true');
   const off = await start('false');
   const onClient = on.client();
@@ -304,8 +311,10 @@ async function main() {
   const [first] = range.split('-').map(Number);
   // At info, the installed default: test/daemon.mjs reads the daemon's ports from its info lines
   // (at warn, Daemon.start never saw 'gRPC server listening' and the run stopped after its first figure).
+  // A uid per VM when the bench runs as root (guest isolation): as many uids as ports (the test
+  // helpers' default of 100 ran out at the scaling figure's 200 VMs).
   const env = fakeQemuEnv(path.join(root, 'state'), {
-    MANAGER_MAX_VMS: '0', MANAGER_QEMU_HOST_FWD_RANGE: range, MANAGER_LOG_LEVEL: 'info', MANAGER_QEMU_START_TIMEOUT: '30s',
+    MANAGER_MAX_VMS: '0', MANAGER_QEMU_HOST_FWD_RANGE: range, MANAGER_VM_UID_RANGE: nextUidRange(600), MANAGER_LOG_LEVEL: 'info', MANAGER_QEMU_START_TIMEOUT: '30s',
   });
   // What the daemon's own environment is (test/daemon.mjs starts it with PATH, HOME and these).
   const daemonEnv = { PATH: process.env.PATH, HOME: process.env.HOME ?? '/root', ...env };
@@ -365,7 +374,7 @@ async function main() {
   // BENCH_ONLY=start: only the start-to-serving figure.
   if (process.env.BENCH_ONLY === 'start') return;
 
-  const daemon = await Daemon.start(env, { nodeFlags: NODE_FLAGS });
+  const daemon = await startDaemon(env, { nodeFlags: NODE_FLAGS });
   const client = daemon.client();
   await sleep(2000);
   const idleRss = rssMiB(daemon.proc.pid);
@@ -437,7 +446,7 @@ async function main() {
   // logs at info), against the same stand-in spawned directly and asked over QMP.
   {
     const infoEnv = fakeQemuEnv(path.join(root, 'state-info'), { MANAGER_MAX_VMS: '0', MANAGER_QEMU_HOST_FWD_RANGE: nextRange(60), MANAGER_LOG_LEVEL: 'info', MANAGER_QEMU_START_TIMEOUT: '30s' });
-    const d2 = await Daemon.start(infoEnv, { nodeFlags: NODE_FLAGS });
+    const d2 = await startDaemon(infoEnv, { nodeFlags: NODE_FLAGS });
     const c2 = d2.client();
     const readyFloor = [];
     for (let i = 0; i < 5; i++) await call(c2, 'RemoveVm', { cvm_id: (await call(c2, 'CreateVm', {})).cvm_id });
@@ -482,7 +491,8 @@ async function main() {
   process.stdout.write(`\nmachine: ${results.machine.cpu}, ${results.machine.cores} cores, ${results.machine.memory_gib} GiB, node ${results.machine.node}\nwritten: bench/results/latest.json\n`);
 }
 
-main().catch((err) => {
+main().catch(async (err) => {
   process.stderr.write(`bench failed: ${err.stack ?? err}\n`);
+  await Promise.all([...started].map((d) => d.stop().catch(() => undefined)));
   process.exit(1);
 });
