@@ -363,6 +363,8 @@ export async function serveCommand(config: Config): Promise<void> {
       admin?.server.forceShutdown();
       if (admin) await removeAdminSocket(config.admin.socket);
       await manager.drain(STOP_DRAIN_MS);
+      // What still runs as the uid of a VM removed a moment ago is killed before the daemon goes.
+      isolation?.uids.retireNow();
       // Kept while a VM runs (QEMUs outlive the daemon); gone with the daemon otherwise.
       firewall?.stopWatching();
       if (firewall && (await firewall.removeIf(() => !manager.hasVms()).catch(() => false))) log.info({ table: firewall.table }, 'guest firewall removed: no VM left');
