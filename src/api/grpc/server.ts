@@ -12,6 +12,7 @@ import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-
 import type { Logger } from 'pino';
 import { ManagerError, type ErrorKind } from '../../manager/errors.js';
 import type { VmEvent, VmManager, VmStatusView } from '../../manager/vm-manager.js';
+import { observeGoApiCall } from '../../telemetry/metrics.js';
 import { tracer } from '../../telemetry/spans.js';
 import type { TlsMaterial } from '../tls.js';
 import type { ProtoGrpcType as ManagerProto } from './generated/manager.js';
@@ -143,6 +144,7 @@ function unary<Req, Res>(
       if (code !== grpc.status.OK) span.setStatus({ code: SpanStatusCode.ERROR, message: details ?? name });
       span.end();
       recorder.rpc(method, name ?? String(code), seconds);
+      observeGoApiCall(`/${service}/${method}`, seconds);
       // Successful calls at debug (CreateVm and RemoveVm log their own lines); failures at info.
       const line = { method, code: name, ms: seconds * 1000, ...(details ? { details } : {}) };
       if (code === grpc.status.OK) log.debug(line, 'rpc');
