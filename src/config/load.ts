@@ -4,6 +4,8 @@
  */
 import { cleanEnv } from 'envalid';
 import { sizeInBytes } from '../util/size.js';
+import { ConfigError, describe } from './errors.js';
+import { tracingSettings } from './tracing.js';
 import type { Config, ServerConfig } from './types.js';
 import {
   boolean,
@@ -29,15 +31,7 @@ import {
 
 export const MAX_START_TIMEOUT_MS = 5 * 60_000;
 
-export class ConfigError extends Error {
-  constructor(
-    readonly variable: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'ConfigError';
-  }
-}
+export { ConfigError };
 
 const serverSpecs = (prefix: string, defaultPort: number) => ({
   [`${prefix}HOST`]: text({ default: '' }),
@@ -157,9 +151,6 @@ export const SPECS = {
 const TEXT_PARSER = text({})._parse;
 const TYPED = new Set(Object.entries(SPECS).filter(([, spec]) => spec._parse !== TEXT_PARSER).map(([k]) => k));
 
-function describe(variable: string, value: string | undefined, expected: string): ConfigError {
-  return new ConfigError(variable, `invalid ${variable}=${JSON.stringify(value ?? '')}: ${expected}`);
-}
 
 /** Strict base64 of exactly 32 bytes (43 characters and one '='). */
 function isBase64Of32Bytes(s: string): boolean {
@@ -199,8 +190,7 @@ export function loadConfig(rawEnv: Readonly<Record<string, string | undefined>>)
     corimSigningKey: e.MANAGER_CORIM_SIGNING_KEY,
     eosVersion: e.MANAGER_EOS_VERSION,
     maxVms: e.MANAGER_MAX_VMS,
-    jaegerUrl: e.COCOS_JAEGER_URL,
-    jaegerTraceRatio: e.COCOS_JAEGER_TRACE_RATIO,
+    tracing: tracingSettings(rawEnv, { url: e.COCOS_JAEGER_URL, ratio: e.COCOS_JAEGER_TRACE_RATIO }),
     grpc: server('MANAGER_GRPC_'),
     http: server('MANAGER_HTTP_'),
     qemu: {
@@ -346,11 +336,6 @@ function checkCombinations(c: Config, env: Record<string, string | undefined>): 
     }
   }
   checkGuestFacingSettings(c, env);
-  try {
-    new URL(c.jaegerUrl);
-  } catch {
-    throw describe('COCOS_JAEGER_URL', c.jaegerUrl, 'expected an absolute URL like http://localhost:4318');
-  }
 }
 
 /** Unix socket paths live in a 108-byte sun_path, NUL included. */
