@@ -3,40 +3,24 @@
  * manager.ManagerAdmin (operator methods), grpc.health.v1.Health and server reflection.
  * One span, one metric sample and one log line per call; errors mapped to gRPC status codes.
  */
-import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { context, propagation, SpanKind, SpanStatusCode, type TextMapGetter, trace } from '@opentelemetry/api';
-import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import { ManagerError, type ErrorKind } from '../../manager/errors.js';
 import type { VmEvent, VmManager, VmStatusView } from '../../manager/vm-manager.js';
 import { observeGoApiCall } from '../../telemetry/metrics.js';
 import { tracer } from '../../telemetry/spans.js';
 import type { TlsMaterial } from '../tls.js';
+import { loadPackageDefinition } from './protos.js';
 import type { ProtoGrpcType as ManagerProto } from './generated/manager.js';
 import type { ProtoGrpcType as AdminProto } from './generated/manager-admin.js';
 import type { ManagerAdminHandlers } from './generated/manager/ManagerAdmin.js';
 import type { ManagerServiceHandlers } from './generated/manager/ManagerService.js';
 import type { VmStatus } from './generated/manager/VmStatus.js';
 import type { VmEvent as VmEventMsg } from './generated/manager/VmEvent.js';
-
-const protoFile = (name: string) => fileURLToPath(new URL(`../../../proto/${name}`, import.meta.url));
-export const PROTO_FILES = [protoFile('manager.proto'), protoFile('manager-admin.proto')];
-
-export const LOADER_OPTIONS: protoLoader.Options = {
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-};
-
-/** Every service this daemon serves (health included, for reflection). */
-export function loadPackageDefinition(): protoLoader.PackageDefinition {
-  return protoLoader.loadSync([...PROTO_FILES, healthProtoPath], LOADER_OPTIONS);
-}
 
 type Registration = [grpc.ServiceDefinition, grpc.UntypedServiceImplementation];
 
