@@ -4,6 +4,7 @@
  * sockets, the API) nor effectful Node modules, so it is tested with plain values.
  */
 const CORE = '^src/(config|qemu|request|attestation|util|isolation)/';
+const GENERATED = '^src/api/grpc/generated/';
 
 module.exports = {
   forbidden: [
@@ -12,7 +13,14 @@ module.exports = {
       comment: 'The core is pure: it must not import the service, the API, VM processes or the CLI.',
       severity: 'error',
       from: { path: CORE },
-      to: { path: '^src/(api|vm|manager|cli|telemetry)/' },
+      to: { path: '^src/(api|vm|manager|cli|telemetry)/', pathNot: GENERATED },
+    },
+    {
+      name: 'core-takes-only-wire-types',
+      comment: 'The core may name the messages generated from the proto (the contract), as types only: no gRPC code.',
+      severity: 'error',
+      from: { path: CORE },
+      to: { path: GENERATED, dependencyTypesNot: ['type-only'] },
     },
     {
       name: 'core-has-no-effects',
@@ -32,6 +40,25 @@ module.exports = {
       to: { path: '^src/vm/' },
     },
     {
+      name: 'manager-reaches-processes-through-the-driver',
+      comment:
+        'The manager (launcher, registry, recovery, SupervisedVm) reaches QEMU and /proc only through the VmDriver port (src/manager/vm-driver.port.ts); src/vm/qemu-driver.ts implements it and the CLI wires it in, so tests run the manager with a fake driver.',
+      severity: 'error',
+      from: { path: '^src/manager/' },
+      to: {
+        path: ['^src/vm/(qemu-process|qemu-driver|qmp|proc|spawner|qemu-version|socket-owner|output-tail|console-budget)\\.ts$', '^(node:)?(child_process|net|dgram|cluster|worker_threads)$', '^execa'],
+      },
+    },
+    {
+      name: 'api-reaches-the-manager-through-its-port',
+      comment:
+        'The API depends on the ManagerService port and the errors it maps, never on VmManager or the ' +
+        "manager's internals (launcher, registry, recovery), which change without the API noticing.",
+      severity: 'error',
+      from: { path: '^src/api/' },
+      to: { path: '^src/manager/', pathNot: '^src/manager/(manager-service\\.port|errors)\\.ts$' },
+    },
+    {
       name: 'no-circular',
       severity: 'error',
       from: {},
@@ -39,8 +66,8 @@ module.exports = {
     },
   ],
   options: {
-    doNotFollow: { path: 'node_modules' },
-    exclude: { path: 'src/api/grpc/generated' },
+    // The generated messages are leaves: seen (so the rules above apply to them), not cruised.
+    doNotFollow: { path: ['node_modules', GENERATED] },
     tsConfig: { fileName: 'tsconfig.json' },
     tsPreCompilationDeps: true,
   },

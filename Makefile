@@ -6,7 +6,7 @@ NODE_DEPS := node_modules/.package-lock.json
 # The node flags of the systemd unit's ExecStart, so `make run` and `make bench` run the daemon as installed.
 NODE_FLAGS := $(shell sed -n 's|^ExecStart=/usr/bin/node \(.*\) /opt/cocos-manager/dist/cli.js serve$$|\1|p' systemd/cocos-manager.service)
 
-.PHONY: build deps system-deps guest qemu-bed test check-deps run demo bench install install-files clean
+.PHONY: build deps system-deps guest guest-disk qemu-bed test check-deps run demo bench install install-files clean
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -28,12 +28,17 @@ check-deps: deps
 guest:
 	@bash scripts/build-guest.sh
 
+# The test guest as a UEFI-bootable disk (build/guest/disk.qcow2): a GPT disk whose EFI system
+# partition holds one unified kernel image (kernel, initramfs, command line), for the disk boot.
+guest-disk: guest
+	@bash scripts/build-disk.sh
+
 # QEMU 11 from Debian trixie-backports in a tree of its own (build/qemu-11/), never installed on
 # the host; the real-QEMU tests run on it as well as on the host's QEMU. Skipped with a reason offline.
 qemu-bed:
 	@bash scripts/build-qemu-bed.sh
 
-test: build check-deps guest qemu-bed
+test: build check-deps guest guest-disk qemu-bed
 	npm test
 
 # The daemon in the foreground with the development profile (no KVM, no SEV-SNP/TDX).

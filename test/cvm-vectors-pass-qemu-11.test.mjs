@@ -11,13 +11,10 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { loadConfig } from '../dist/config/load.js';
-import { buildQemuArgs } from '../dist/qemu/args.js';
-import { validateCreateReq } from '../dist/request/create-request.js';
-import { createVmDir, vmPaths } from '../dist/vm/vm-dir.js';
 import { tmpDir } from './daemon.mjs';
-import { GUEST_INITRD, GUEST_KERNEL } from './guest.mjs';
+import { GUEST_KERNEL } from './guest.mjs';
 import { NEW_QEMU } from './qemu-versions.mjs';
+import { vmVector as perVmVector } from './vm-vector.mjs';
 
 const RUN_TIMEOUT_MS = 60_000;
 
@@ -29,27 +26,8 @@ const REQUEST = {
   aws_region: 'r', aa_kbs_params: 'cc_kbc::http://10.0.2.2:8080',
 };
 
-/** The per-VM vector the daemon would launch for this configuration, with a real VM directory. */
-async function vmVector(env, stateDir) {
-  const config = loadConfig({
-    MANAGER_QEMU_ENABLE_KVM: 'false', // TCG: no KVM here, which is the failure the runs expect
-    MANAGER_QEMU_MEMORY_SIZE: '512M',
-    MANAGER_QEMU_DISK_IMG_KERNEL_FILE: GUEST_KERNEL,
-    MANAGER_QEMU_DISK_IMG_ROOTFS_FILE: GUEST_INITRD,
-    MANAGER_STATE_DIR: stateDir,
-    ...NEW_QEMU.env,
-    ...env,
-  });
-  const req = validateCreateReq(REQUEST);
-  const paths = vmPaths(config.stateDir, 'vm-under-test');
-  await createVmDir(paths, 'vm-under-test', req, undefined);
-  return buildQemuArgs(config.qemu, {
-    hostPort: 0, // the daemon takes one from its range; 0 lets the kernel pick a free one
-    ovmfVarsFile: paths.ovmfVars,
-    aaKbsParams: req.aaKbsParams,
-    shares: { certsDir: paths.certsDir, envDir: paths.envDir },
-  });
-}
+/** The per-VM vector the daemon would launch on QEMU 11 for this configuration, with a real VM directory. */
+const vmVector = (env, stateDir) => perVmVector({ ...NEW_QEMU.env, ...env }, stateDir, REQUEST);
 
 /** QEMU's `key=value,...` syntax, `,,` standing for a comma; the first bare word is `type`. */
 function parseKeyval(text) {

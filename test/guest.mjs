@@ -6,6 +6,9 @@ import { ROOT } from './helpers.mjs';
 
 export const GUEST_KERNEL = path.join(ROOT, 'build', 'guest', 'vmlinuz');
 export const GUEST_INITRD = path.join(ROOT, 'build', 'guest', 'initramfs.cpio.gz');
+/** The UEFI-bootable disk of `make guest-disk` (scripts/build-disk.sh), and the command line baked into it. */
+export const GUEST_DISK = path.join(ROOT, 'build', 'guest', 'disk.qcow2');
+export const GUEST_DISK_CMDLINE = path.join(ROOT, 'build', 'guest', 'disk-cmdline');
 
 /** One attempt: QEMU accepts before the guest listens, so an empty or cut reply means "not yet". */
 function askOnce(port, timeoutMs) {
@@ -19,10 +22,11 @@ function askOnce(port, timeoutMs) {
   });
 }
 
-/** Polls the agent until it gives a whole report, at most `timeoutMs`. */
-export async function waitForAgentReport(port, timeoutMs) {
+/** Polls the agent until it gives a whole report, at most `timeoutMs`, or until `signal` aborts. */
+export async function waitForAgentReport(port, timeoutMs, { signal } = {}) {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
+    signal?.throwIfAborted();
     const text = await askOnce(port, 3_000);
     if (text.includes('== end')) return parseReport(text);
     await new Promise((r) => setTimeout(r, 500));

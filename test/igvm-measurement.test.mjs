@@ -5,7 +5,7 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { IgvmMeasurer } from '../dist/manager/igvm-measurement.js';
+import { IgvmMeasurer } from '../dist/host/igvm-measurement.js';
 import { tmpDir } from './daemon.mjs';
 import { DIGEST, callsOf, contentDigest, makeIgvmmeasureStandIns } from './fixtures-igvmmeasure.mjs';
 

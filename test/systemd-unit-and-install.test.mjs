@@ -11,7 +11,8 @@ import * as protoLoader from '@grpc/proto-loader';
 import { ROOT } from './helpers.mjs';
 import { Daemon, call, fakeQemuEnv, tmpDir, waitFor } from './daemon.mjs';
 import { otlpReceiver } from './otlp-receiver.mjs';
-import { SPECS, loadConfig } from '../dist/config/load.js';
+import { loadConfig } from '../dist/config/load.js';
+import { SETTING_LIST } from '../dist/config/settings.js';
 
 const UNIT = path.join(ROOT, 'systemd', 'cocos-manager.service');
 
@@ -74,9 +75,10 @@ test('TimeoutStopSec covers the longest stop the settings allow', async () => {
 test('cocos-manager.env lists every setting, each with a comment, and its values are the defaults', () => {
   const text = fs.readFileSync(path.join(ROOT, 'cocos-manager.env'), 'utf8');
   const env = parseEnvFile(text);
-  assert.deepEqual(Object.keys(env).sort(), Object.keys(SPECS).sort());
+  const names = SETTING_LIST.map((s) => s.env);
+  assert.deepEqual(Object.keys(env).sort(), [...names].sort());
   const lines = text.split('\n');
-  for (const key of Object.keys(SPECS)) {
+  for (const key of names) {
     const i = lines.findIndex((l) => l.startsWith(`${key}=`));
     assert.match(lines[i - 1], /^# \S/, `comment above ${key}`);
   }

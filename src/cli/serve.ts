@@ -11,20 +11,21 @@ import { createGrpcServer, serverCredentials, setServing, tcpTransportOptions } 
 import { ConnectionGuard } from '../api/connection-guard.js';
 import { describeGuestPeerMode, GuestPeerGate } from '../api/guest-peer.js';
 import { createHttpServer, type Lifecycle, listen } from '../api/http/server.js';
-import { loadTlsMaterial } from '../api/tls.js';
+import { forgetPemTexts, loadTlsMaterial } from '../api/tls.js';
 import type { Config } from '../config/types.js';
 import { loadPcrValues, loadSigningKey } from '../manager/attestation-files.js';
 import { AttestationPolicies } from '../manager/attestation-policy.js';
-import { IgvmMeasurer } from '../manager/igvm-measurement.js';
+import { IgvmMeasurer } from '../host/igvm-measurement.js';
 import { LaunchPinner } from '../manager/launch-pin.js';
 import { PortPool } from '../manager/port-pool.js';
 import { ownerOfPeer } from '../vm/socket-owner.js';
 import { preloadSpawner } from '../vm/spawner.js';
-import { tcpPortIsFree } from '../manager/port-probe.js';
+import { tcpPortIsFree } from '../host/port-probe.js';
 import { checkSharing, resolveQemuUser } from '../host/qemu-user.js';
 import { lockStateDir } from '../host/state-dir-lock.js';
 import { type GuestIsolation, VmManager } from '../manager/vm-manager.js';
 import { UidPool } from '../manager/uid-pool.js';
+import { QemuDriver } from '../vm/qemu-driver.js';
 import { GuestFirewall } from '../host/guest-firewall.js';
 import { deviceAccess, deviceGroups, procUidProcesses, untraversableAncestors } from '../host/vm-users.js';
 import { readBuildInfo } from '../telemetry/build-info.js';
@@ -126,6 +127,7 @@ export async function serveCommand(config: Config): Promise<void> {
   // Everything an operator can get wrong in a file is checked before anything starts.
   const grpcTls = loadTlsMaterial('MANAGER_GRPC_', config.grpc);
   const httpTls = loadTlsMaterial('MANAGER_HTTP_', config.http);
+  forgetPemTexts(['MANAGER_GRPC_', 'MANAGER_HTTP_']);
   const pcrs = loadPcrValues(config.pcrValuesFile);
   const signingKey = loadSigningKey(config.corimSigningKey);
   const isolationMode = guestIsolationMode(config);
@@ -175,7 +177,7 @@ export async function serveCommand(config: Config): Promise<void> {
   } else if (isolationMode === 'off') {
     log.warn('guest isolation is off (MANAGER_GUEST_ISOLATION=false): QEMU runs as the daemon\'s user and nothing but the /proc check keeps guests from calling the host\'s services through 10.0.2.2');
   }
-  manager = new VmManager(config, log, ports, policies, metrics, isolation, qemuUser?.gid);
+  manager = new VmManager(config, log, ports, new QemuDriver(config.qemu), { policies, observer: metrics, isolation, qemuGid: qemuUser?.gid });
   const vms = manager;
   // Who is calling, once per connection: a supervised QEMU's socket means a guest (10.0.2.2).
   // A connection that comes before the records are read (the HTTP port opens first) waits for
@@ -218,7 +220,7 @@ export async function serveCommand(config: Config): Promise<void> {
     await locking; // another daemon on this state directory is the likelier cause: say that first
     throw new StartupError(`cannot listen on MANAGER_HTTP_HOST:MANAGER_HTTP_PORT (${config.http.host || '*'}:${config.http.port}): ${(err as Error).message}`);
   }
-  log.info({ host: config.http.host || '*', port: httpPort, tls: httpTls !== undefined }, 'HTTP endpoint listening');
+  log.info({ host: config.http.host || '*', port: httpPort, tls: httpTls !== undefined, mutual_tls: httpTls?.clientCa !== undefined, client_auth: httpTls?.clientAuth ?? 'none' }, 'HTTP endpoint listening');
 
   mark('http');
   const stateLock = await locking;
@@ -285,7 +287,7 @@ export async function serveCommand(config: Config): Promise<void> {
   lifecycle = 'recovering';
   setServing(grpcServer, true);
   log.info(
-    { address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()), vm_dirs_to_recover: leftovers.length },
+    { address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, client_auth: grpcTls?.clientAuth ?? 'none', admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()), vm_dirs_to_recover: leftovers.length },
     'gRPC server listening',
   );
   const traced = config.tracing;

@@ -5,7 +5,7 @@
  * sets the COCOS_* pair). Pure; a value the SDK would silently replace by its default (its way
  * with a bad OTEL_* value) is a ConfigError here instead.
  */
-import { describe } from './errors.js';
+import { invalidValue } from './setting.js';
 import type { TracingConfig } from './types.js';
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -31,9 +31,9 @@ function httpUrl(variable: string, value: string, example: string): URL {
   try {
     url = new URL(value);
   } catch {
-    throw describe(variable, value, `expected an absolute URL like ${example}`);
+    throw invalidValue(variable, value, `expected an absolute URL like ${example}`);
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw describe(variable, value, `expected an http or https URL like ${example}`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw invalidValue(variable, value, `expected an http or https URL like ${example}`);
   return url;
 }
 
@@ -62,14 +62,14 @@ function sampler(env: Env, cocosRatio: number): TracingConfig['sampler'] {
   const name = read(env, 'OTEL_TRACES_SAMPLER');
   if (name === undefined) return { ratio: cocosRatio, parentBased: true, from: `COCOS_JAEGER_TRACE_RATIO=${cocosRatio}` };
   const s = SAMPLERS[name];
-  if (s === undefined) throw describe('OTEL_TRACES_SAMPLER', name, `expected one of ${Object.keys(SAMPLERS).join(', ')}`);
+  if (s === undefined) throw invalidValue('OTEL_TRACES_SAMPLER', name, `expected one of ${Object.keys(SAMPLERS).join(', ')}`);
   const from = `OTEL_TRACES_SAMPLER=${name}`;
   if (s.ratio !== undefined) return { ratio: s.ratio, parentBased: s.parentBased, from };
   // The standard's default for a ratio sampler without an argument is 1.
   const arg = read(env, 'OTEL_TRACES_SAMPLER_ARG');
   if (arg === undefined) return { ratio: 1, parentBased: s.parentBased, from };
   const ratio = Number(arg);
-  if (!Number.isFinite(ratio) || ratio < 0 || ratio > 1) throw describe('OTEL_TRACES_SAMPLER_ARG', arg, `expected a number in 0..1 (the ratio of ${from})`);
+  if (!Number.isFinite(ratio) || ratio < 0 || ratio > 1) throw invalidValue('OTEL_TRACES_SAMPLER_ARG', arg, `expected a number in 0..1 (the ratio of ${from})`);
   return { ratio, parentBased: s.parentBased, from: `${from} OTEL_TRACES_SAMPLER_ARG=${arg}` };
 }
 
@@ -86,19 +86,19 @@ function checkResourceAttributes(env: Env): void {
     } catch {
       ok = false;
     }
-    if (!ok) throw describe('OTEL_RESOURCE_ATTRIBUTES', raw, `expected key=value pairs separated by commas (',' and '=' inside a key or value percent-encoded, at most 255 characters each); bad entry ${JSON.stringify(entry)}`);
+    if (!ok) throw invalidValue('OTEL_RESOURCE_ATTRIBUTES', raw, `expected key=value pairs separated by commas (',' and '=' inside a key or value percent-encoded, at most 255 characters each); bad entry ${JSON.stringify(entry)}`);
   }
 }
 
 function offSwitch(env: Env): string | undefined {
   const disabled = read(env, 'OTEL_SDK_DISABLED');
-  if (disabled !== undefined && !/^(true|false)$/i.test(disabled)) throw describe('OTEL_SDK_DISABLED', disabled, 'expected true or false');
+  if (disabled !== undefined && !/^(true|false)$/i.test(disabled)) throw invalidValue('OTEL_SDK_DISABLED', disabled, 'expected true or false');
   if (disabled?.toLowerCase() === 'true') return 'OTEL_SDK_DISABLED=true';
   const exporters = read(env, 'OTEL_TRACES_EXPORTER');
   if (exporters === undefined) return undefined;
   const names = exporters.split(',').map((e) => e.trim()).filter((e) => e !== '');
   const other = names.find((e) => e !== 'otlp' && e !== 'none');
-  if (other !== undefined) throw describe('OTEL_TRACES_EXPORTER', exporters, 'expected otlp or none (traces go out over OTLP only)');
+  if (other !== undefined) throw invalidValue('OTEL_TRACES_EXPORTER', exporters, 'expected otlp or none (traces go out over OTLP only)');
   return names.includes('none') ? 'OTEL_TRACES_EXPORTER=none' : undefined;
 }
 
@@ -106,7 +106,7 @@ function protocol(env: Env): TracingConfig['protocol'] {
   for (const variable of ['OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', 'OTEL_EXPORTER_OTLP_PROTOCOL']) {
     const p = read(env, variable);
     if (p === undefined) continue;
-    if (!(PROTOCOLS as readonly string[]).includes(p)) throw describe(variable, p, `expected ${PROTOCOLS.join(' or ')} (OTLP over HTTP; grpc is not supported)`);
+    if (!(PROTOCOLS as readonly string[]).includes(p)) throw invalidValue(variable, p, `expected ${PROTOCOLS.join(' or ')} (OTLP over HTTP; grpc is not supported)`);
     return p as TracingConfig['protocol'];
   }
   return 'http/protobuf';

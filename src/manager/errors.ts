@@ -17,3 +17,11 @@ export class ManagerError extends Error {
     this.name = 'ManagerError';
   }
 }
+
+/** No VM with this id here. The API words it for the caller, with the field the caller filled (cvm_id, id). */
+export class VmNotFound extends ManagerError {
+  constructor(readonly vmId: string) {
+    super('not-found', `no VM with id ${JSON.stringify(vmId)} on this manager`);
+    this.name = 'VmNotFound';
+  }
+}

@@ -15,7 +15,7 @@ import { type LaunchInput, launchInputs } from '../qemu/launch-inputs.js';
 import type { LaunchPin, PinnedFile, VmRecord } from '../vm/vm-record.js';
 import { ManagerError } from './errors.js';
 import { assertUnchanged, FileChangedError, type HashedFile, type HashingFile, hashFile, startHashing } from './file-digest.js';
-import type { IgvmMeasurer } from './igvm-measurement.js';
+import type { IgvmMeasurer } from '../host/igvm-measurement.js';
 
 /** A pin taken at CreateVm, to be confirmed once QEMU has loaded its files. */
 export interface PendingPin {

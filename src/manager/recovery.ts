@@ -16,14 +16,12 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { commandRunsBinary } from '../qemu/args.js';
-import { allCommandLines, descendantPids, processCmdline, processStartTime } from '../vm/proc.js';
-import { type OutputLimits, QemuProcess } from '../vm/qemu-process.js';
-import { QmpChannel } from '../vm/qmp.js';
-import { listVmDirs, removeVmDir, type VmPaths, vmPaths, vmsRoot } from '../vm/vm-dir.js';
+import { listVmDirs, type VmPaths, vmPaths, vmsRoot } from '../vm/vm-dir.js';
 import { parseRecord, peekRecord, type RecordPeek, readRecordText, type VmRecord } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
+import { SupervisedVm, type VmSurroundings } from './supervised-vm.js';
+import type { HostProcesses, OutputLimits, VmDriver } from './vm-driver.port.js';
 import type { VmRegistry } from './vm-registry.js';
-import { VmStateMachine } from './vm-state.js';
 
 /** A VM directory an earlier run left, with its record's text as read at start (read once). */
 export interface Leftover {
@@ -45,9 +43,9 @@ const LIVE_STATES = new Set(['running', 'paused', 'stopping']);
 /** Record files read at once at start: enough to keep the thread pool busy, few enough descriptors. */
 const READ_CONCURRENCY = 32;
 /**
- * VMs re-adopted or cleaned at once. Two hide the thread pool's latency as well as eight did
- * (500 VMs in 1.4 s either way) and keep each turn of the event loop short, so calls served
- * meanwhile are not held back (first answer 150 ms after the port opened, against 250-300 ms).
+ * VMs re-adopted or cleaned at once: two hide the thread pool's latency and keep each turn of
+ * the event loop short, so calls served meanwhile are not held back (figures: bench/README.md,
+ * "restart at scale").
  */
 const RECOVER_CONCURRENCY = 2;
 
@@ -130,10 +128,15 @@ export function mayStillRun(l: Leftover): { id: string; pids: number[]; hostPort
  * opens; until then they are reserved like the others, so their guests are refused. Reads
  * /proc's command lines once, and only when there is such a leftover (rare).
  */
-export async function orphansToReserve(leftovers: Leftover[], stateDir: string, qemuBinPath: string): Promise<{ id: string; pids: number[]; hostPort: null }[]> {
+export async function orphansToReserve(
+  leftovers: Leftover[],
+  stateDir: string,
+  qemuBinPath: string,
+  processes: HostProcesses,
+): Promise<{ id: string; pids: number[]; hostPort: null }[]> {
   const toClean = leftovers.filter((l) => !mayStillRun(l));
   if (toClean.length === 0) return [];
-  const lines = await allCommandLines();
+  const lines = await processes.commandLines();
   const root = await realOrSame(vmsRoot(stateDir));
   const out: { id: string; pids: number[]; hostPort: null }[] = [];
   for (const l of toClean) {
@@ -144,7 +147,13 @@ export async function orphansToReserve(leftovers: Leftover[], stateDir: string, 
 }
 
 /** What to do with one leftover: /proc is asked about its process only now, after the port is open. */
-async function planOne(l: Leftover, realVmsRoot: string, qemuBinPath: string, commandLines: () => Promise<Map<number, string[]>>): Promise<RecoveryAction> {
+export async function planOne(
+  l: Leftover,
+  realVmsRoot: string,
+  qemuBinPath: string,
+  processes: HostProcesses,
+  commandLines: () => Promise<Map<number, string[]>> = onceCommandLines(processes),
+): Promise<RecoveryAction> {
   const { name, paths } = l;
   // listVmDirs returns real directories only (no symlinks), so the real path follows from the root's.
   const realDir = path.join(realVmsRoot, name);
@@ -152,9 +161,9 @@ async function planOne(l: Leftover, realVmsRoot: string, qemuBinPath: string, co
   if (!read.ok && read.reason !== 'no record file') return { kind: 'skip', name, paths, reason: read.reason };
   const record = read.ok ? read.record : undefined;
   if (record && record.id !== name) return { kind: 'skip', name, paths, reason: `the record names another id (${record.id})` };
-  const alive = record && record.pid !== null && record.pidStartTime !== null && (await processStartTime(record.pid)) === record.pidStartTime;
+  const alive = record && record.pid !== null && record.pidStartTime !== null && (await processes.startTime(record.pid)) === record.pidStartTime;
   if (record && alive) {
-    const cmd = (await processCmdline(record.pid!)) ?? [];
+    const cmd = (await processes.commandLine(record.pid!)) ?? [];
     if (LIVE_STATES.has(record.state) && (await namesDir(cmd, paths, realDir))) {
       return { kind: 'adopt', name, paths, record };
     }
@@ -163,9 +172,9 @@ async function planOne(l: Leftover, realVmsRoot: string, qemuBinPath: string, co
 }
 
 /** /proc's command lines, read on first need and once, however many VMs need cleaning (a host back from a reboot). */
-function onceCommandLines(): () => Promise<Map<number, string[]>> {
+function onceCommandLines(processes: HostProcesses): () => Promise<Map<number, string[]>> {
   let lines: Promise<Map<number, string[]>> | undefined;
-  return () => (lines ??= allCommandLines());
+  return () => (lines ??= processes.commandLines());
 }
 
 export interface RecoveryResult {
@@ -184,28 +193,46 @@ export interface RecoveryResult {
  * cannot be removed is reported and counted, never a reason not to start. Each leftover is
  * settled in the registry as soon as it is decided, so a call waiting for that VM goes on.
  */
-export async function recoverVms(
-  leftovers: Leftover[],
-  stateDir: string,
-  qemuBinPath: string,
-  registry: VmRegistry,
-  log: Logger,
-  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; stopping?: () => boolean; isolation?: boolean; qmpGroup?: number } = {},
-): Promise<RecoveryResult> {
+/** What recovery works with. */
+export interface RecoveryContext {
+  stateDir: string;
+  qemuBinPath: string;
+  registry: VmRegistry;
+  driver: VmDriver;
+  /** What an adopted VM needs from around it (the same as a launched one's). */
+  around: VmSurroundings;
+  log: Logger;
+  policies?: AttestationPolicies;
+  output: OutputLimits;
+  stopping?: () => boolean;
+  /** Guest isolation is on: a VM without a uid of its own is worth a warning. */
+  isolation: boolean;
+  /** QEMU under sudo: the group its user connects to the QMP socket with. */
+  qmpGroup?: number;
+}
+
+/**
+ * Re-adopts the VMs an earlier run left running; cleans up what belonged to VMs that are gone
+ * or never finished starting. A corrupt record is reported and left alone; a directory that
+ * cannot be removed is reported and counted, never a reason not to start. Each leftover is
+ * settled in the registry as soon as it is decided, so a call waiting for that VM goes on.
+ */
+export async function recoverVms(leftovers: Leftover[], ctx: RecoveryContext): Promise<RecoveryResult> {
+  const { registry, log } = ctx;
   const result: RecoveryResult = { adopted: 0, cleaned: 0, skipped: 0, failed: 0, deferred: 0 };
-  const lines = onceCommandLines();
-  const root = await realOrSame(vmsRoot(stateDir));
+  const lines = onceCommandLines(ctx.driver.processes);
+  const root = await realOrSame(vmsRoot(ctx.stateDir));
   // A few VMs at a time: each one's steps are small reads through the thread pool, and one
   // after another the thread would mostly wait.
   await mapLimit(leftovers, RECOVER_CONCURRENCY, async (l) => {
-    if (opts.stopping?.()) {
+    if (ctx.stopping?.()) {
       result.deferred++;
       registry.settle(l.name, true);
       return;
     }
     const vmLog = log.child({ cvm_id: l.name });
     try {
-      await act(await planOne(l, root, qemuBinPath, lines), result, registry, vmLog, opts);
+      await act(await planOne(l, root, ctx.qemuBinPath, ctx.driver.processes, lines), result, vmLog, ctx);
     } catch (err) {
       // One VM's surprise must not leave the others unrecovered or a caller waiting.
       vmLog.error({ err: String(err) }, 'recovery of this VM failed; it is left as it is');
@@ -217,16 +244,10 @@ export async function recoverVms(
   return result;
 }
 
-async function act(
-  action: RecoveryAction,
-  result: RecoveryResult,
-  registry: VmRegistry,
-  vmLog: Logger,
-  opts: { policies?: AttestationPolicies; output?: Omit<OutputLimits, 'vmId'>; isolation?: boolean; qmpGroup?: number },
-): Promise<void> {
+async function act(action: RecoveryAction, result: RecoveryResult, vmLog: Logger, ctx: RecoveryContext): Promise<void> {
   switch (action.kind) {
     case 'adopt':
-      await adopt(action.record, action.paths, registry, vmLog, opts.policies, opts.output, opts.isolation ?? false, opts.qmpGroup);
+      await adopt(action.record, action.paths, vmLog, ctx);
       result.adopted++;
       return;
     case 'skip':
@@ -237,13 +258,13 @@ async function act(
       for (const pid of action.orphans) {
         vmLog.warn({ pid }, 'killing a QEMU of a VM that never finished starting');
         try {
-          process.kill(pid, 'SIGKILL');
+          ctx.driver.processes.kill(pid);
         } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'ESRCH') vmLog.error({ pid }, `could not kill it: ${(err as NodeJS.ErrnoException).code}`);
+          vmLog.error({ pid }, `could not kill it: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
         }
       }
       try {
-        await removeVmDir(action.paths.dir);
+        await ctx.around.files.remove(action.paths.dir);
         vmLog.info({ state: action.state }, 'cleaned up a VM that is no longer running');
         result.cleaned++;
       } catch (err) {
@@ -254,44 +275,19 @@ async function act(
   }
 }
 
-async function adopt(
-  record: VmRecord,
-  paths: VmPaths,
-  registry: VmRegistry,
-  log: Logger,
-  policies?: AttestationPolicies,
-  output?: Omit<OutputLimits, 'vmId'>,
-  isolation = false,
-  qmpGroup?: number,
-): Promise<void> {
-  // QEMU reconnects to the new listener by itself (chardev reconnect) and is asked its status
-  // then. The socket is made anew: QEMU's user must be able to connect again (its own uid with
-  // guest isolation, the sudo user's group under sudo).
-  const qmp = new QmpChannel(paths.qmpSocket, { owner: record.runAs ?? undefined, group: qmpGroup });
-  await qmp.listen().catch((err) => log.error({ err: String(err) }, "could not reopen the VM's QMP socket"));
-  const proc = await QemuProcess.adopt(record.pid!, record.pidStartTime!, paths, qmp, log, output && { vmId: record.id, ...output });
-  const state = record.state === 'paused' || record.state === 'stopping' ? record.state : 'running';
-  const vm = {
-    id: record.id,
-    machine: new VmStateMachine(state),
-    createdAt: record.createdAt,
+async function adopt(record: VmRecord, paths: VmPaths, log: Logger, ctx: RecoveryContext): Promise<void> {
+  // QEMU's user must be able to connect to the new QMP socket: its own uid with guest
+  // isolation, the sudo user's group under sudo.
+  const handle = await ctx.driver.adopt(
+    { vmId: record.id, pid: record.pid!, startTime: record.pidStartTime!, paths, qmp: { owner: record.runAs ?? undefined, group: ctx.qmpGroup }, output: ctx.output },
     log,
-    hostPort: record.hostPort,
-    uid: record.runAs?.uid,
-    record,
-    paths,
-    proc,
-    qmp,
-    // What runs below the PID (QEMU under sudo or a wrapper): one read, empty for QEMU itself.
-    qemuPids: descendantPids(record.pid!),
-    ttl: undefined,
-    removing: undefined,
-  };
-  registry.adopt(vm);
-  await policies?.pinner.atAdoption(record, log, () => registry.persist(vm));
-  registry.supervise(vm, true);
+  );
+  const vm = SupervisedVm.adopted(record, paths, handle, log, ctx.around);
+  ctx.registry.add(vm, 're-adopted after a restart');
+  await ctx.policies?.pinner.atAdoption(record, log, () => vm.persist());
+  vm.supervise(true);
   log.info({ pid: record.pid, port: record.hostPort, expires_at: record.expiresAt, uid: record.runAs?.uid ?? null }, 're-adopted a running VM');
-  if (isolation && !record.runAs) {
+  if (ctx.isolation && !record.runAs) {
     log.warn({ pid: record.pid }, "this VM's QEMU runs as the daemon's user (it was started before guest isolation, or with it off): its guest is not kept off the host by a uid of its own; remove and re-create the VM");
   }
 }

@@ -1,235 +1,210 @@
 /**
- * CreateVm: a slot, a port, the VM's directory and shares, its QMP socket, QEMU, and QEMU's
- * word that it runs. Every step is undone, in reverse, if a later one fails.
+ * CreateVm: a slot, a port, a uid, the VM's directory and shares, QEMU (through the driver) and
+ * QEMU's word that it runs. Each step is traced and registers its undo; if a later step fails,
+ * the undos run in reverse and nothing is left: no directory, no port, no slot, no uid.
  */
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { type Config, cvmKind } from '../config/types.js';
 import { buildQemuArgs, kernelCommandLine, qemuCommand, type RunAs } from '../qemu/args.js';
-import { type CreateReqInput, RequestError, validateCreateReq } from '../request/create-request.js';
+import type { VmRequest } from '../request/create-request.js';
 import { inSpan } from '../telemetry/spans.js';
 import { shellCommandLine } from '../util/shell-quote.js';
-import { descendantPids, portIsListening } from '../vm/proc.js';
-import { type ExitInfo, QemuProcess } from '../vm/qemu-process.js';
-import type { QemuFlavor, QemuFlavorCache } from '../vm/qemu-version.js';
-import { QmpChannel } from '../vm/qmp.js';
-import { createVmDir, removeVmDir, VarsTemplateError, vmPaths } from '../vm/vm-dir.js';
+import { VarsTemplateError, vmPaths } from '../vm/vm-dir.js';
 import type { VmRecord } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
-import type { ManagerObserver } from './observer.js';
-import type { PortPool } from './port-pool.js';
 import type { GuestIsolation } from './guest-isolation.js';
-import type { Vm, VmRegistry } from './vm-registry.js';
+import { SupervisedVm, type VmSurroundings } from './supervised-vm.js';
+import { UndoStack } from './undo-stack.js';
+import { DriverError, type ProcessExit, type QemuFlavor, type VmDriver } from './vm-driver.port.js';
+import type { VmRegistry } from './vm-registry.js';
 import { SECCOMP_KILL } from './vm-state.js';
 
 export class VmLauncher {
   constructor(
     private readonly config: Config,
     private readonly log: Logger,
-    private readonly ports: PortPool,
     private readonly registry: VmRegistry,
-    private readonly flavor: QemuFlavorCache,
-    private readonly observer: ManagerObserver,
+    private readonly driver: VmDriver,
+    private readonly around: VmSurroundings,
     private readonly policies?: AttestationPolicies,
     private readonly isolation?: GuestIsolation,
     /** QEMU under sudo as this group's user: its files and QMP socket are shared through the group. */
     private readonly qemuGid?: number,
   ) {}
 
-  async launch(input: CreateReqInput): Promise<{ id: string; port: number }> {
-    let req;
-    try {
-      req = validateCreateReq(input);
-    } catch (err) {
-      if (err instanceof RequestError) throw new ManagerError('invalid-argument', err.message);
-      throw err;
-    }
+  async launch(req: VmRequest): Promise<{ id: string; port: number }> {
+    if (!this.registry.hasSlot) throw new ManagerError('resource-exhausted', `MANAGER_MAX_VMS=${this.config.maxVms} VMs are already running or starting`);
     const id = randomUUID();
     const log = this.log.child({ cvm_id: id });
-    const vm = this.registry.reserve(id, log);
-    if (!vm) throw new ManagerError('resource-exhausted', `MANAGER_MAX_VMS=${this.config.maxVms} VMs are already running or starting`);
-
-    const q = this.config.qemu;
-    let dirMade = false;
+    const vm = SupervisedVm.launching(this.draftRecord(id, req), vmPaths(this.config.stateDir, id), log, this.around);
+    this.registry.add(vm, 'CreateVm');
+    const undo = new UndoStack(log);
     // Where a launch spends its time, in the 'VM started' line (ms since the call began).
     const t0 = process.hrtime.bigint();
     const at = () => Math.round(Number(process.hrtime.bigint() - t0) / 1e4) / 100;
     const timings: Record<string, number> = {};
     try {
-      const port = await inSpan('allocate-port', async (span) => {
-        const p = await this.ports.acquire();
-        if (p !== undefined) span.setAttribute('cocos.host_port', p);
-        return p;
-      });
-      if (port === undefined) {
-        const r = q.hostFwdRange;
-        throw new ManagerError('resource-exhausted', `no free host port left in MANAGER_QEMU_HOST_FWD_RANGE=${r.first}-${r.last}`);
+      await this.steps(vm, req, undo, timings, at);
+      log.info({ port: vm.record.hostPort, pid: vm.pid, ttl_ms: req.ttlMs ?? null, timings_ms: timings }, 'VM started');
+      return { id, port: vm.record.hostPort };
+    } catch (err) {
+      const error = err instanceof ManagerError ? err : new ManagerError('internal', `CreateVm failed: ${(err as Error).message}`);
+      await undo.unwind();
+      vm.discard('CreateVm failed');
+      log.warn({ code: error.kind }, `CreateVm failed and was rolled back: ${error.message}`);
+      throw error;
+    }
+  }
+
+  /** The record as far as the request and the configuration say; the steps fill in the rest. */
+  private draftRecord(id: string, req: VmRequest): VmRecord {
+    const q = this.config.qemu;
+    const createdAt = new Date().toISOString();
+    return {
+      version: 1,
+      id,
+      state: 'starting',
+      pid: null,
+      pidStartTime: null,
+      command: [],
+      hostPort: 0,
+      kernelCmdline: kernelCommandLine(q, req.aaKbsParams),
+      createdAt,
+      expiresAt: req.ttlMs === undefined ? null : new Date(Date.parse(createdAt) + req.ttlMs).toISOString(),
+      exit: null,
+      launch: {
+        kind: cvmKind(q),
+        cpu: q.cpu,
+        hostData: q.enableSevSnp && q.enableHostData ? q.hostData : null,
+        igvmFile: q.enableSevSnp ? q.igvmFile : null,
+      },
+      runAs: null,
+    };
+  }
+
+  private async steps(vm: SupervisedVm, req: VmRequest, undo: UndoStack, timings: Record<string, number>, at: () => number): Promise<void> {
+    const q = this.config.qemu;
+    const { paths, log } = vm;
+    const port = await inSpan('allocate-port', async (span) => {
+      const p = await this.around.ports.acquire();
+      if (p === undefined) {
+        throw new ManagerError('resource-exhausted', `no free host port left in MANAGER_QEMU_HOST_FWD_RANGE=${q.hostFwdRange.first}-${q.hostFwdRange.last}`);
       }
-      vm.hostPort = port;
-      let runAs: RunAs | undefined;
-      if (this.isolation) {
-        const uid = this.isolation.uids.acquire();
+      span.setAttribute('cocos.host_port', p);
+      vm.holdPort(p);
+      undo.push('the host port', () => vm.releasePort());
+      return p;
+    });
+    let runAs: RunAs | undefined;
+    if (this.isolation) {
+      const { uids, groups } = this.isolation;
+      runAs = await inSpan('allocate-uid', async () => {
+        const uid = uids.acquire();
         if (uid === undefined) {
           const r = this.config.isolation.uidRange;
           throw new ManagerError('resource-exhausted', `no free uid left in MANAGER_VM_UID_RANGE=${r.first}-${r.last}`);
         }
-        vm.uid = uid;
-        runAs = { uid, gid: uid, groups: this.isolation.groups };
-      }
-      const paths = vmPaths(this.config.stateDir, id);
-      vm.paths = paths;
-      const plain = !q.enableSevSnp && !q.enableTdx;
-      dirMade = true;
-      timings.port = at();
-      await inSpan('write-shares', async () => {
-        try {
-          await createVmDir(paths, id, req, plain ? q.ovmfVars.file : undefined, runAs ? { uid: runAs.uid, gid: runAs.gid } : this.qemuGid !== undefined ? { gid: this.qemuGid } : undefined);
-        } catch (err) {
-          throw fileError(err, paths.dir);
-        }
+        vm.holdUid({ uid, gid: uid, groups });
+        undo.push('the VM uid', () => vm.releaseUid());
+        return { uid, gid: uid, groups };
       });
-      let flavor: QemuFlavor;
+    }
+    timings.port = at();
+    await inSpan('write-shares', async () => {
+      // A directory made in part is removed too.
+      undo.push("the VM's directory", () => this.around.files.remove(paths.dir));
+      const plain = !q.enableSevSnp && !q.enableTdx;
+      const access = runAs ? { uid: runAs.uid, gid: runAs.gid } : this.qemuGid !== undefined ? { gid: this.qemuGid } : undefined;
       try {
-        flavor = await this.flavor.get();
+        await this.around.files.create(paths, vm.id, req, plain ? q.ovmfVars.file : undefined, access);
+      } catch (err) {
+        throw fileError(err, paths.dir);
+      }
+    });
+    // Read once per daemon: the option forms and the sandbox this binary takes.
+    const flavor: QemuFlavor = await inSpan('probe-qemu', async () => {
+      try {
+        return await this.driver.flavor();
       } catch (err) {
         throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
       }
-      const qmp = new QmpChannel(paths.qmpSocket, { owner: runAs, group: this.qemuGid });
-      vm.qmp = qmp;
-      try {
-        await qmp.listen();
-      } catch (err) {
-        throw new ManagerError('internal', `could not open the VM's QMP socket: ${(err as Error).message}`);
-      }
-      const args = buildQemuArgs(q, {
+    });
+    const cmd = qemuCommand(q, runAs);
+    const argv = [
+      ...cmd.prefix,
+      ...buildQemuArgs(q, {
         hostPort: port,
         ovmfVarsFile: paths.ovmfVars,
         aaKbsParams: req.aaKbsParams,
         shares: { certsDir: paths.certsDir, envDir: paths.envDir },
         qmp: { socketPath: paths.qmpSocket, form: flavor.form },
         sandbox: flavor.sandbox.supported,
-      });
-      const cmd = qemuCommand(q, runAs);
-      const argv = [...cmd.prefix, ...args];
-      const now = Date.parse(vm.createdAt);
-      const record: VmRecord = {
-        version: 1,
-        id,
-        state: 'starting',
-        pid: null,
-        pidStartTime: null,
-        command: [cmd.file, ...argv],
-        hostPort: port,
-        kernelCmdline: kernelCommandLine(q, req.aaKbsParams),
-        createdAt: vm.createdAt,
-        expiresAt: req.ttlMs === undefined ? null : new Date(now + req.ttlMs).toISOString(),
-        exit: null,
-        launch: {
-          kind: cvmKind(q),
-          cpu: q.cpu,
-          hostData: q.enableSevSnp && q.enableHostData ? q.hostData : null,
-          igvmFile: q.enableSevSnp ? q.igvmFile : null,
-        },
-        runAs: runAs ?? null,
-      };
-      const pinning = await inSpan('pin-launch', async () => this.policies?.pinner.atCreate(record, log));
-      record.pinned = pinning?.pin;
-      // Guests are refused by the kernel before this QEMU can run (a no-op while other VMs run).
-      const firewall = this.isolation?.firewall;
-      if (firewall) {
-        await inSpan('guest-firewall', async () => {
-          try {
-            await firewall.ensure();
-          } catch (err) {
-            throw new ManagerError('failed-precondition', `the guest firewall (nftables table ${firewall.table}) could not be installed, so no VM is started: ${(err as Error).message}`);
-          }
-        });
-      }
-      // No record is written before QEMU is up: a daemon that dies in between leaves a directory
-      // without one, and the next start kills the QEMU that names it and removes it (recovery).
-      log.info({ port, command: shellCommandLine(record.command) }, 'starting QEMU');
-      timings.files = at();
-      const spawnedAt = process.hrtime.bigint();
-      const proc = await inSpan('spawn-qemu', async (span) => {
+      }),
+    ];
+    vm.record.command = [cmd.file, ...argv];
+    const pinning = await inSpan('pin-launch', async () => this.policies?.pinner.atCreate(vm.record, log));
+    vm.record.pinned = pinning?.pin;
+    // Guests are refused by the kernel before this QEMU can run (a no-op while other VMs run).
+    const firewall = this.isolation?.firewall;
+    if (firewall) {
+      await inSpan('guest-firewall', async () => {
         try {
-          const p = await QemuProcess.spawn(cmd.file, argv, paths, qmp, log, { vmId: id, ...this.config.console });
-          span.setAttribute('process.pid', p.pid);
-          return p;
+          await firewall.ensure();
         } catch (err) {
-          throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
+          throw new ManagerError('failed-precondition', `the guest firewall (nftables table ${firewall.table}) could not be installed, so no VM is started: ${(err as Error).message}`);
         }
       });
-      vm.proc = proc;
-      // Under sudo (or a wrapper that does not exec), QEMU runs below proc: what is below is
-      // read once QEMU is up, and until then the peer check searches below (undefined).
-      vm.qemuPids = undefined;
-      record.pid = proc.pid;
-      record.pidStartTime = proc.startTime;
-
-      timings.spawned = at();
-      const ready = await inSpan('wait-qemu-ready', async (span) => {
-        const r = await proc.waitReady(this.config.startTimeoutMs);
-        span.setAttribute('cocos.outcome', r.outcome);
-        return r;
-      });
-      if (ready.outcome === 'exited') {
-        const info = await proc.exited;
-        throw new ManagerError(
-          'failed-precondition',
-          `QEMU exited during start (${describeExit(info)}); last output: ${proc.lastOutput().join(' | ') || '(none)'}`,
-        );
-      }
-      if (ready.outcome === 'timeout') {
-        throw new ManagerError(
-          'unavailable',
-          `QEMU did not finish starting (its QMP channel did not answer) within MANAGER_QEMU_START_TIMEOUT (${this.config.startTimeoutMs} ms); last output: ${proc.lastOutput().join(' | ') || '(none)'}`,
-        );
-      }
-      if (ready.status !== 'running') {
-        throw new ManagerError('failed-precondition', `QEMU started but its VM is ${JSON.stringify(ready.status ?? 'unknown')}, not running`);
-      }
-      // QEMU binds its forwards during qemu_init, before it answers QMP; one look confirms it.
-      if (!(await portIsListening(port))) {
-        throw new ManagerError('unavailable', `QEMU is running but nothing listens on host port ${port}; last output: ${proc.lastOutput().join(' | ') || '(none)'}`);
-      }
-      timings.ready = at();
-      await pinning?.confirm(); // QEMU has loaded its files by now: still the ones pinned?
-      this.observer.vmStarted(Number(process.hrtime.bigint() - spawnedAt) / 1e9);
-      vm.record = record;
-      vm.qemuPids = descendantPids(proc.pid);
-      this.registry.apply(vm, { kind: 'status', status: 'running' });
-      await this.registry.persist(vm);
-      timings.recorded = at();
-      this.registry.supervise(vm);
-      log.info({ port, pid: proc.pid, ttl_ms: req.ttlMs ?? null, timings_ms: timings }, 'VM started');
-      return { id, port };
-    } catch (err) {
-      const error = err instanceof ManagerError ? err : new ManagerError('internal', `CreateVm failed: ${(err as Error).message}`);
-      await this.rollBack(vm, dirMade, log);
-      log.warn({ code: error.kind }, `CreateVm failed and was rolled back: ${error.message}`);
-      throw error;
     }
-  }
-
-  /** Undo in reverse: process, QMP socket, files, port and slot (by leaving the holding states). */
-  private async rollBack(vm: Vm, dirMade: boolean, log: Logger): Promise<void> {
-    vm.record = undefined;
-    if (vm.proc) {
+    // No record is written before QEMU is up: a daemon that dies in between leaves a directory
+    // without one, and the next start kills the QEMU that names it and removes it (recovery).
+    log.info({ port, command: shellCommandLine(vm.record.command) }, 'starting QEMU');
+    timings.files = at();
+    const spawnedAt = process.hrtime.bigint();
+    const handle = await inSpan('spawn-qemu', async (span) => {
       try {
-        await vm.proc.kill();
-      } catch (e) {
-        log.error({ pid: vm.proc.pid }, `rollback could not stop QEMU: ${(e as Error).message}`);
+        const h = await this.driver.spawn({ vmId: vm.id, file: cmd.file, argv, paths, qmp: { owner: runAs, group: this.qemuGid }, output: this.config.console }, log);
+        span.setAttribute('process.pid', h.pid);
+        return h;
+      } catch (err) {
+        if (err instanceof DriverError && err.stage === 'qmp') throw new ManagerError('internal', err.message);
+        throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
       }
-      this.observer.qemuExited('start-failed');
+    });
+    vm.attach(handle);
+    undo.push('QEMU', () => vm.killQemu());
+    timings.spawned = at();
+    const lastOutput = () => handle.lastOutput().join(' | ') || '(none)';
+    const ready = await inSpan('wait-qemu-ready', async (span) => {
+      const r = await handle.waitReady(this.config.startTimeoutMs);
+      span.setAttribute('cocos.outcome', r.outcome);
+      return r;
+    });
+    if (ready.outcome === 'exited') {
+      throw new ManagerError('failed-precondition', `QEMU exited during start (${describeExit(await handle.exited)}); last output: ${lastOutput()}`);
     }
-    vm.qmp?.close();
-    if (vm.paths && dirMade) await removeVmDir(vm.paths.dir).catch((e) => log.error({ err: String(e) }, 'could not remove VM directory'));
-    this.registry.discard(vm, 'CreateVm failed');
+    if (ready.outcome === 'timeout') {
+      throw new ManagerError('unavailable', `QEMU did not finish starting (its QMP channel did not answer) within MANAGER_QEMU_START_TIMEOUT (${this.config.startTimeoutMs} ms); last output: ${lastOutput()}`);
+    }
+    if (ready.status !== 'running') {
+      throw new ManagerError('failed-precondition', `QEMU started but its VM is ${JSON.stringify(ready.status ?? 'unknown')}, not running`);
+    }
+    // QEMU binds its forwards during qemu_init, before it answers QMP; one look confirms it.
+    await inSpan('check-forward', async () => {
+      if (!(await this.driver.processes.portIsListening(port))) {
+        throw new ManagerError('unavailable', `QEMU is running but nothing listens on host port ${port}; last output: ${lastOutput()}`);
+      }
+    });
+    timings.ready = at();
+    await pinning?.confirm(); // QEMU has loaded its files by now: still the ones pinned?
+    this.around.observer.vmStarted(Number(process.hrtime.bigint() - spawnedAt) / 1e9);
+    await vm.started();
+    timings.recorded = at();
   }
 }
 
-export function describeExit(info: ExitInfo): string {
+export function describeExit(info: ProcessExit): string {
   if (info.signal === 'SIGSYS') return SECCOMP_KILL;
   if (info.signal) return `killed by ${info.signal}`;
   if (info.code !== null) return `exit code ${info.code}`;

@@ -5,57 +5,75 @@
  */
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
-import { type CreateReqInput, validateVmId } from '../request/create-request.js';
-import { type QemuFlavor, QemuFlavorCache } from '../vm/qemu-version.js';
+import type { VmRequest } from '../request/create-request.js';
+import type { VmId } from '../request/vm-id.js';
 import type { VmRecord } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
-import { type ManagerObserver, NO_OBSERVER } from './observer.js';
+import { type SupervisedPid, supervisedPids, vmOfUid } from './guest-attribution.js';
+import type { CvmInfo, ManagerService } from './manager-service.port.js';
 import type { GuestIsolation } from './guest-isolation.js';
+import { type ManagerObserver, NO_OBSERVER } from './observer.js';
 import type { PortPool } from './port-pool.js';
 import { findLeftovers, type Leftover, mayStillRun, orphansToReserve, type RecoveryResult, recoverVms } from './recovery.js';
+import type { SupervisedVm, VmStatusView, VmSurroundings } from './supervised-vm.js';
+import type { QemuFlavor, VmDriver } from './vm-driver.port.js';
+import { diskFiles, type VmFiles } from './vm-files.js';
 import { VmLauncher } from './vm-launcher.js';
-import { statusView, type VmEvent, VmRegistry, type VmStatusView } from './vm-registry.js';
+import { type VmEvent, VmRegistry } from './vm-registry.js';
 import type { VmState } from './vm-state.js';
 
 export type { GuestIsolation } from './guest-isolation.js';
-export type { VmEvent, VmStatusView } from './vm-registry.js';
+export type { VmStatusView } from './supervised-vm.js';
+export type { VmEvent } from './vm-registry.js';
 export type { VmState } from './vm-state.js';
-
-export interface CvmInfo {
-  id: string;
-  ovmfVersion: string;
-  cpuNum: number;
-  cpuType: string;
-  kernelCmd: string;
-  eosVersion: string;
-}
 
 /** How long the guest firewall outlives the last VM (see dropFirewallIfUnused). */
 const FIREWALL_LINGER_MS = 3_000;
 
-export class VmManager {
+export class VmManager implements ManagerService {
   private stopping = false;
   private firewallLinger: NodeJS.Timeout | undefined;
   private readonly shutdownListeners = new Set<() => void>();
   private readonly inflight = new Set<Promise<unknown>>();
-  private readonly flavor: QemuFlavorCache;
   private readonly registry: VmRegistry;
   private readonly launcher: VmLauncher;
+  private readonly around: VmSurroundings;
+  private readonly policies: AttestationPolicies | undefined;
+  private readonly isolation: GuestIsolation | undefined;
+  private readonly qemuGid: number | undefined;
 
   constructor(
     private readonly config: Config,
     private readonly log: Logger,
     private readonly ports: PortPool,
-    private readonly policies?: AttestationPolicies,
-    observer: ManagerObserver = NO_OBSERVER,
-    private readonly isolation?: GuestIsolation,
-    /** Under MANAGER_QEMU_USE_SUDO: the group of the user QEMU runs as (src/host/qemu-user.ts). */
-    private readonly qemuGid?: number,
+    /** The one way to processes: QEMU + QMP (src/vm/qemu-driver.ts), or a fake in tests. */
+    private readonly driver: VmDriver,
+    opts: {
+      policies?: AttestationPolicies;
+      observer?: ManagerObserver;
+      isolation?: GuestIsolation;
+      /** Under MANAGER_QEMU_USE_SUDO: the group of the user QEMU runs as (src/host/qemu-user.ts). */
+      qemuGid?: number;
+      files?: VmFiles;
+    } = {},
   ) {
-    this.flavor = new QemuFlavorCache(config.qemu);
-    this.registry = new VmRegistry(config, log, ports, observer, (p) => this.track(p), isolation?.uids, () => this.dropFirewallIfUnused());
-    this.launcher = new VmLauncher(config, log, ports, this.registry, this.flavor, observer, policies, isolation, qemuGid);
+    this.policies = opts.policies;
+    this.isolation = opts.isolation;
+    this.qemuGid = opts.qemuGid;
+    this.registry = new VmRegistry(config.maxVms, log, ports, opts.isolation?.uids, () => this.dropFirewallIfUnused());
+    this.around = {
+      stopTimeoutMs: config.stopTimeoutMs,
+      powerdownTimeoutMs: config.powerdownTimeoutMs,
+      ports,
+      uids: opts.isolation?.uids,
+      files: opts.files ?? diskFiles,
+      observer: opts.observer ?? NO_OBSERVER,
+      track: (p) => this.track(p),
+      changed: (vm, c) => this.registry.changed(vm, c),
+      gone: (vm) => this.registry.delete(vm),
+    };
+    this.launcher = new VmLauncher(config, log, this.registry, driver, this.around, opts.policies, opts.isolation, opts.qemuGid);
   }
 
   /**
@@ -84,8 +102,7 @@ export class VmManager {
 
   /** The VM whose QEMU runs as `uid`, and whether `uid` is a VM user's at all. */
   vmOfUid(uid: number): { vmUser: boolean; vmId?: string } {
-    const vmId = this.registry.vmOfUid(uid);
-    return { vmUser: vmId !== undefined || this.registry.isVmUid(uid), vmId };
+    return vmOfUid(this.registry, this.isolation?.uids, uid);
   }
 
   /** Uids of VMs an earlier run left running that lie outside MANAGER_VM_UID_RANGE (the firewall would not cover them). */
@@ -103,7 +120,7 @@ export class VmManager {
 
   /** Reads the QEMU binary's version (once; retried at the next CreateVm if it fails). */
   probeQemu(): Promise<QemuFlavor> {
-    return this.flavor.get();
+    return this.driver.flavor();
   }
 
   /** Ports of the range no VM holds. */
@@ -117,8 +134,8 @@ export class VmManager {
   }
 
   /** The PIDs of the QEMUs this manager supervises, with their VM ids. */
-  supervisedPids(withoutOwnUid = false): [pid: number, vmId: string, searchBelow: boolean][] {
-    return this.registry.supervisedPids(withoutOwnUid);
+  supervisedPids(withoutOwnUid = false): SupervisedPid[] {
+    return supervisedPids(this.registry, withoutOwnUid);
   }
 
   /** Every VM transition from now on (WatchVms); returns the unsubscribe function. */
@@ -138,22 +155,25 @@ export class VmManager {
     return p;
   }
 
-  create(input: CreateReqInput): Promise<{ id: string; port: number }> {
+  create(req: VmRequest): Promise<{ id: string; port: number }> {
     if (this.stopping) return Promise.reject(new ManagerError('unavailable', 'the manager is shutting down; retry on another host or later'));
-    return this.track(this.launcher.launch(input));
+    return this.track(this.launcher.launch(req));
   }
 
-  async remove(id: string): Promise<void> {
+  async remove(id: VmId): Promise<void> {
+    const vm = await this.find(id);
+    return this.track(vm.remove('removed'));
+  }
+
+  /** The VM a call names, once recovery has decided it: NOT_FOUND or the VM. */
+  private async find(id: VmId): Promise<SupervisedVm> {
     await this.settled(id);
-    return this.track(this.registry.remove(id, 'removed'));
+    return this.registry.find(id);
   }
 
-  /**
-   * Waits until recovery has decided the VM a call names (at once for any other id, and for
-   * malformed ids, which the call itself then refuses).
-   */
-  private async settled(rawId: string): Promise<void> {
-    await this.registry.settled(rawId);
+  /** Waits until recovery has decided the VM a call names (at once for any other id). */
+  private async settled(id: VmId): Promise<void> {
+    await this.registry.settled(id);
     this.refuseIfIncomplete();
   }
 
@@ -164,22 +184,16 @@ export class VmManager {
     }
   }
 
-  async info(rawId: string): Promise<CvmInfo> {
-    let id: string;
-    try {
-      id = validateVmId('id', rawId);
-    } catch (err) {
-      throw new ManagerError('invalid-argument', (err as Error).message);
-    }
+  async info(id: VmId): Promise<CvmInfo> {
     await this.settled(id);
-    const vm = this.registry.has(id);
+    const vm = this.registry.get(id);
     const q = this.config.qemu;
     return {
       id,
       ovmfVersion: q.ovmfVersion,
       cpuNum: q.smpCount,
       cpuType: q.cpu,
-      kernelCmd: vm?.record?.kernelCmdline ?? q.kernelCmdline,
+      kernelCmd: vm?.record.kernelCmdline ?? q.kernelCmdline,
       eosVersion: this.config.eosVersion,
     };
   }
@@ -206,22 +220,20 @@ export class VmManager {
     this.registry.settleAll();
   }
 
-  async status(rawId: string): Promise<VmStatusView> {
-    await this.settled(rawId);
-    return statusView(this.registry.find('id', rawId));
+  async status(id: VmId): Promise<VmStatusView> {
+    return (await this.find(id)).view();
   }
 
   /** The VM's record, or NOT_FOUND (FAILED_PRECONDITION while it starts). */
-  async get(rawId: string): Promise<VmRecord> {
-    await this.settled(rawId);
-    const vm = this.registry.find('id', rawId);
-    if (!vm.record) throw new ManagerError('failed-precondition', `VM ${vm.id} is still starting`);
+  async get(id: VmId): Promise<VmRecord> {
+    const vm = await this.find(id);
+    if (vm.state === 'starting') throw new ManagerError('failed-precondition', `VM ${vm.id} is still starting`);
     return vm.record;
   }
 
   /** The attestation policy of a VM, encoded as configured. */
-  async attestationPolicy(rawId: string): Promise<Uint8Array> {
-    const record = await this.get(rawId);
+  async attestationPolicy(id: VmId): Promise<Uint8Array> {
+    const record = await this.get(id);
     if (!this.policies) throw new ManagerError('unimplemented', 'attestation policies are not configured on this manager');
     return this.policies.policyFor(record);
   }
@@ -233,7 +245,7 @@ export class VmManager {
    */
   async expectLeftovers(): Promise<Leftover[]> {
     const leftovers = await findLeftovers(this.config.stateDir);
-    const orphans = await orphansToReserve(leftovers, this.config.stateDir, this.config.qemu.binPath);
+    const orphans = await orphansToReserve(leftovers, this.config.stateDir, this.config.qemu.binPath, this.driver.processes);
     this.registry.expect([...leftovers.flatMap((l) => mayStillRun(l) ?? []), ...orphans]);
     return leftovers;
   }
@@ -241,7 +253,13 @@ export class VmManager {
   /** After serving: re-adopts or cleans up each leftover (calls about one wait for it). */
   recover(leftovers: Leftover[]): Promise<RecoveryResult> {
     return this.track(
-      recoverVms(leftovers, this.config.stateDir, this.config.qemu.binPath, this.registry, this.log, {
+      recoverVms(leftovers, {
+        stateDir: this.config.stateDir,
+        qemuBinPath: this.config.qemu.binPath,
+        registry: this.registry,
+        driver: this.driver,
+        around: this.around,
+        log: this.log,
         policies: this.policies,
         output: this.config.console,
         stopping: () => this.stopping,

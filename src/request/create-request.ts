@@ -2,24 +2,13 @@
  * Validation of CreateReq: pure, so every rule is tested with plain values.
  * Errors name the field and the rule, never the value (some fields are secrets).
  */
+// The message as grpc-js hands it over (proto3 defaults filled in), generated from the proto:
+// a type only, so the core stays free of gRPC.
+import type { CreateReq__Output as CreateReq } from '../api/grpc/generated/manager/CreateReq.js';
 import { DurationError, parseGoDuration } from '../util/duration.js';
+import { RequestError } from './request-error.js';
 
-/** CreateReq as it arrives from the wire (proto3 defaults filled in). */
-export interface CreateReqInput {
-  agent_log_level: string;
-  agent_cvm_server_ca_cert: Uint8Array;
-  agent_cvm_client_key: Uint8Array;
-  agent_cvm_client_cert: Uint8Array;
-  agent_cvm_server_url: string;
-  agent_cvm_ca_url: string;
-  ttl: string;
-  agent_certs_token: string;
-  aws_access_key_id: string;
-  aws_secret_access_key: string;
-  aws_endpoint_url: string;
-  aws_region: string;
-  aa_kbs_params: string;
-}
+export { RequestError } from './request-error.js';
 
 /** A validated request: what a VM is made from. */
 export interface VmRequest {
@@ -34,16 +23,6 @@ export interface VmRequest {
   /** Milliseconds; undefined: no TTL. */
   ttlMs: number | undefined;
   aaKbsParams: string;
-}
-
-export class RequestError extends Error {
-  constructor(
-    readonly field: string,
-    reason: string,
-  ) {
-    super(`${field}: ${reason}`);
-    this.name = 'RequestError';
-  }
 }
 
 export const MAX_PEM_BYTES = 64 * 1024;
@@ -93,37 +72,28 @@ export function parseTtl(ttl: string): number | undefined {
   return ms;
 }
 
-export function validateCreateReq(req: CreateReqInput): VmRequest {
-  for (const field of ENV_FIELDS) checkEnvValue(field, req[field] ?? '');
-  checkKbsParams(req.aa_kbs_params ?? '');
+export function validateCreateReq(req: CreateReq): VmRequest {
+  for (const field of ENV_FIELDS) checkEnvValue(field, req[field]);
+  checkKbsParams(req.aa_kbs_params);
   for (const field of ['agent_cvm_client_cert', 'agent_cvm_client_key', 'agent_cvm_server_ca_cert'] as const) {
-    const bytes = req[field] ?? new Uint8Array();
-    if (bytes.length > MAX_PEM_BYTES) throw new RequestError(field, `larger than ${MAX_PEM_BYTES} bytes`);
+    if (req[field].length > MAX_PEM_BYTES) throw new RequestError(field, `larger than ${MAX_PEM_BYTES} bytes`);
   }
-  const ttlMs = parseTtl(req.ttl ?? '');
+  const ttlMs = parseTtl(req.ttl);
   return {
-    agentLogLevel: req.agent_log_level ?? '',
-    serverUrl: req.agent_cvm_server_url ?? '',
-    caUrl: req.agent_cvm_ca_url ?? '',
-    certsToken: req.agent_certs_token ?? '',
+    agentLogLevel: req.agent_log_level,
+    serverUrl: req.agent_cvm_server_url,
+    caUrl: req.agent_cvm_ca_url,
+    certsToken: req.agent_certs_token,
     aws: {
-      accessKeyId: req.aws_access_key_id ?? '',
-      secretAccessKey: req.aws_secret_access_key ?? '',
-      endpointUrl: req.aws_endpoint_url ?? '',
-      region: req.aws_region ?? '',
+      accessKeyId: req.aws_access_key_id,
+      secretAccessKey: req.aws_secret_access_key,
+      endpointUrl: req.aws_endpoint_url,
+      region: req.aws_region,
     },
-    clientCert: req.agent_cvm_client_cert ?? new Uint8Array(),
-    clientKey: req.agent_cvm_client_key ?? new Uint8Array(),
-    serverCaCert: req.agent_cvm_server_ca_cert ?? new Uint8Array(),
+    clientCert: req.agent_cvm_client_cert,
+    clientKey: req.agent_cvm_client_key,
+    serverCaCert: req.agent_cvm_server_ca_cert,
     ttlMs,
-    aaKbsParams: req.aa_kbs_params ?? '',
+    aaKbsParams: req.aa_kbs_params,
   };
-}
-
-/** A VM id in RemoveReq/CVMInfoReq/AttestationPolicyReq: never used as a path, but bounded and printable. */
-export function validateVmId(field: string, id: string): string {
-  if (id === '') throw new RequestError(field, 'is empty');
-  if (id.length > 128) throw new RequestError(field, 'longer than 128 characters');
-  if (/\p{Cc}/u.test(id)) throw new RequestError(field, 'must not contain control characters');
-  return id;
 }

@@ -41,7 +41,8 @@ interface Tails {
 /**
  * How often a re-adopted QEMU's /proc entry is looked at. A lost QMP connection (the first sign
  * of an exit) makes it every 20 ms for a while, so this is only the fallback for a QEMU that
- * exits long after its QMP channel went down; 250 ms cost 6 % of a core at 100 VMs for nothing.
+ * exits long after its QMP channel went down; a short period costs CPU at scale for nothing
+ * (bench/README.md, "restart at scale").
  */
 const ADOPTED_POLL_MS = 5_000;
 /** The same while an exit is awaited (RemoveVm, a kill) or QMP has just gone: an exit is seen at once. */

@@ -5,18 +5,11 @@
  */
 import type { QemuConfig } from '../config/types.js';
 import { qemuCommand, SANDBOX_OPTION } from '../qemu/args.js';
-import { formatQemuVersion, parseQemuVersion, type QemuVersion, type QmpForm, qmpFormFor } from '../qemu/qmp-args.js';
+import type { QemuFlavor, SandboxSupport } from '../manager/vm-driver.port.js';
+import { formatQemuVersion, parseQemuVersion, qmpFormFor } from '../qemu/qmp-args.js';
 import { loadExeca } from './spawner.js';
 
-/** Whether the binary takes `-sandbox SANDBOX_OPTION`; when not, QEMU's own words for why. */
-export type SandboxSupport = { supported: true } | { supported: false; reason: string };
-
-export interface QemuFlavor {
-  version: QemuVersion;
-  form: QmpForm;
-  text: string;
-  sandbox: SandboxSupport;
-}
+export type { QemuFlavor, SandboxSupport } from '../manager/vm-driver.port.js';
 
 const PROBE_TIMEOUT_MS = 10_000;
 const SANDBOX_TRIAL_TIMEOUT_MS = 5_000;

@@ -5,8 +5,8 @@
  */
 import path from 'node:path';
 import { loadExeca } from '../vm/spawner.js';
-import { ManagerError } from './errors.js';
-import { assertUnchanged, FileChangedError, type HashedFile, hashFile } from './file-digest.js';
+import { ManagerError } from '../manager/errors.js';
+import { assertUnchanged, FileChangedError, type HashedFile, hashFile } from '../manager/file-digest.js';
 
 export class IgvmMeasurer {
   private readonly cache = new Map<string, Promise<Uint8Array>>();

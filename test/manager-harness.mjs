@@ -1,0 +1,73 @@
+/**
+ * The manager in-process, with the fake driver (test/fake-driver.mjs): the launcher, the
+ * registry, SupervisedVm and recovery run for real on a temporary state directory; only QEMU
+ * and /proc are stand-ins. Ports and uids are plain numbers here (nothing binds them).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import { loadConfig } from '../dist/config/load.js';
+import { PortPool } from '../dist/manager/port-pool.js';
+import { UidPool } from '../dist/manager/uid-pool.js';
+import { diskFiles } from '../dist/manager/vm-files.js';
+import { VmManager } from '../dist/manager/vm-manager.js';
+import { validateCreateReq } from '../dist/request/create-request.js';
+import { tmpDir } from './daemon.mjs';
+import { FakeDriver } from './fake-driver.mjs';
+
+/** A CreateReq as the API hands it to the manager (parsed at the edge), with a TTL if given. */
+export function createReq(ttl = '') {
+  return validateCreateReq({
+    agent_log_level: 'info', agent_cvm_server_ca_cert: Buffer.alloc(0), agent_cvm_client_key: Buffer.alloc(0),
+    agent_cvm_client_cert: Buffer.alloc(0), agent_cvm_server_url: 'cvms.example:7001', agent_cvm_ca_url: '', ttl,
+    agent_certs_token: '', aws_access_key_id: '', aws_secret_access_key: '', aws_endpoint_url: '', aws_region: '', aa_kbs_params: '',
+  });
+}
+
+/**
+ * A manager on `stateDir` (a new one by default). One port (46001), one uid with `isolation`, so
+ * a later CreateVm that succeeds proves the failed one gave everything back.
+ */
+export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('cocos-inproc-'), env = {}, isolation = false, files = diskFiles, firewall } = {}) {
+  const vars = path.join(stateDir, 'OVMF_VARS.fd');
+  if (!fs.existsSync(vars)) fs.writeFileSync(vars, 'firmware variables');
+  const config = loadConfig({
+    MANAGER_STATE_DIR: path.join(stateDir, 'state'),
+    MANAGER_QEMU_ENABLE_KVM: 'false',
+    MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
+    MANAGER_QEMU_OVMF_VARS_FILE: vars,
+    MANAGER_QEMU_HOST_FWD_RANGE: '46001-46001',
+    MANAGER_MAX_VMS: '1',
+    MANAGER_QEMU_POWERDOWN_TIMEOUT: '0',
+    MANAGER_VM_UID_RANGE: '1900990001-1900990001',
+    ...env,
+  });
+  const lines = [];
+  const log = pino({ level: 'debug' }, new Writable({ write(chunk, _e, cb) { lines.push(JSON.parse(chunk)); cb(); } }));
+  const ports = new PortPool(config.qemu.hostFwdRange, async () => true);
+  const uidLog = [];
+  const uids = isolation
+    ? new UidPool(config.isolation.uidRange, { inUse: () => new Set(), killAll: (uid) => (driver.calls.push(['retire-uid', uid]), 0) })
+    : undefined;
+  const observed = [];
+  const observer = { vmStarted: () => observed.push('started'), qemuExited: (cause) => observed.push(cause) };
+  const fw = firewall ?? { table: 'cocos_manager_test', ensure: async () => {}, removeIf: async () => false };
+  const manager = new VmManager(config, log, ports, driver, {
+    observer,
+    files,
+    isolation: uids ? { uids, groups: [], firewall: fw } : undefined,
+  });
+  const events = [];
+  manager.watch((e) => events.push(e));
+  return { manager, driver, config, ports, uids, uidLog, lines, events, observed, stateDir: config.stateDir };
+}
+
+/** The VM directories under the state directory. */
+export function vmDirs(stateDir) {
+  try {
+    return fs.readdirSync(path.join(stateDir, 'vms'));
+  } catch {
+    return [];
+  }
+}
