@@ -7,6 +7,12 @@ import { validateCreateReq } from '../dist/request/create-request.js';
 import { createVmDir, vmPaths } from '../dist/vm/vm-dir.js';
 import { GUEST_INITRD, GUEST_KERNEL } from './guest.mjs';
 
+const WIRE_DEFAULTS = {
+  agent_log_level: '', agent_cvm_server_ca_cert: Buffer.alloc(0), agent_cvm_client_key: Buffer.alloc(0), agent_cvm_client_cert: Buffer.alloc(0),
+  agent_cvm_server_url: '', agent_cvm_ca_url: '', ttl: '', agent_certs_token: '', aws_access_key_id: '', aws_secret_access_key: '',
+  aws_endpoint_url: '', aws_region: '', aa_kbs_params: '',
+};
+
 /**
  * The vector for configuration `env` and CreateVm request `request`, its VM directory made under
  * `stateDir` for VM `id`. hostPort 0 (the default) lets QEMU's kernel pick the forwarded port.
@@ -21,7 +27,8 @@ export async function vmVector(env, stateDir, request, { id = 'vm-under-test', h
     ...env,
   });
   const q = config.qemu;
-  const req = validateCreateReq(request);
+  // As grpc-js hands it over: every field present, proto3's defaults where the caller sent none.
+  const req = validateCreateReq({ ...WIRE_DEFAULTS, ...request });
   const paths = vmPaths(config.stateDir, id);
   await createVmDir(paths, id, req, !q.enableSevSnp && !q.enableTdx ? q.ovmfVars.file : undefined);
   return buildQemuArgs(q, {
