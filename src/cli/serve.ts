@@ -296,14 +296,17 @@ export async function serveCommand(config: Config): Promise<void> {
     { address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, client_auth: grpcTls?.clientAuth ?? 'none', admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()), vm_dirs_to_recover: leftovers.length },
     'gRPC server listening',
   );
-  if (config.jaegerTraceRatio > 0) {
-    startTracing({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio, instanceId, version: build.version, log }).then(
+  const traced = config.tracing;
+  if (traced.off === undefined) {
+    startTracing({ config: traced, instanceId, version: build.version, log }).then(
       (t) => {
         tracing = t;
-        log.info({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio }, 'tracing started');
+        log.info({ url: traced.url, url_from: traced.urlFrom, protocol: traced.protocol, sampler: traced.sampler.from, parent_based: traced.sampler.parentBased }, 'tracing started');
       },
       (err) => log.error({ err: String(err) }, 'tracing could not start: calls are served untraced'),
     );
+  } else {
+    log.info({ off_by: traced.off }, 'tracing off');
   }
   // Calls are served meanwhile; one about a VM not yet decided waits for it (ListVms for all).
   const recoveryStarted = performance.now();
