@@ -139,14 +139,16 @@ test('text is kept as written, blanks included; every grammar says that empty me
   }
 });
 
-test('every declared default is a value of its own grammar, and loadConfig({}) is those defaults, SEV-SNP and TDX decided from the host', () => {
+test('every declared default is a value of its own grammar, and loadConfig({}) is those defaults, SEV-SNP and TDX decided from the host (and the tracing derived from them)', () => {
   for (const s of SETTING_LIST) assert.doesNotThrow(() => s.grammar.parse(s.default), s.env);
   const declared = readSettings(SETTINGS, {}).config;
   assert.deepEqual([declared.qemu.enableSevSnp, declared.qemu.enableTdx], ['auto', 'auto']);
   for (const [host, snp, tdx] of [[FACTS.plain, false, false], [FACTS.sevSnp, true, false], [FACTS.tdx, false, true]]) {
-    const { cvm, ...loaded } = loadConfig({}, host);
+    // tracing is derived from the COCOS_JAEGER_* settings and the OTEL_* variables (config/tracing.ts).
+    const { cvm, tracing, ...loaded } = loadConfig({}, host);
     assert.deepEqual(loaded, { ...declared, qemu: { ...declared.qemu, enableSevSnp: snp, enableTdx: tdx } });
     assert.equal(cvm.kind, snp ? 'sev-snp' : tdx ? 'tdx' : 'plain');
+    assert.equal(tracing.url, 'http://localhost:4318/v1/traces');
   }
   assert.equal(loadConfig({}, FACTS.plain).qemu.hostFwdRange.last, 6200);
 });

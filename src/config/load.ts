@@ -7,6 +7,7 @@ import { sizeInBytes } from '../util/size.js';
 import { type CvmHostFacts, type DeclaredCvm, resolveCvm } from './cvm.js';
 import { type ConfigError, type Given, type Setting, invalidValue, readSettings } from './setting.js';
 import { SETTINGS } from './settings.js';
+import { tracingSettings } from './tracing.js';
 import type { Config } from './types.js';
 
 export { ConfigError } from './setting.js';
@@ -15,7 +16,8 @@ export { MAX_START_TIMEOUT_MS } from './settings.js';
 /**
  * The configuration `env` gives on a host whose SEV-SNP and TDX support is `host` (read by
  * src/host/cvm-host.ts): MANAGER_QEMU_ENABLE_SEV_SNP and _ENABLE_TDX decided (cvm.ts), so
- * everything downstream reads the decision.
+ * everything downstream reads the decision; and the tracing derived from the COCOS_JAEGER_*
+ * settings and the OTEL_* variables (tracing.ts).
  */
 export function loadConfig(env: Readonly<Record<string, string | undefined>>, host: CvmHostFacts): Config {
   const { config: declared, given } = readSettings(SETTINGS, env);
@@ -25,7 +27,12 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ho
     { sevSnp: as(q.enableSevSnp, given(SETTINGS.qemu.enableSevSnp)), tdx: as(q.enableTdx, given(SETTINGS.qemu.enableTdx)), allowNonConfidential: q.allowNonConfidentialVms },
     host,
   );
-  const config: Config = { ...declared, qemu: { ...q, enableSevSnp: cvm.sevSnp.on, enableTdx: cvm.tdx.on }, cvm };
+  const config: Config = {
+    ...declared,
+    qemu: { ...q, enableSevSnp: cvm.sevSnp.on, enableTdx: cvm.tdx.on },
+    cvm,
+    tracing: tracingSettings(env, { url: declared.jaegerUrl, ratio: declared.jaegerTraceRatio }),
+  };
   checkCombinations(config, (s, expected, value = given(s).text) => invalidValue(given(s).name, value, expected));
   return config;
 }

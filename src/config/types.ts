@@ -16,8 +16,11 @@ export type DeclaredConfig = ConfigOf<typeof SETTINGS>;
 /** The QEMU settings with SEV-SNP and TDX decided: what every launch, check and template reads. */
 export type QemuConfig = Omit<DeclaredConfig['qemu'], 'enableSevSnp' | 'enableTdx'> & { enableSevSnp: boolean; enableTdx: boolean };
 
-/** The configuration of a command: the declared settings, SEV-SNP and TDX decided, and how (`cvm`). */
-export type Config = Omit<DeclaredConfig, 'qemu'> & { qemu: QemuConfig; cvm: CvmResolution };
+/**
+ * The configuration of a command: the declared settings, SEV-SNP and TDX decided, and how
+ * (`cvm`), and what is derived from several settings and the OTEL_* variables (tracing).
+ */
+export type Config = Omit<DeclaredConfig, 'qemu'> & { qemu: QemuConfig; cvm: CvmResolution; tracing: TracingConfig };
 
 export type LogLevel = Config['logLevel'];
 export type PolicyFormat = Config['attestationPolicyFormat'];
@@ -25,3 +28,21 @@ export type ServerConfig = Config['grpc'];
 export type GuestIsolationConfig = Config['isolation'];
 export type AttestationConfig = Config['attestation'];
 export type SnpProduct = Exclude<AttestationConfig['snpProduct'], ''>;
+
+/**
+ * Traces: the COCOS_JAEGER_* settings and the standard OTEL_* variables, the latter winning
+ * where both say the same thing (config/tracing.ts; docs/configuration.md, "Tracing").
+ */
+export interface TracingConfig {
+  /** Why tracing is off (the SDK is then not even loaded); undefined when it is on. */
+  off?: string;
+  /** Where spans are posted (OTLP over HTTP), and the variable that says so. */
+  url: string;
+  urlFrom: string;
+  protocol: 'http/protobuf' | 'http/json';
+  /**
+   * Share of the traces started here that are sampled; `parentBased`: a caller's decision (its
+   * traceparent's flag) is followed instead. `from`: the variable(s) that chose it.
+   */
+  sampler: { ratio: number; parentBased: boolean; from: string };
+}
