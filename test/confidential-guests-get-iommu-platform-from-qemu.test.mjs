@@ -18,6 +18,7 @@ import path from 'node:path';
 import { ROOT } from './helpers.mjs';
 import { tmpDir } from './daemon.mjs';
 import { QEMUS } from './qemu-versions.mjs';
+import { FACTS } from './fake-host.mjs';
 
 const { loadConfig } = await import(path.join(ROOT, 'dist/config/load.js'));
 const { buildQemuArgs } = await import(path.join(ROOT, 'dist/qemu/args.js'));
@@ -30,7 +31,7 @@ const LATER = /Assertion `machine->cgs->ready' failed|accelerator does not suppo
 
 /** The 9P arguments of the per-VM vector (-fsdev and -device pairs), as the manager builds them. */
 function sharesArgs(dir) {
-  const q = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_KVM: 'false' }).qemu;
+  const q = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_KVM: 'false' }, FACTS.plain).qemu;
   for (const d of ['certs', 'env']) fs.mkdirSync(path.join(dir, d));
   const argv = buildQemuArgs(q, { hostPort: 6100, ovmfVarsFile: '/nonexistent', shares: { certsDir: path.join(dir, 'certs'), envDir: path.join(dir, 'env') } });
   const out = [];

@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { FakeHost } from './fake-host.mjs';
 import { CLI, FIXTURES, ROOT, baseEnv } from './helpers.mjs';
 
 export const FAKE_QEMU = path.join(FIXTURES, 'fake-qemu.mjs');
@@ -143,6 +144,9 @@ export function fakeQemuEnv(stateDir, extra = {}) {
     MANAGER_QEMU_BIN_PATH: FAKE_QEMU,
     MANAGER_QEMU_ENABLE_KVM: 'false',
     MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
+    MANAGER_QEMU_ENABLE_TDX: 'false',
+    // Plain VMs on any host: false alone is ignored where the host supports the technology.
+    MANAGER_ALLOW_NON_CONFIDENTIAL_VMS: 'true',
     MANAGER_QEMU_HOST_FWD_RANGE: nextRange(),
     MANAGER_QEMU_START_TIMEOUT: '5s',
     MANAGER_QEMU_STOP_TIMEOUT: '2s',
@@ -158,6 +162,8 @@ export function tcgEnv(stateDir, extra = {}) {
     MANAGER_STATE_DIR: stateDir,
     MANAGER_QEMU_ENABLE_KVM: 'false',
     MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
+    MANAGER_QEMU_ENABLE_TDX: 'false',
+    MANAGER_ALLOW_NON_CONFIDENTIAL_VMS: 'true',
     MANAGER_QEMU_CPU: 'max',
     MANAGER_QEMU_SMP_COUNT: '1',
     MANAGER_QEMU_MEMORY_SIZE: '512M',
@@ -182,8 +188,24 @@ export class Daemon {
    * Starts `cocos-manager serve` on loopback and waits (bounded) until it serves and has
    * recovered the VMs an earlier run left (unless `recovered: false`). Unless given,
    * both ports are 0: the daemon binds free ones and logs them, and the test reads them there.
+   * `host`: a fake host (FakeHost.create's spec) made for this daemon and gone with it (stop();
+   * a restart makes a new one, of the same spec unless given another); `wrap`: the prefix of a
+   * fake host the test keeps itself.
    */
-  static async start(env, { timeoutMs = 20_000, port = 0, httpPort = 0, nodeFlags = [], uid, gid, groups, cwd, cli, wrap, recovered = true } = {}) {
+  static async start(env, { timeoutMs = 20_000, port = 0, httpPort = 0, nodeFlags = [], uid, gid, groups, cwd, cli, wrap, host, recovered = true } = {}) {
+    const fake = host === undefined ? undefined : FakeHost.create(host);
+    try {
+      const d = await Daemon.#startOn(env, { timeoutMs, port, httpPort, nodeFlags, uid, gid, groups, cwd, cli, wrap: fake?.prefix ?? wrap, recovered });
+      d.fakeHost = fake;
+      d.startOptions = { ...d.startOptions, wrap, host };
+      return d;
+    } catch (err) {
+      fake?.dispose();
+      throw err;
+    }
+  }
+
+  static async #startOn(env, { timeoutMs, port, httpPort, nodeFlags, uid, gid, groups, cwd, cli, wrap, recovered }) {
     // One range per state directory, so any later daemon on it (a restart) finds its VMs' uids in it.
     env = { MANAGER_VM_UID_RANGE: uidRangeOf(env.MANAGER_STATE_DIR), ...env };
     const { proc, logs, adminSocket } = spawnServe({ MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_PORT: String(httpPort), ...env }, nodeFlags, { uid, gid, groups, cwd, cli, wrap });
@@ -298,6 +320,9 @@ export class Daemon {
       killProcessesMentioning(path.resolve(this.stateDir));
       removeFirewallTable(this.stateDir);
     }
+    // VMs kept for a restart stay in the namespace (it lives while they do); its files can go.
+    this.fakeHost?.dispose();
+    this.fakeHost = undefined;
     return this.exited;
   }
 

@@ -2,6 +2,7 @@
 // the daemon reads of the host is mounted over the real paths:
 //   cpuinfo / modules: /proc/cpuinfo is a file of the test's, /sys/module a tmpfs holding only
 //     the module parameters given;
+//   hosts: /etc/hosts is a file of the test's (what `localhost` resolves to);
 //   pci: /sys/bus/pci and /sys/kernel/iommu_groups are tmpfs holding the devices given, in the
 //     kernel's layout (devices/<BDF>/{vendor,device,class}, its driver and iommu_group links,
 //     drivers/<name>/<BDF>, iommu_groups/<N>/devices/<BDF>), and /dev/vfio a tmpfs with a
@@ -13,6 +14,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { SEV_SNP, TDX, cvmSupport } from '../dist/host/cvm-host.js';
 
 const run = (cmd, args) => spawnSync(cmd, args, { encoding: 'utf8', timeout: 20_000 });
 
@@ -64,10 +66,11 @@ function writePciTrees(dir, devices) {
 export class FakeHost {
   /**
    * `cpuinfo` (with `modules`: { kvm_amd: { sev_snp: 'Y\n' } } for
-   * /sys/module/kvm_amd/parameters/sev_snp), and/or `pci`: the devices (pciDevice()) and
-   * `vfioGroups`, the groups given a /dev/vfio node (default: every group of a device on vfio-pci).
+   * /sys/module/kvm_amd/parameters/sev_snp), `hosts` (the text of /etc/hosts), and/or `pci`: the
+   * devices (pciDevice()) and `vfioGroups`, the groups given a /dev/vfio node (default: every
+   * group of a device on vfio-pci).
    */
-  static create({ cpuinfo, modules = {}, pci } = {}) {
+  static create({ cpuinfo, modules = {}, hosts, pci } = {}) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cocos-fake-host-'));
     const host = new FakeHost(dir);
     try {
@@ -83,6 +86,11 @@ export class FakeHost {
           for (const [name, value] of Object.entries(params)) fs.writeFileSync(path.join(pdir, name), value);
         }
         lines.push(`mount --bind ${q(cpu)} /proc/cpuinfo`, 'mount -t tmpfs -o mode=0755 fake-sys-module /sys/module', `cp -a ${q(tree)}/. /sys/module/`);
+      }
+      if (hosts !== undefined) {
+        const file = path.join(dir, 'hosts');
+        fs.writeFileSync(file, hosts, { mode: 0o644 });
+        lines.push(`mount --bind ${q(file)} /etc/hosts`);
       }
       if (pci !== undefined) {
         const { pci: pciTree, groups } = writePciTrees(dir, pci.devices);
@@ -157,11 +165,11 @@ export class FakeHost {
   }
 }
 
-/** Runs `argv` on a fake host made for it (see FakeHost.create), bounded; spawnSync's result. */
-export function runOnFakeHost(host, argv, { timeout = 20_000 } = {}) {
+/** Runs `argv` on a fake host made for it (see FakeHost.create), bounded (with `env` if given); spawnSync's result. */
+export function runOnFakeHost(host, argv, { timeout = 20_000, env } = {}) {
   const h = FakeHost.create(host);
   try {
-    return h.run(argv, { timeout });
+    return h.run(argv, { timeout, env });
   } finally {
     h.dispose();
   }
@@ -172,3 +180,22 @@ export function cpuinfoWithFlags(...flags) {
   const base = ['fpu', 'vme', 'de', 'pse', 'tsc', 'msr', 'sse2', 'svm', 'vmx'];
   return [0, 1].map((n) => `processor\t: ${n}\nvendor_id\t: FakeVendor\nflags\t\t: ${[...base, ...flags].join(' ')}\n\n`).join('');
 }
+
+/** Hosts as the Go manager tells them apart: neither technology, SEV-SNP (AMD), TDX (Intel). */
+export const PLAIN_HOST = { cpuinfo: cpuinfoWithFlags() };
+export const SEV_SNP_HOST = { cpuinfo: cpuinfoWithFlags('sev', 'sev_es', 'sev_snp'), modules: { kvm_amd: { sev: 'Y\n', sev_snp: 'Y\n' } } };
+export const TDX_HOST = { cpuinfo: cpuinfoWithFlags('tdx_host_platform'), modules: { kvm_intel: { tdx: 'Y\n' } } };
+
+/**
+ * What src/host/cvm-host.ts answers on a fake host, without mounting anything (its decision from
+ * the two files' contents): the host facts of a configuration loaded in-process.
+ */
+export function hostFacts({ cpuinfo, modules = {} }) {
+  const answer = (r) => {
+    const value = modules[r.module]?.[r.parameter];
+    return cvmSupport(r, { bytes: Buffer.from(cpuinfo, 'latin1') }, value === undefined ? { error: 'ENOENT' } : { bytes: Buffer.from(value) });
+  };
+  return { sevSnp: answer(SEV_SNP), tdx: answer(TDX) };
+}
+
+export const FACTS = { plain: hostFacts(PLAIN_HOST), sevSnp: hostFacts(SEV_SNP_HOST), tdx: hostFacts(TDX_HOST) };

@@ -14,6 +14,7 @@ import { nextRange } from './daemon.mjs';
 import { GUEST_INITRD, GUEST_KERNEL } from './guest.mjs';
 import { runCli } from './helpers.mjs';
 import { QEMUS } from './qemu-versions.mjs';
+import { FACTS } from './fake-host.mjs';
 
 // Go's expected vector for its GPU test configuration, verbatim.
 const GO_GPU_VECTOR = [
@@ -37,7 +38,7 @@ const GO_GPU_VECTOR = [
 ];
 
 const argvWith = (env, gpu) => {
-  const q = loadConfig(env).qemu;
+  const q = loadConfig(env, FACTS.plain).qemu;
   return buildQemuArgs(q, templateLaunch(q, false, gpu));
 };
 
@@ -49,7 +50,7 @@ test("a VM's GPU is the Go manager's three elements, after the network device, w
 });
 
 test('with SEV-SNP the GPU comes before the confidential-guest options, as in Go', () => {
-  const args = argvWith({}, '0000:41:00.0');
+  const args = argvWith({ MANAGER_QEMU_ENABLE_SEV_SNP: 'true' }, '0000:41:00.0');
   const at = args.indexOf('vfio-pci,host=0000:41:00.0,bus=pci.1');
   assert.ok(at > args.indexOf('-netdev') && at < args.indexOf('confidential-guest-support=sev0,memory-backend=ram1,igvm-cfg=igvm0'), args.join(' '));
 });
@@ -64,7 +65,7 @@ test('the root port, its bus and the MMIO window come from their settings', () =
 });
 
 test('MANAGER_QEMU_GPU_BDF takes one address, a list, none or empty; anything else is exit 2 naming it', () => {
-  const sel = (v) => loadConfig({ MANAGER_QEMU_GPU_BDF: v }).qemu.gpu.bdf;
+  const sel = (v) => loadConfig({ MANAGER_QEMU_GPU_BDF: v }, FACTS.plain).qemu.gpu.bdf;
   assert.deepEqual(sel(''), { mode: 'discover' });
   assert.deepEqual(sel('none'), { mode: 'none' });
   assert.deepEqual(sel('0000:02:00.0'), { mode: 'list', bdfs: ['0000:02:00.0'] });
@@ -107,7 +108,7 @@ test('qemu-args shows the first GPU of the setting (the one Go would give), and 
 });
 
 test("a GPU VM's QEMU runs under prlimit, which execs setpriv (or sudo) in place; recovery still knows it for QEMU", () => {
-  const q = loadConfig({ MANAGER_QEMU_BIN_PATH: '/usr/bin/qemu-system-x86_64' }).qemu;
+  const q = loadConfig({ MANAGER_QEMU_BIN_PATH: '/usr/bin/qemu-system-x86_64' }, FACTS.plain).qemu;
   const cmd = qemuCommand(q, { uid: 1900000001, gid: 1900000001, groups: [106] }, 3n << 30n);
   assert.equal(cmd.file, 'prlimit');
   assert.deepEqual(cmd.prefix, ['--memlock=3221225472:3221225472', '--', 'setpriv', '--reuid=1900000001', '--regid=1900000001', '--groups=1900000001,106', '--inh-caps=-all', '--no-new-privs', '--', '/usr/bin/qemu-system-x86_64']);
@@ -115,7 +116,7 @@ test("a GPU VM's QEMU runs under prlimit, which execs setpriv (or sudo) in place
   assert.ok(!commandRunsBinary(['prlimit', '--memlock=1:1', '--', 'tail', '-f', '/x/qemu-system-x86_64'], 'qemu-system-x86_64'));
   // Without a GPU, nothing changes.
   assert.equal(qemuCommand(q).file, '/usr/bin/qemu-system-x86_64');
-  const sudo = qemuCommand(loadConfig({ MANAGER_QEMU_USE_SUDO: 'true' }).qemu, undefined, 1n << 30n);
+  const sudo = qemuCommand(loadConfig({ MANAGER_QEMU_USE_SUDO: 'true' }, FACTS.plain).qemu, undefined, 1n << 30n);
   assert.deepEqual([sudo.file, ...sudo.prefix.slice(0, 3)], ['prlimit', '--memlock=1073741824:1073741824', '--', 'sudo']);
 });
 

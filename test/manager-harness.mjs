@@ -16,6 +16,7 @@ import { VmManager } from '../dist/manager/vm-manager.js';
 import { validateCreateReq } from '../dist/request/create-request.js';
 import { tmpDir } from './daemon.mjs';
 import { FakeDriver } from './fake-driver.mjs';
+import { FACTS } from './fake-host.mjs';
 
 /** A CreateReq as the API hands it to the manager (parsed at the edge), with a TTL if given. */
 export function createReq(ttl = '') {
@@ -48,7 +49,7 @@ export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('coc
     MANAGER_QEMU_POWERDOWN_TIMEOUT: '0',
     MANAGER_VM_UID_RANGE: '1900990001-1900990001',
     ...env,
-  });
+  }, FACTS.plain);
   const lines = [];
   const log = pino({ level: 'debug' }, new Writable({ write(chunk, _e, cb) { lines.push(JSON.parse(chunk)); cb(); } }));
   const ports = new PortPool(config.qemu.hostFwdRange, async () => true);

@@ -13,6 +13,7 @@ import { Daemon, call, fakeQemuEnv, tmpDir, waitFor } from './daemon.mjs';
 import { otlpReceiver } from './otlp-receiver.mjs';
 import { loadConfig } from '../dist/config/load.js';
 import { SETTING_LIST } from '../dist/config/settings.js';
+import { FACTS } from './fake-host.mjs';
 
 const UNIT = path.join(ROOT, 'systemd', 'cocos-manager.service');
 
@@ -47,7 +48,7 @@ test('LimitNOFILE bounds the daemon and holds the connection caps and 1000 VMs a
   const m = /^LimitNOFILE=(\d+)$/m.exec(unit);
   assert.ok(m, 'LimitNOFILE= is set, to one number (soft = hard: no raising it past the bound)');
   const limit = Number(m[1]);
-  const defaults = loadConfig({});
+  const defaults = loadConfig({}, FACTS.plain);
   assert.ok(limit >= descriptorsNeeded(defaults, 1000), `${limit} < ${descriptorsNeeded(defaults, 1000)}`);
   // A bound, not systemd's 524288.
   assert.ok(limit <= 65536, `${limit}`);
@@ -82,9 +83,13 @@ test('cocos-manager.env lists every setting, each with a comment, and its values
     const i = lines.findIndex((l) => l.startsWith(`${key}=`));
     assert.match(lines[i - 1], /^# \S/, `comment above ${key}`);
   }
-  const fromFile = loadConfig(env);
-  const defaults = loadConfig({});
-  assert.deepEqual(fromFile, defaults);
+  // The same decisions too (their reasons name the variable as given: "auto" here, unset there).
+  for (const host of [FACTS.plain, FACTS.sevSnp, FACTS.tdx]) {
+    const { cvm: fromFileCvm, ...fromFile } = loadConfig(env, host);
+    const { cvm: defaultsCvm, ...defaults } = loadConfig({}, host);
+    assert.deepEqual(fromFile, defaults);
+    assert.equal(fromFileCvm.kind, defaultsCvm.kind);
+  }
 });
 
 test('make install (install-files, after the build) with DESTDIR stages the daemon, the unit and the env file', () => {

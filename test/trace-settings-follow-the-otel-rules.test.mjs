@@ -4,9 +4,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { ROOT } from './helpers.mjs';
+import { FACTS } from './fake-host.mjs';
 
 const { loadConfig } = await import(path.join(ROOT, 'dist/config/load.js'));
-const tracing = (env) => loadConfig(env).tracing;
+const tracing = (env) => loadConfig(env, FACTS.plain).tracing;
 
 test('defaults: on, OTLP/protobuf to http://localhost:4318/v1/traces, every trace sampled, callers followed', () => {
   assert.deepEqual(tracing({}), {

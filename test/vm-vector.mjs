@@ -5,6 +5,7 @@ import { loadConfig } from '../dist/config/load.js';
 import { buildQemuArgs } from '../dist/qemu/args.js';
 import { validateCreateReq } from '../dist/request/create-request.js';
 import { createVmDir, vmPaths } from '../dist/vm/vm-dir.js';
+import { FACTS } from './fake-host.mjs';
 import { GUEST_INITRD, GUEST_KERNEL } from './guest.mjs';
 
 const WIRE_DEFAULTS = {
@@ -15,9 +16,10 @@ const WIRE_DEFAULTS = {
 
 /**
  * The vector for configuration `env` and CreateVm request `request`, its VM directory made under
- * `stateDir` for VM `id`. hostPort 0 (the default) lets QEMU's kernel pick the forwarded port.
+ * `stateDir` for VM `id`, on a host that supports what `host` says (fake-host.mjs FACTS; plain by
+ * default). hostPort 0 (the default) lets QEMU's kernel pick the forwarded port.
  */
-export async function vmVector(env, stateDir, request, { id = 'vm-under-test', hostPort = 0 } = {}) {
+export async function vmVector(env, stateDir, request, { id = 'vm-under-test', hostPort = 0, host = FACTS.plain } = {}) {
   const config = loadConfig({
     MANAGER_QEMU_ENABLE_KVM: 'false',
     MANAGER_QEMU_MEMORY_SIZE: '512M',
@@ -25,7 +27,7 @@ export async function vmVector(env, stateDir, request, { id = 'vm-under-test', h
     MANAGER_QEMU_DISK_IMG_ROOTFS_FILE: GUEST_INITRD,
     MANAGER_STATE_DIR: stateDir,
     ...env,
-  });
+  }, host);
   const q = config.qemu;
   // As grpc-js hands it over: every field present, proto3's defaults where the caller sent none.
   const req = validateCreateReq({ ...WIRE_DEFAULTS, ...request });

@@ -10,7 +10,8 @@ import { listenGrpc } from '../api/grpc/listener.js';
 import { createGrpcServer, serverCredentials, setServing, tcpTransportOptions } from '../api/grpc/server.js';
 import { ConnectionGuard } from '../api/connection-guard.js';
 import { describeGuestPeerMode, GuestPeerGate } from '../api/guest-peer.js';
-import { createHttpServer, type Lifecycle, listen } from '../api/http/server.js';
+import { createHttpServer, httpLimits, type Lifecycle, listen } from '../api/http/server.js';
+import { hostPort } from '../api/listen-addresses.js';
 import { forgetPemTexts, loadTlsMaterial } from '../api/tls.js';
 import type { Config } from '../config/types.js';
 import { loadPcrValues, loadSigningKey } from '../manager/attestation-files.js';
@@ -33,7 +34,7 @@ import { createLogger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
 import { startTracing, type Tracing } from '../telemetry/tracing.js';
 import { StartupError } from '../util/startup-error.js';
-import { logPreflight, securityChecks } from './check.js';
+import { logCvmDecision, logPreflight, securityChecks } from './check.js';
 import { gpusOfThisHost } from './host-gpus.js';
 import { templateCommandLine } from './qemu-args.js';
 
@@ -151,6 +152,7 @@ export async function serveCommand(config: Config): Promise<void> {
   let lifecycle: Lifecycle = 'starting';
 
   log.info({ version: build.version, commit: build.commit }, 'cocos-manager starting');
+  logCvmDecision(config, log);
   const ports = new PortPool(config.qemu.hostFwdRange, tcpPortIsFree);
   const measurer = new IgvmMeasurer(config.attestationPolicyBinaryPath, config.attestation.measureTimeoutMs);
   const policies = new AttestationPolicies(config, new LaunchPinner(measurer), pcrs, signingKey);
@@ -213,16 +215,16 @@ export async function serveCommand(config: Config): Promise<void> {
   metrics.countConnections('http', () => httpGuard.open);
 
   // Health answers (503) while the daemon recovers its VMs.
-  const httpLimits = { headersTimeoutMs: config.connections.httpHeadersTimeoutMs, idleMs: config.connections.idleMs };
-  const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls, gate, httpLimits, httpGuard);
-  let httpPort: number;
+  const limits = httpLimits(config.httpServer, config.connections.idleMs);
+  const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls, gate, limits, httpGuard);
+  let http: { port: number; addresses: string[] };
   try {
-    httpPort = await listen(httpServer, config.http.host, config.http.port);
+    http = await listen(httpServer, config.http.host, config.http.port);
   } catch (err) {
     await locking; // another daemon on this state directory is the likelier cause: say that first
-    throw new StartupError(`cannot listen on MANAGER_HTTP_HOST:MANAGER_HTTP_PORT (${config.http.host || '*'}:${config.http.port}): ${(err as Error).message}`);
+    throw new StartupError(`cannot listen on MANAGER_HTTP_HOST:MANAGER_HTTP_PORT (${hostPort(config.http.host, config.http.port)}): ${(err as Error).message}`);
   }
-  log.info({ host: config.http.host || '*', port: httpPort, tls: httpTls !== undefined, mutual_tls: httpTls?.clientCa !== undefined, client_auth: httpTls?.clientAuth ?? 'none' }, 'HTTP endpoint listening');
+  log.info({ host: config.http.host, addresses: http.addresses, port: http.port, tls: httpTls !== undefined, mutual_tls: httpTls?.clientCa !== undefined, client_auth: httpTls?.clientAuth ?? 'none' }, 'HTTP endpoint listening');
 
   mark('http');
   const stateLock = await locking;
@@ -270,7 +272,7 @@ export async function serveCommand(config: Config): Promise<void> {
   try {
     listener = await listenGrpc({ host: config.grpc.host, port: config.grpc.port, credentials: serverCredentials(grpcTls), server, gate, guard: grpcGuard, log });
   } catch (err) {
-    const where = `${config.grpc.host || '*'}:${config.grpc.port}`;
+    const where = hostPort(config.grpc.host, config.grpc.port);
     // The table installed a moment ago is not needed if no VM of an earlier run is left.
     await firewall?.removeIf(() => !manager.hasVms()).catch(() => false);
     throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${where}): ${(err as Error).message}`);
@@ -293,7 +295,7 @@ export async function serveCommand(config: Config): Promise<void> {
   lifecycle = 'recovering';
   setServing(grpcServer, true);
   log.info(
-    { address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, client_auth: grpcTls?.clientAuth ?? 'none', admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()), vm_dirs_to_recover: leftovers.length },
+    { host: config.grpc.host, address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, client_auth: grpcTls?.clientAuth ?? 'none', admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()), vm_dirs_to_recover: leftovers.length },
     'gRPC server listening',
   );
   const traced = config.tracing;

@@ -31,6 +31,9 @@ export interface VmStatusView {
   pauseReason: string | null;
   /** The host GPU it holds (PCI address); null: none, or its QEMU is gone. */
   gpu: string | null;
+  /** What it was launched as, and how that was decided (null: by a daemon that did not record it). */
+  cvmKind: VmRecord['launch']['kind'];
+  cvmDecision: string | null;
 }
 
 export type StopCause = 'removed' | 'ttl';
@@ -377,6 +380,8 @@ export class SupervisedVm {
       kernelCmdline: r.kernelCmdline,
       pauseReason: this.machine.pauseReason ?? null,
       gpu: this.gpuHeld ? (r.gpu?.bdf ?? null) : null,
+      cvmKind: r.launch.kind,
+      cvmDecision: r.launch.decision ?? null,
     };
   }
 }

@@ -41,6 +41,8 @@ export class VmLauncher {
   ) {}
 
   async launch(req: VmRequest): Promise<{ id: string; port: number }> {
+    // SEV-SNP or TDX declared true on a host that lacks it: no VM, rather than a plain one.
+    if (this.config.cvm.unavailable) throw new ManagerError('failed-precondition', this.config.cvm.unavailable);
     if (!this.registry.hasSlot) throw new ManagerError('resource-exhausted', `MANAGER_MAX_VMS=${this.config.maxVms} VMs are already running or starting`);
     const id = randomUUID();
     const log = this.log.child({ cvm_id: id });
@@ -82,6 +84,7 @@ export class VmLauncher {
       exit: null,
       launch: {
         kind: cvmKind(q),
+        decision: this.config.cvm.reason,
         cpu: q.cpu,
         hostData: q.enableSevSnp && q.enableHostData ? q.hostData : null,
         igvmFile: q.enableSevSnp ? q.igvmFile : null,

@@ -25,7 +25,14 @@ export interface VmRecord {
   expiresAt: string | null;
   exit: { code: number | null; signal: string | null; at: string; cause?: string } | null;
   /** What the VM was launched as, for its attestation policy (the configuration may change across restarts). */
-  launch: { kind: 'sev-snp' | 'tdx' | 'plain'; cpu: string; hostData: string | null; igvmFile: string | null };
+  launch: {
+    kind: 'sev-snp' | 'tdx' | 'plain';
+    /** How the daemon decided the kind (src/config/cvm.ts); absent in records of earlier versions. */
+    decision?: string;
+    cpu: string;
+    hostData: string | null;
+    igvmFile: string | null;
+  };
   /** The launch inputs as measured for this VM (absent in records written before pinning). */
   pinned?: LaunchPin;
   /**
@@ -94,6 +101,7 @@ function recordSchema(): Promise<Z.ZodType<VmRecord>> {
       exit: z.object({ code: z.number().nullable(), signal: z.string().nullable(), at: z.iso.datetime(), cause: z.string().optional() }).nullable(),
       launch: z.object({
         kind: z.enum(['sev-snp', 'tdx', 'plain']),
+        decision: z.string().optional(),
         cpu: z.string(),
         hostData: z.string().nullable(),
         igvmFile: z.string().nullable(),

@@ -104,6 +104,8 @@ function toVmStatus(v: VmStatusView): VmStatus {
     exit_cause: v.exit?.cause ?? '',
     pause_reason: v.pauseReason ?? '',
     gpu: v.gpu ?? '',
+    cvm_kind: v.cvmKind,
+    cvm_decision: v.cvmDecision ?? '',
   };
 }
 
