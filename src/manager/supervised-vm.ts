@@ -5,7 +5,7 @@
  * for an adoption; the registry only keeps the map.
  */
 import type { Logger } from 'pino';
-import type { VmIdentity, VmRecord } from '../vm/vm-record.js';
+import type { VmDisk, VmIdentity, VmRecord } from '../vm/vm-record.js';
 import type { VmPaths } from '../vm/vm-dir.js';
 import { ManagerError } from './errors.js';
 import type { ManagerObserver, QemuExitCause } from './observer.js';
@@ -13,6 +13,7 @@ import type { PortPool } from './port-pool.js';
 import { TtlTimer } from './ttl-timer.js';
 import type { UidPool } from './uid-pool.js';
 import type { ProcessExit, VmHandle } from './vm-driver.port.js';
+import type { VmDiskHolder } from './vm-disks.js';
 import type { VmFiles } from './vm-files.js';
 import { type ExitCause, type Transition, type VmInput, type VmState, VmStateMachine } from './vm-state.js';
 
@@ -28,6 +29,8 @@ export interface VmStatusView {
   kernelCmdline: string;
   /** While paused: why QEMU paused the guest by itself (guest panic, an I/O error); null otherwise. */
   pauseReason: string | null;
+  /** The VM's own disk (its file, and the source it was made from, pinned); null for a kernel boot. */
+  disk: VmDisk | null;
 }
 
 export type StopCause = 'removed' | 'ttl';
@@ -45,6 +48,8 @@ export interface VmSurroundings {
   powerdownTimeoutMs: number;
   ports: PortPool;
   uids: UidPool | undefined;
+  /** VM disks (MANAGER_QEMU_ENABLE_DISK); absent: none are made, but re-adopted ones are still removed with their VMs. */
+  disks?: VmDiskHolder;
   files: VmFiles;
   observer: ManagerObserver;
   /** Runs a background operation (a TTL removal) so a stopping daemon waits for it. */
@@ -62,6 +67,7 @@ export class SupervisedVm {
   private removing: Promise<void> | undefined;
   private portHeld = false;
   private uidHeld: number | undefined;
+  private diskHeld = false;
   /** The record is on disk (QEMU is up): later changes are written too. */
   private persisted = false;
   /** Under sudo (or a wrapper that does not exec), the PIDs below the handle's: undefined until read. */
@@ -74,7 +80,7 @@ export class SupervisedVm {
     private readonly around: VmSurroundings,
     initial: VmState,
   ) {
-    this.machine = new VmStateMachine(initial);
+    this.machine = new VmStateMachine(initial, () => record.disk?.id);
   }
 
   /** A VM about to be launched: its record as far as the request says, nothing held yet. */
@@ -92,6 +98,7 @@ export class SupervisedVm {
     around.ports.hold(record.hostPort);
     vm.portHeld = true;
     if (record.runAs) vm.holdUid(record.runAs);
+    if (record.disk) vm.holdDisk(record.disk);
     return vm;
   }
 
@@ -128,6 +135,27 @@ export class SupervisedVm {
   holdUid(identity: VmIdentity): void {
     this.record.runAs = identity;
     this.uidHeld = identity.uid;
+  }
+
+  /** The VM's own disk, in its directory: it goes with the directory, after QEMU. */
+  holdDisk(disk: VmDisk): void {
+    this.record.disk = disk;
+    this.diskHeld = true;
+    this.around.disks?.hold(this.id, disk);
+  }
+
+  /** A rolled-back launch: the disk's file goes, and with it what depends on its source. */
+  async removeDisk(): Promise<void> {
+    const disk = this.record.disk;
+    if (!this.diskHeld || !disk) return;
+    await this.around.disks?.remove(disk);
+    this.releaseDisk();
+  }
+
+  releaseDisk(): void {
+    if (!this.diskHeld) return;
+    this.diskHeld = false;
+    this.around.disks?.release(this.id);
   }
 
   /** QEMU is spawned (not up yet). */
@@ -273,6 +301,7 @@ export class SupervisedVm {
         `QEMU is stopped but the VM's directory ${this.paths.dir} could not be removed (${(err as NodeJS.ErrnoException).code ?? String(err)}); call RemoveVm again once the state directory is writable`,
       );
     }
+    this.releaseDisk(); // its file went with the directory
     this.releaseUid();
     this.around.changed(this, { from: this.machine.state, to: 'removed', reason: cause === 'ttl' ? 'TTL expired' : 'RemoveVm' });
     this.log.info({ cause: this.machine.cause }, 'VM removed');
@@ -309,6 +338,7 @@ export class SupervisedVm {
   discard(reason: string): void {
     this.apply({ kind: 'start-failed' });
     this.releasePort();
+    this.releaseDisk();
     this.releaseUid();
     this.around.changed(this, { from: this.machine.state, to: 'removed', reason });
     this.around.gone(this);
@@ -344,6 +374,7 @@ export class SupervisedVm {
       exit: e ? { code: e.code, signal: e.signal, at: e.at, cause: e.cause ?? this.machine.cause ?? 'unknown' } : null,
       kernelCmdline: r.kernelCmdline,
       pauseReason: this.machine.pauseReason ?? null,
+      disk: r.disk ?? null,
     };
   }
 }

@@ -18,6 +18,7 @@ import type { PortPool } from './port-pool.js';
 import { findLeftovers, type Leftover, mayStillRun, orphansToReserve, type RecoveryResult, recoverVms } from './recovery.js';
 import type { SupervisedVm, VmStatusView, VmSurroundings } from './supervised-vm.js';
 import type { QemuFlavor, VmDriver } from './vm-driver.port.js';
+import type { VmDiskHolder } from './vm-disks.js';
 import { diskFiles, type VmFiles } from './vm-files.js';
 import { VmLauncher } from './vm-launcher.js';
 import { type VmEvent, VmRegistry } from './vm-registry.js';
@@ -56,6 +57,8 @@ export class VmManager implements ManagerService {
       /** Under MANAGER_QEMU_USE_SUDO: the group of the user QEMU runs as (src/host/qemu-user.ts). */
       qemuGid?: number;
       files?: VmFiles;
+      /** Each VM's own disk (MANAGER_QEMU_ENABLE_DISK): src/manager/vm-disks.ts. */
+      disks?: VmDiskHolder;
     } = {},
   ) {
     this.policies = opts.policies;
@@ -68,6 +71,7 @@ export class VmManager implements ManagerService {
       ports,
       uids: opts.isolation?.uids,
       files: opts.files ?? diskFiles,
+      disks: opts.disks,
       observer: opts.observer ?? NO_OBSERVER,
       track: (p) => this.track(p),
       changed: (vm, c) => this.registry.changed(vm, c),
