@@ -29,6 +29,11 @@ export function diskSize(sourceVirtualSize: number): number {
   return (Math.ceil(sourceVirtualSize / GIB) + ROOM_GIB) * GIB;
 }
 
+/** A byte count exactly, and in GiB for a person. */
+function bytes(n: number): string {
+  return `${BigInt(Math.floor(n))} bytes (${(n / GIB).toFixed(1)} GiB)`;
+}
+
 /** VM disks as the launcher and each VM (SupervisedVm) use them. */
 export interface VmDiskHolder {
   /** Makes a VM's disk in its directory `dir`, for QEMU's user (`access`). */
@@ -110,8 +115,8 @@ export class VmDisks implements VmDiskHolder {
     const free = await this.free(dir);
     const needed = reserve + now;
     if (free < needed) {
-      const what = now > 0 ? `MANAGER_DISK_FREE_RESERVE (${reserve} bytes) plus ${now} bytes for a copy of the source` : `MANAGER_DISK_FREE_RESERVE (${reserve} bytes)`;
-      throw new ManagerError('resource-exhausted', `the state directory's file system (${this.config.stateDir}) has ${free} bytes free; a VM disk needs ${needed}: ${what}`);
+      const what = now > 0 ? `MANAGER_DISK_FREE_RESERVE (${bytes(reserve)}) plus ${bytes(now)} for a copy of the source` : `MANAGER_DISK_FREE_RESERVE (${bytes(reserve)})`;
+      throw new ManagerError('resource-exhausted', `the state directory's file system (${this.config.stateDir}) has ${bytes(free)} free; a VM disk needs ${bytes(needed)}: ${what}`);
     }
   }
 
