@@ -7,11 +7,17 @@ import { validateCreateReq } from '../dist/request/create-request.js';
 import { createVmDir, vmPaths } from '../dist/vm/vm-dir.js';
 import { GUEST_INITRD, GUEST_KERNEL } from './guest.mjs';
 
+const PROTO_DEFAULTS = {
+  agent_log_level: '', agent_cvm_server_url: '', agent_cvm_ca_url: '', ttl: '', agent_certs_token: '', aa_kbs_params: '',
+  aws_access_key_id: '', aws_secret_access_key: '', aws_endpoint_url: '', aws_region: '',
+  agent_cvm_client_cert: Buffer.alloc(0), agent_cvm_client_key: Buffer.alloc(0), agent_cvm_server_ca_cert: Buffer.alloc(0),
+};
+
 /**
  * The vector for configuration `env` and CreateVm request `request`, its VM directory made under
  * `stateDir` for VM `id`. hostPort 0 (the default) lets QEMU's kernel pick the forwarded port.
  */
-export async function vmVector(env, stateDir, request, { id = 'vm-under-test', hostPort = 0 } = {}) {
+export async function vmVector(env, stateDir, request, { id = 'vm-under-test', hostPort = 0, diskFile } = {}) {
   const config = loadConfig({
     MANAGER_QEMU_ENABLE_KVM: 'false',
     MANAGER_QEMU_MEMORY_SIZE: '512M',
@@ -21,7 +27,8 @@ export async function vmVector(env, stateDir, request, { id = 'vm-under-test', h
     ...env,
   });
   const q = config.qemu;
-  const req = validateCreateReq(request);
+  // As grpc-js hands a request over: proto3 defaults for every field not given.
+  const req = validateCreateReq({ ...PROTO_DEFAULTS, ...request });
   const paths = vmPaths(config.stateDir, id);
   await createVmDir(paths, id, req, !q.enableSevSnp && !q.enableTdx ? q.ovmfVars.file : undefined);
   return buildQemuArgs(q, {
@@ -29,5 +36,6 @@ export async function vmVector(env, stateDir, request, { id = 'vm-under-test', h
     ovmfVarsFile: paths.ovmfVars,
     aaKbsParams: req.aaKbsParams,
     shares: { certsDir: paths.certsDir, envDir: paths.envDir },
+    diskFile,
   });
 }
