@@ -263,6 +263,62 @@ async function isolationCost(env) {
 }
 
 /**
+ * A disk per VM (MANAGER_QEMU_ENABLE_DISK) on CreateVm: a daemon whose VMs get a qcow2 overlay on
+ * a source holding 512 MiB of data, against one whose VMs get no disk, CreateVm then RemoveVm on
+ * each, interleaved; the source is pinned (hashed) before the first call, as at a daemon's
+ * start. For scale, a few CreateVm that make the disk as the Go manager does, a whole copy
+ * (MANAGER_QEMU_DISK_FORMAT=raw: qemu-img convert and resize).
+ */
+async function diskCost(env) {
+  const n = quick ? 20 : 60;
+  const root = tmpDir('cocos-bench-disk-');
+  const raw = path.join(root, 'data.raw');
+  const source = path.join(root, 'source.qcow2');
+  // 512 MiB of random bytes: nothing for qcow2 to leave out.
+  execFileSync('sh', ['-c', `head -c 512M /dev/urandom > ${raw}`]);
+  execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, source]);
+  fs.rmSync(raw);
+  const start = async (extra) => {
+    const d = await Daemon.start({ ...env, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(10), MANAGER_STATE_DIR: path.join(tmpDir('cocos-bench-disk-state-'), 'state'), ...extra }, { nodeFlags: NODE_FLAGS });
+    if (extra.MANAGER_QEMU_ENABLE_DISK) await d.waitForLog((l) => l.msg === 'disk source pinned', 60_000);
+    return d;
+  };
+  const disk = await start({ MANAGER_QEMU_ENABLE_DISK: 'true', MANAGER_QEMU_SRC_DISK_FILE: source });
+  const none = await start({});
+  const diskClient = disk.client();
+  const noneClient = none.client();
+  const cycle = async (client) => {
+    const t0 = process.hrtime.bigint();
+    const vm = await call(client, 'CreateVm', {}, 60_000);
+    const took = ms(t0);
+    await call(client, 'RemoveVm', { cvm_id: vm.cvm_id }, 30_000);
+    return took;
+  };
+  for (let i = 0; i < 5; i++) { await cycle(diskClient); await cycle(noneClient); }
+  const withDisk = [];
+  const without = [];
+  for (let i = 0; i < n; i++) {
+    if (i % 2 === 0) { withDisk.push(await cycle(diskClient)); without.push(await cycle(noneClient)); }
+    else { without.push(await cycle(noneClient)); withDisk.push(await cycle(diskClient)); }
+  }
+  const over = pct(withDisk, 50) - pct(without, 50);
+  figure({ figure: `CreateVm p50/p99 with a disk (qcow2 overlay; source of 512 MiB data) / without (ms, ${n} sequential)`, value: `${pct(withDisk, 50).toFixed(1)}/${pct(withDisk, 99).toFixed(1)}`, floor: `${pct(without, 50).toFixed(1)}/${pct(without, 99).toFixed(1)}`, over_ms: over.toFixed(1), target: '<= 20 ms over at p50', ok: over <= 20 });
+  diskClient.close();
+  await disk.stop();
+
+  const copy = await start({ MANAGER_QEMU_ENABLE_DISK: 'true', MANAGER_QEMU_SRC_DISK_FILE: source, MANAGER_QEMU_DISK_FORMAT: 'raw' });
+  const copyClient = copy.client();
+  const copies = [];
+  for (let i = 0; i < (quick ? 3 : 5); i++) copies.push(await cycle(copyClient));
+  figure({ figure: "CreateVm p50 with the disk made as Go makes it, a whole copy (DISK_FORMAT=raw) / without (ms)", value: pct(copies, 50).toFixed(0), floor: pct(without, 50).toFixed(1), over_ms: (pct(copies, 50) - pct(without, 50)).toFixed(0), target: 'report (what the overlay saves)' });
+  copyClient.close();
+  noneClient.close();
+  await copy.stop();
+  await none.stop();
+  fs.rmSync(root, { recursive: true, force: true });
+}
+
+/**
  * A guest flooding its console (test/console-flood-scenario.mjs): CVMInfo latency and throughput
  * under the flood against the same machine load not going through the daemon. The test of the
  * same scenario asserts only what must hold (the daemon answers, memory, files, the log).
@@ -318,6 +374,11 @@ async function main() {
   }
   if (process.env.BENCH_ONLY === 'console-flood') {
     await consoleFlood();
+    return;
+  }
+  // BENCH_ONLY=disk: only the cost of a VM disk on CreateVm.
+  if (process.env.BENCH_ONLY === 'disk') {
+    await diskCost(env);
     return;
   }
   // BENCH_ONLY=isolation: only guest isolation's cost on CreateVm.
@@ -470,6 +531,7 @@ async function main() {
   await daemon.stop();
   await guestPeerCheck(env);
   await isolationCost(env);
+  await diskCost(env);
   await consoleFlood();
 
   fs.rmSync(root, { recursive: true, force: true });

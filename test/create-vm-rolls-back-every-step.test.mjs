@@ -37,7 +37,7 @@ const failingImages = Object.assign(new QemuImg(), {
 const DISK_STEPS = [
   { step: 'the disk source cannot be read', disk: { source: '/nonexistent/enc_os.qcow2' }, kind: 'failed-precondition', message: /the disk source \/nonexistent\/enc_os\.qcow2 \(MANAGER_QEMU_SRC_DISK_FILE\) cannot be read: ENOENT/ },
   { step: "the state directory's file system has less free space than MANAGER_DISK_FREE_RESERVE", disk: {}, env: { MANAGER_DISK_FREE_RESERVE: '1E' }, kind: 'resource-exhausted', message: /the state directory's file system \(.*\) has \d+ bytes \([\d.]+ GiB\) free; a VM disk needs 1152921504606846976 bytes \(1073741824\.0 GiB\): MANAGER_DISK_FREE_RESERVE/ },
-  { step: 'qemu-img cannot make the disk', disk: { images: failingImages }, kind: 'internal', message: /the VM's disk could not be made: qemu-img could not create .*disk\.qcow2 on the source: .*No space left on device/ },
+  { step: 'qemu-img cannot make the disk', disk: { images: failingImages }, kind: 'internal', message: /the VM's disk could not be made: qemu-img could not create .*\.qcow2 on the source: .*No space left on device/ },
 ];
 
 const STEPS = [

@@ -84,6 +84,8 @@ test('a source replaced by a new file, or touched, is pinned again; running VMs 
   const c = await h.manager.create(createReq());
   assert.equal((await h.manager.get(c.id)).disk.source.sha384, second);
   assert.equal((await h.manager.get(a.id)).disk.source.sha384, first, 'the running VM keeps its pin');
+  const templates = fs.readdirSync(h.stateDir).filter((n) => n.startsWith('disk-template-'));
+  assert.deepEqual(templates, [`disk-template-${second.slice(0, 16)}.qcow2`], 'the empty overlay disks are copied from follows the pin');
   assert.ok(!h.lines.some((l) => l.level >= 50), JSON.stringify(h.lines.filter((l) => l.level >= 50)));
   for (const vm of [a, b, c]) await h.manager.remove(vm.id);
 });

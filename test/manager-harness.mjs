@@ -63,8 +63,8 @@ export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('coc
   if (disk) {
     const images = disk.images ?? new QemuImg();
     const source = new DiskSource(config.qemu.disk.srcFile, images, log, disk.pollMs);
+    disks = new VmDisks(config, source, images, disk.free, log);
     source.start();
-    disks = new VmDisks(config, source, images, disk.free);
   }
   const manager = new VmManager(config, log, ports, driver, {
     observer,

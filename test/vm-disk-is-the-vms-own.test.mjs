@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { diskFiles } from '../dist/manager/vm-files.js';
+import { QemuImg } from '../dist/vm/qemu-img.js';
 import { waitFor } from './daemon.mjs';
 import { FakeDriver } from './fake-driver.mjs';
 import { createReq, startManager, vmDirs } from './manager-harness.mjs';
@@ -135,11 +136,18 @@ test('aa_kbs_params on a disk VM is warned about, naming the field (as in Go it 
   assert.ok(!k.lines.some((l) => l.field === 'aa_kbs_params'));
 });
 
-test('CreateVm never hashes the source: the digest taken at start serves every VM', async () => {
-  const h = startManager({ disk: {}, env: { MANAGER_MAX_VMS: '0', MANAGER_QEMU_HOST_FWD_RANGE: '46001-46003' } });
+test('CreateVm neither hashes the source nor runs qemu-img: the digest and the empty overlay made when the source was pinned serve every VM', async () => {
+  const images = new QemuImg();
+  const made = [];
+  const createOverlay = images.createOverlay.bind(images);
+  images.createOverlay = (file, ...rest) => (made.push(file), createOverlay(file, ...rest));
+  const h = startManager({ disk: { images }, env: { MANAGER_MAX_VMS: '0', MANAGER_QEMU_HOST_FWD_RANGE: '46001-46003' } });
   const ids = [];
   for (let i = 0; i < 3; i++) ids.push((await h.manager.create(createReq())).id);
   assert.equal(h.disks.source.hashRuns, 1, 'hashed once, at start');
+  assert.equal(made.length, 1, 'one overlay made by qemu-img, when the source was pinned');
+  assert.equal(path.dirname(made[0]), h.stateDir, 'in the state directory, not a temporary one');
+  for (const id of ids) assert.equal(imageInfo((await h.manager.get(id)).disk.file)['backing-filename'], h.config.qemu.disk.srcFile, 'each disk an overlay of its own on the source');
   const digests = await Promise.all(ids.map(async (id) => (await h.manager.get(id)).disk.source.sha384));
   assert.deepEqual(new Set(digests), new Set([sha384(h.config.qemu.disk.srcFile)]));
   for (const id of ids) await h.manager.remove(id);

@@ -26,7 +26,7 @@ import { checkSharing, resolveQemuUser } from '../host/qemu-user.js';
 import { lockStateDir } from '../host/state-dir-lock.js';
 import { type GuestIsolation, VmManager } from '../manager/vm-manager.js';
 import { UidPool } from '../manager/uid-pool.js';
-import { DiskSource, SOURCE_FORMAT } from '../manager/disk-source.js';
+import { DiskSource } from '../manager/disk-source.js';
 import { VmDisks } from '../manager/vm-disks.js';
 import { QemuImg } from '../vm/qemu-img.js';
 import { QemuDriver } from '../vm/qemu-driver.js';
@@ -138,9 +138,10 @@ function vmDisks(config: Config, log: Logger): VmDisks | undefined {
   if (!d.enabled) return undefined;
   const images = new QemuImg();
   const source = new DiskSource(d.srcFile, images, log);
+  const disks = new VmDisks(config, source, images, undefined, log);
   source.start();
-  log.info({ source: source.path, format: d.format, kind: d.format === SOURCE_FORMAT ? 'overlay' : 'copy' }, 'VMs boot from disks of their own');
-  return new VmDisks(config, source, images);
+  log.info({ source: source.path, format: d.format, kind: disks.kind }, 'VMs boot from disks of their own');
+  return disks;
 }
 
 export async function serveCommand(config: Config): Promise<void> {

@@ -68,6 +68,7 @@ export class DiskSource {
   private again = false;
   private watcher: FSWatcher | undefined;
   private poll: NodeJS.Timeout | undefined;
+  private readonly pinnedListeners: ((pin: PinnedSource) => void)[] = [];
   /** How many times the source was hashed (never per CreateVm). */
   hashRuns = 0;
 
@@ -98,6 +99,11 @@ export class DiskSource {
   stop(): void {
     this.watcher?.close();
     clearInterval(this.poll);
+  }
+
+  /** Called with each new pin (work that depends on it is done ahead of CreateVm). */
+  onPinned(fn: (pin: PinnedSource) => void): void {
+    this.pinnedListeners.push(fn);
   }
 
   /** The current pin, or undefined while there is none (being hashed, or the source is unusable). */
@@ -212,6 +218,7 @@ export class DiskSource {
     const known = pin?.sha384 === next.sha384;
     this.log.info({ path: this.path, sha384: next.sha384, virtual_size: next.virtualSize, ms: Math.round(performance.now() - t0) }, known ? 'disk source looked at again: same content' : 'disk source pinned');
     this.findCorrupt(next);
+    for (const fn of this.pinnedListeners) fn(next);
     return true;
   }
 

@@ -3,11 +3,15 @@
  * and uid: made in the VM's directory at CreateVm, owned by QEMU's user alone, gone with the VM.
  *
  * With MANAGER_QEMU_DISK_FORMAT=qcow2 (the default) the disk is a qcow2 overlay whose backing
- * file is the source: a few hundred KiB written, whatever the source's size, and the source is
- * only ever read (QEMU opens a backing file read-only). Another format is a whole copy in that
- * format, as the Go manager makes every disk (qemu-img convert, then resize), and costs as
- * much as the source holds. Either way the disk's virtual size is the source's, rounded up to
- * whole GiB, plus 1 GiB (Go's room for the guest's encrypted partition).
+ * file is the source: a few hundred KiB, whatever the source's size, and the source is only
+ * ever read (QEMU opens a backing file read-only). That overlay is made once per pin of the
+ * source, off the call path (`qemu-img create -f qcow2 -b <source> -F qcow2 <file> <size>`, into
+ * the state directory), and each VM's disk is a copy of it: an empty overlay holds nothing of
+ * its VM, and a copy costs a fraction of a millisecond where qemu-img's start and flushes cost
+ * 10 to 20. Another format is a whole copy of the source in that format, as the Go manager makes
+ * every disk (qemu-img convert, then resize), and costs as much as the source holds. Either way
+ * the disk's virtual size is the source's, rounded up to whole GiB, plus 1 GiB (Go's room for
+ * the guest's encrypted partition).
  */
 import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -21,6 +25,8 @@ import { type DiskSource, type PinnedSource, SOURCE_FORMAT } from './disk-source
 import { ManagerError } from './errors.js';
 
 const GIB = 1024 ** 3;
+/** The empty overlay each VM's disk is a copy of, in the state directory: `disk-template-<digest>.qcow2`. */
+const TEMPLATE = /^disk-template-[0-9a-f]{16}\.qcow2$/;
 /** Go's encryptedPartitionSizeDeltaGB: room on the disk beyond the source, for the guest's encrypted partition. */
 const ROOM_GIB = 1;
 
@@ -54,14 +60,23 @@ export async function freeBytes(dir: string): Promise<number> {
 
 export class VmDisks implements VmDiskHolder {
   private readonly d: Config['qemu']['disk'];
+  /** The overlay of the current pin that VMs' disks are copies of (made once per pin). */
+  private template: { key: string; file: Promise<string> } | undefined;
 
   constructor(
     private readonly config: Pick<Config, 'qemu' | 'stateDir' | 'diskFreeReserve'>,
     readonly source: DiskSource,
     private readonly images: DiskImages,
     private readonly free: (dir: string) => Promise<number> = freeBytes,
+    log?: Logger,
   ) {
     this.d = config.qemu.disk;
+    if (this.kind === 'overlay') {
+      // Made as soon as the source is pinned: the first CreateVm finds it ready.
+      source.onPinned((pin) => {
+        this.templateFor(pin).catch((err: unknown) => log?.warn({ err: (err as Error).message }, 'could not make the overlay VM disks are copied from; CreateVm makes it again'));
+      });
+    }
   }
 
   /** An overlay on the source, unless another format asks for a whole copy. */
@@ -75,15 +90,17 @@ export class VmDisks implements VmDiskHolder {
     await this.checkFreeSpace(dir, source);
     const file = path.join(dir, `disk.${this.d.format}`);
     const size = diskSize(source.virtualSize);
-    await this.createFile(file, access);
     const { virtualSize: _, ...identity } = source;
     const disk: VmDisk = { id: this.d.id, file, format: this.d.format, kind: this.kind, virtualSize: size, source: identity };
     try {
       if (disk.kind === 'overlay') {
-        await this.images.createOverlay(file, source.path, SOURCE_FORMAT, size);
+        // COPYFILE_EXCL: never over (or through) anything already there; the copy has the template's 0600.
+        await fs.copyFile(await this.templateFor(source), file, constants.COPYFILE_EXCL);
       } else {
+        await this.createFile(file);
         await this.copy(source, disk, log);
       }
+      await this.giveTo(file, access);
     } catch (err) {
       if (err instanceof DiskImageError) throw new ManagerError('internal', `the VM's disk could not be made: ${err.message}`);
       throw err;
@@ -121,25 +138,45 @@ export class VmDisks implements VmDiskHolder {
   }
 
   /**
-   * The file exists, QEMU's user's alone, before qemu-img writes it (qemu-img truncates it and
-   * keeps its owner and mode): never a moment readable by anyone else. With guest isolation the
-   * VM's own user and 0600; under sudo QEMU's group and 0660 (its user is every VM's).
+   * The overlay made for this pin of the source, which VMs' disks are copies of: made once, by
+   * qemu-img, 0600 in the state directory; a template of an earlier pin (or run) is removed.
    */
-  private async createFile(file: string, access: QemuAccess | undefined): Promise<void> {
-    const fh = await fs.open(file, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY | constants.O_NOFOLLOW, 0o600);
-    try {
-      if (access?.uid !== undefined) {
-        await fh.chown(access.uid, access.gid);
-        await fh.chmod(0o600);
-      } else if (access !== undefined) {
-        await fh.chown(-1, access.gid);
-        await fh.chmod(0o660);
-      } else {
-        await fh.chmod(0o600);
+  private templateFor(pin: PinnedSource): Promise<string> {
+    const key = `${pin.sha384}:${pin.virtualSize}`;
+    if (this.template?.key === key) return this.template.file;
+    const file = path.join(this.config.stateDir, `disk-template-${pin.sha384.slice(0, 16)}.qcow2`);
+    const making = (async () => {
+      await fs.mkdir(this.config.stateDir, { recursive: true, mode: 0o700 });
+      await fs.rm(file, { force: true });
+      await this.createFile(file);
+      await this.images.createOverlay(file, pin.path, SOURCE_FORMAT, diskSize(pin.virtualSize));
+      for (const name of await fs.readdir(this.config.stateDir)) {
+        if (TEMPLATE.test(name) && name !== path.basename(file)) await fs.rm(path.join(this.config.stateDir, name), { force: true });
       }
-    } finally {
-      await fh.close();
-    }
+      return file;
+    })();
+    this.template = { key, file: making };
+    making.catch(() => {
+      if (this.template?.file === making) this.template = undefined; // the next CreateVm tries again
+    });
+    return making;
+  }
+
+  /** A new file, the daemon's alone (0600), never anything that was there. */
+  private async createFile(file: string): Promise<void> {
+    const fh = await fs.open(file, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY | constants.O_NOFOLLOW, 0o600);
+    await fh.close();
+  }
+
+  /**
+   * The disk becomes QEMU's user's alone, from 0600 (never a moment readable by anyone else):
+   * with guest isolation the VM's own user and 0600; under sudo QEMU's group and 0660 (its user
+   * is every VM's); otherwise the daemon's, 0600.
+   */
+  private async giveTo(file: string, access: QemuAccess | undefined): Promise<void> {
+    if (access?.uid !== undefined) await fs.chown(file, access.uid, access.gid);
+    else if (access !== undefined) await fs.chown(file, -1, access.gid);
+    await fs.chmod(file, access !== undefined && access.uid === undefined ? 0o660 : 0o600);
   }
 
   /** Go's way: the whole source converted, then resized; logged with what it cost. */
