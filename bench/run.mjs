@@ -209,6 +209,27 @@ async function guestPeerCheck(env) {
   await off.stop();
 }
 
+/** One CreateVm, timed, then its RemoveVm. */
+async function createRemove(client) {
+  const t0 = process.hrtime.bigint();
+  const vm = await call(client, 'CreateVm', {}, 60_000);
+  const took = ms(t0);
+  await call(client, 'RemoveVm', { cvm_id: vm.cvm_id }, 30_000);
+  return took;
+}
+
+/** `n` timed CreateVm (each then removed) on two daemons, alternating which goes first, after 5 rounds of warm-up. */
+async function interleavedCycles(n, a, b) {
+  for (let i = 0; i < 5; i++) { await createRemove(a); await createRemove(b); }
+  const as = [];
+  const bs = [];
+  for (let i = 0; i < n; i++) {
+    if (i % 2 === 0) { as.push(await createRemove(a)); bs.push(await createRemove(b)); }
+    else { bs.push(await createRemove(b)); as.push(await createRemove(a)); }
+  }
+  return [as, bs];
+}
+
 /**
  * Guest isolation's cost on CreateVm (a root machine only): two daemons with the same history,
  * one giving each VM its own uid and keeping the nftables table, one with MANAGER_GUEST_ISOLATION
@@ -225,20 +246,7 @@ async function isolationCost(env) {
   const onClient = on.client();
   const offClient = off.client();
   const keep = [await call(onClient, 'CreateVm', {}, 30_000), await call(offClient, 'CreateVm', {}, 30_000)];
-  const cycle = async (client) => {
-    const t0 = process.hrtime.bigint();
-    const vm = await call(client, 'CreateVm', {}, 30_000);
-    const took = ms(t0);
-    await call(client, 'RemoveVm', { cvm_id: vm.cvm_id }, 30_000);
-    return took;
-  };
-  for (let i = 0; i < 5; i++) { await cycle(onClient); await cycle(offClient); }
-  const withIso = [];
-  const without = [];
-  for (let i = 0; i < n; i++) {
-    if (i % 2 === 0) { withIso.push(await cycle(onClient)); without.push(await cycle(offClient)); }
-    else { without.push(await cycle(offClient)); withIso.push(await cycle(onClient)); }
-  }
+  const [withIso, without] = await interleavedCycles(n, onClient, offClient);
   const over = pct(withIso, 50) - pct(without, 50);
   figure({ figure: `CreateVm p50 with / without guest isolation (own uid + firewall, ${n} sequential, 1 VM running)`, value: pct(withIso, 50).toFixed(1), floor: pct(without, 50).toFixed(1), over_ms: over.toFixed(1), target: '<= 5 ms over', ok: over <= 5 });
   // The install itself, in process: what the first VM after an idle spell waits for.
@@ -290,20 +298,7 @@ async function diskCost(env) {
   const none = await start({});
   const diskClient = disk.client();
   const noneClient = none.client();
-  const cycle = async (client) => {
-    const t0 = process.hrtime.bigint();
-    const vm = await call(client, 'CreateVm', {}, 60_000);
-    const took = ms(t0);
-    await call(client, 'RemoveVm', { cvm_id: vm.cvm_id }, 30_000);
-    return took;
-  };
-  for (let i = 0; i < 5; i++) { await cycle(diskClient); await cycle(noneClient); }
-  const withDisk = [];
-  const without = [];
-  for (let i = 0; i < n; i++) {
-    if (i % 2 === 0) { withDisk.push(await cycle(diskClient)); without.push(await cycle(noneClient)); }
-    else { without.push(await cycle(noneClient)); withDisk.push(await cycle(diskClient)); }
-  }
+  const [withDisk, without] = await interleavedCycles(n, diskClient, noneClient);
   const over = pct(withDisk, 50) - pct(without, 50);
   // The daemon's own clock: from the port taken to the disk made (the shares, then the disk step).
   const step = (d) => d.logs.lines.filter((l) => l.msg === 'VM started' && l.timings_ms).slice(-n).map((l) => l.timings_ms.disk - l.timings_ms.port);
@@ -315,7 +310,7 @@ async function diskCost(env) {
   const copy = await start({ MANAGER_QEMU_ENABLE_DISK: 'true', MANAGER_QEMU_SRC_DISK_FILE: source, MANAGER_QEMU_DISK_FORMAT: 'raw' });
   const copyClient = copy.client();
   const copies = [];
-  for (let i = 0; i < (quick ? 3 : 5); i++) copies.push(await cycle(copyClient));
+  for (let i = 0; i < (quick ? 3 : 5); i++) copies.push(await createRemove(copyClient));
   figure({ figure: "CreateVm p50 with the disk made as Go makes it, a whole copy (DISK_FORMAT=raw) / without (ms)", value: pct(copies, 50).toFixed(0), floor: pct(without, 50).toFixed(1), over_ms: (pct(copies, 50) - pct(without, 50)).toFixed(0), target: 'report (what the overlay saves)' });
   copyClient.close();
   noneClient.close();
