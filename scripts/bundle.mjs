@@ -26,12 +26,15 @@ const posix = (p) => p.split(path.sep).join('/');
  * The package a file of node_modules belongs to: its directory, its path under node_modules/
  * ("@scope/name", or "a/node_modules/b" for a nested copy) and the file's path inside it.
  */
+const NODE_MODULES = fs.realpathSync(path.join(ROOT, 'node_modules'));
+
 function packageOf(file) {
   const rel = posix(path.relative(ROOT, file));
   const m = /^(?:.*\/)?node_modules\/((?:@[^/]+\/)?[^/]+)\/(.*)$/.exec(rel);
   if (!m) return undefined;
   const dir = file.slice(0, file.length - m[2].length - 1);
-  return { name: posix(path.relative(path.join(ROOT, 'node_modules'), dir)), dir, inner: m[2] };
+  // esbuild reports real paths: relative to node_modules' real path (a symlinked one, as in a git worktree, too).
+  return { name: posix(path.relative(NODE_MODULES, dir)), dir, inner: m[2] };
 }
 
 const vendored = new Map(); // package path under node_modules/ -> its directory

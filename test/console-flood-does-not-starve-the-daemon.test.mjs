@@ -30,9 +30,11 @@ test('a guest flooding its console does not starve the daemon, its memory or its
     // Disk: console.log.1 never passes the cap. console.log is rotated from 3/4 of the cap and
     // emptied at once if it reaches the cap while a rotation's copy still runs; QEMU, not the
     // daemon, writes it, so what the flood adds before the daemon's event loop reacts comes on
-    // top (tens of milliseconds at worst on a loaded machine: at 50 MB/s, a few MiB).
+    // top: at 50 MB/s, 1 MiB per 20 ms the event loop is late (15 MiB was seen at a load
+    // average of 13 on 2 cores). What is asserted is that the file does not grow with the flood
+    // (500 MB written): three caps, under 5 % of it.
     assert.ok(flooded.sizes[1] <= CAP, `console.log.1 ${flooded.sizes[1]} bytes, cap ${CAP}`);
-    assert.ok(flooded.sizes[0] <= CAP * 1.5, `console.log ${flooded.sizes[0]} bytes, cap ${CAP}`);
+    assert.ok(flooded.sizes[0] <= CAP * 3, `console.log ${flooded.sizes[0]} bytes, cap ${CAP}`);
 
     // The log: a bounded number of console lines, and a summary of the rest.
     assert.ok(await waitFor(() => daemon.logs.lines.some((l) => l.cvm_id === vm.cvm_id && l.lines_not_logged > 0), 15_000), 'summary logged');

@@ -206,6 +206,26 @@ export class Daemon {
     return d;
   }
 
+  /**
+   * Spawns `cocos-manager serve` and resolves once both ports are bound (logged), without asking
+   * /health in plain HTTP: for an HTTP endpoint under TLS. `grpcLine` and `httpLine` are those logs.
+   */
+  static async listening(env, { timeoutMs = 20_000, cwd } = {}) {
+    const { proc, logs } = spawnServe(env, [], { cwd });
+    const d = new Daemon(proc, 0, logs);
+    d.stateDir = env.MANAGER_STATE_DIR && path.resolve(cwd ?? '.', env.MANAGER_STATE_DIR);
+    try {
+      d.grpcLine = await d.waitForLog((l) => l.msg === 'gRPC server listening', timeoutMs);
+      // Logged before the gRPC line.
+      d.httpLine = await d.waitForLog((l) => l.msg === 'HTTP endpoint listening', 1_000);
+      Object.assign(d, { port: d.grpcLine.port, httpPort: d.httpLine.port });
+    } catch (err) {
+      await d.stop('SIGKILL');
+      throw err;
+    }
+    return d;
+  }
+
   /** Ready means what a load balancer sees: /health answers 200 (the gRPC server is bound by then). */
   async waitUntilServing(timeoutMs) {
     const deadline = Date.now() + timeoutMs;

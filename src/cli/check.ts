@@ -1,6 +1,7 @@
 /** `cocos-manager check`: the preflight as a table; the daemon logs the same at start. */
 import type { Logger } from 'pino';
 import { describeGuestPeerMode } from '../api/guest-peer.js';
+import { clientAuthOf } from '../api/tls.js';
 import type { Config } from '../config/types.js';
 import { type CheckResult, preflight } from '../host/preflight.js';
 import { tcpPortIsFree } from '../host/port-probe.js';
@@ -21,12 +22,22 @@ the configuration needs fails.
  */
 export function securityChecks(config: Config, uid = process.getuid?.() ?? 0): CheckResult[] {
   const out: CheckResult[] = [];
-  if (config.grpc.clientCaCerts === '') {
+  const tlsOn = config.grpc.serverCert !== '' && config.grpc.serverKey !== '';
+  const clientAuth = tlsOn ? clientAuthOf(config.grpc) : 'none';
+  if (clientAuth === 'none') {
     out.push({
       check: 'client authentication',
       status: 'fail',
       detail: `ManagerService accepts calls without client authentication: anyone who can reach ${config.grpc.host || '*'}:${config.grpc.port}${config.guestPeers.refuse ? '' : ', guests included through 10.0.2.2,'} can create and remove VMs`,
       remedy: 'configure mutual TLS for the control plane: MANAGER_GRPC_SERVER_CERT, MANAGER_GRPC_SERVER_KEY and MANAGER_GRPC_CLIENT_CA_CERTS',
+    });
+  } else if (clientAuth === 'system-roots') {
+    // As the Go manager: SERVER_CA_CERTS alone asks for client certificates, from any CA the system trusts.
+    out.push({
+      check: 'client authentication',
+      status: 'warn',
+      detail: 'ManagerService requires a client certificate, from any CA of the system\'s roots (MANAGER_GRPC_SERVER_CA_CERTS without _CLIENT_CA_CERTS, as the Go manager)',
+      remedy: 'set MANAGER_GRPC_CLIENT_CA_CERTS to your own CAs only',
     });
   } else {
     out.push({ check: 'client authentication', status: 'pass', detail: 'ManagerService requires a client certificate (mutual TLS)', remedy: '' });

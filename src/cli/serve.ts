@@ -12,7 +12,7 @@ import { createGrpcServer, serverCredentials, setServing, tcpTransportOptions } 
 import { ConnectionGuard } from '../api/connection-guard.js';
 import { describeGuestPeerMode, GuestPeerGate } from '../api/guest-peer.js';
 import { createHttpServer, type Lifecycle, listen } from '../api/http/server.js';
-import { loadTlsMaterial } from '../api/tls.js';
+import { forgetPemTexts, loadTlsMaterial } from '../api/tls.js';
 import type { Config } from '../config/types.js';
 import { loadPcrValues, loadSigningKey } from '../manager/attestation-files.js';
 import { AttestationPolicies } from '../manager/attestation-policy.js';
@@ -150,6 +150,7 @@ export async function serveCommand(config: Config): Promise<void> {
   // Everything an operator can get wrong in a file is checked before anything starts.
   const grpcTls = loadTlsMaterial('MANAGER_GRPC_', config.grpc);
   const httpTls = loadTlsMaterial('MANAGER_HTTP_', config.http);
+  forgetPemTexts(['MANAGER_GRPC_', 'MANAGER_HTTP_']);
   const pcrs = loadPcrValues(config.pcrValuesFile);
   const signingKey = loadSigningKey(config.corimSigningKey);
   const isolationMode = guestIsolationMode(config);
@@ -243,7 +244,7 @@ export async function serveCommand(config: Config): Promise<void> {
     await locking; // another daemon on this state directory is the likelier cause: say that first
     throw new StartupError(`cannot listen on MANAGER_HTTP_HOST:MANAGER_HTTP_PORT (${config.http.host || '*'}:${config.http.port}): ${(err as Error).message}`);
   }
-  log.info({ host: config.http.host || '*', port: httpPort, tls: httpTls !== undefined }, 'HTTP endpoint listening');
+  log.info({ host: config.http.host || '*', port: httpPort, tls: httpTls !== undefined, mutual_tls: httpTls?.clientCa !== undefined, client_auth: httpTls?.clientAuth ?? 'none' }, 'HTTP endpoint listening');
 
   mark('http');
   const stateLock = await locking;
@@ -310,7 +311,7 @@ export async function serveCommand(config: Config): Promise<void> {
   lifecycle = 'recovering';
   setServing(grpcServer, true);
   log.info(
-    { address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()), vm_dirs_to_recover: leftovers.length },
+    { address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, client_auth: grpcTls?.clientAuth ?? 'none', admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()), vm_dirs_to_recover: leftovers.length },
     'gRPC server listening',
   );
   if (config.jaegerTraceRatio > 0) {

@@ -46,7 +46,7 @@ function checkCombinations(c: Config, invalid: Invalid): void {
   for (const [s, d] of [[c.grpc, SETTINGS.grpc], [c.http, SETTINGS.http]] as const) {
     if ((s.serverCert === '') !== (s.serverKey === '')) {
       const missing = s.serverCert === '' ? d.serverCert : d.serverKey;
-      throw invalid(missing, `expected a path: ${d.serverCert.env} and ${d.serverKey.env} turn TLS on together`, '');
+      throw invalid(missing, `expected a path or the PEM text: ${d.serverCert.env} and ${d.serverKey.env} turn TLS on together`, '');
     }
     if (s.clientCaCerts !== '' && s.serverCert === '') {
       throw invalid(d.clientCaCerts, `mutual TLS needs ${d.serverCert.env} and ${d.serverKey.env}`, s.clientCaCerts);
