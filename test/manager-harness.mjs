@@ -8,6 +8,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { loadConfig } from '../dist/config/load.js';
+import { GpuPool } from '../dist/manager/gpu-pool.js';
 import { PortPool } from '../dist/manager/port-pool.js';
 import { UidPool } from '../dist/manager/uid-pool.js';
 import { diskFiles } from '../dist/manager/vm-files.js';
@@ -29,11 +30,16 @@ export function createReq(ttl = '') {
   });
 }
 
+/** Two GPUs of a host, in separate IOMMU groups. */
+export const GPUS = [{ bdf: '0000:01:00.0', iommuGroup: '10' }, { bdf: '0000:02:00.0', iommuGroup: '11' }];
+
 /**
  * A manager on `stateDir` (a new one by default). One port (46001), one uid with `isolation`, so
- * a later CreateVm that succeeds proves the failed one gave everything back.
+ * a later CreateVm that succeeds proves the failed one gave everything back. `gpus`: the host's
+ * GPUs (none by default); their /dev/vfio nodes are given and taken back in `driver.calls`
+ * (`vfio` makes that fail). `lockedMemory`: the daemon's RLIMIT_MEMLOCK (unlimited by default).
  */
-export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('cocos-inproc-'), env = {}, isolation = false, files = diskFiles, firewall, disk } = {}) {
+export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('cocos-inproc-'), env = {}, isolation = false, files = diskFiles, firewall, gpus = [], vfio, lockedMemory, disk } = {}) {
   const vars = path.join(stateDir, 'OVMF_VARS.fd');
   if (!fs.existsSync(vars)) fs.writeFileSync(vars, 'firmware variables');
   const diskEnv = disk ? { MANAGER_QEMU_ENABLE_DISK: 'true', MANAGER_QEMU_SRC_DISK_FILE: disk.source ?? makeDiskSource(stateDir) } : {};
@@ -66,15 +72,22 @@ export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('coc
     disks = new VmDisks(config, source, images, disk.free, log);
     source.start();
   }
+  const access = vfio ?? {
+    give: (group, owner) => driver.calls.push(['give-vfio', group, owner.uid]),
+    takeBack: (group) => driver.calls.push(['take-back-vfio', group]),
+  };
+  const gpuPool = new GpuPool(gpus, uids ? access : undefined);
   const manager = new VmManager(config, log, ports, driver, {
     observer,
     files,
     isolation: uids ? { uids, groups: [], firewall: fw } : undefined,
+    gpus: gpuPool,
+    lockedMemory,
     disks,
   });
   const events = [];
   manager.watch((e) => events.push(e));
-  return { manager, driver, config, ports, uids, uidLog, lines, events, observed, disks, stateDir: config.stateDir };
+  return { manager, driver, config, ports, uids, gpus: gpuPool, uidLog, lines, events, observed, disks, stateDir: config.stateDir };
 }
 
 /**

@@ -7,10 +7,10 @@ import { validateCreateReq } from '../dist/request/create-request.js';
 import { createVmDir, vmPaths } from '../dist/vm/vm-dir.js';
 import { GUEST_INITRD, GUEST_KERNEL } from './guest.mjs';
 
-const PROTO_DEFAULTS = {
-  agent_log_level: '', agent_cvm_server_url: '', agent_cvm_ca_url: '', ttl: '', agent_certs_token: '', aa_kbs_params: '',
-  aws_access_key_id: '', aws_secret_access_key: '', aws_endpoint_url: '', aws_region: '',
-  agent_cvm_client_cert: Buffer.alloc(0), agent_cvm_client_key: Buffer.alloc(0), agent_cvm_server_ca_cert: Buffer.alloc(0),
+const WIRE_DEFAULTS = {
+  agent_log_level: '', agent_cvm_server_ca_cert: Buffer.alloc(0), agent_cvm_client_key: Buffer.alloc(0), agent_cvm_client_cert: Buffer.alloc(0),
+  agent_cvm_server_url: '', agent_cvm_ca_url: '', ttl: '', agent_certs_token: '', aws_access_key_id: '', aws_secret_access_key: '',
+  aws_endpoint_url: '', aws_region: '', aa_kbs_params: '',
 };
 
 /**
@@ -27,8 +27,8 @@ export async function vmVector(env, stateDir, request, { id = 'vm-under-test', h
     ...env,
   });
   const q = config.qemu;
-  // As grpc-js hands a request over: proto3 defaults for every field not given.
-  const req = validateCreateReq({ ...PROTO_DEFAULTS, ...request });
+  // As grpc-js hands it over: every field present, proto3's defaults where the caller sent none.
+  const req = validateCreateReq({ ...WIRE_DEFAULTS, ...request });
   const paths = vmPaths(config.stateDir, id);
   await createVmDir(paths, id, req, !q.enableSevSnp && !q.enableTdx ? q.ovmfVars.file : undefined);
   return buildQemuArgs(q, {

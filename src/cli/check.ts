@@ -10,7 +10,8 @@ export const CHECK_HELP = `Usage: cocos-manager check
 
 Checks this host for the current configuration: the QEMU binary and the objects the
 configuration needs, /dev/kvm, SEV-SNP or TDX support, firmware, IGVM, kernel and initramfs
-files, igvmmeasure, free ports in the range, the state directory; and who can drive the
+files, igvmmeasure, free ports in the range, the state directory, the GPUs VMs are given
+(MANAGER_QEMU_GPU_BDF: bound to vfio-pci with their IOMMU groups); and who can drive the
 manager: client authentication of ManagerService, the admin socket, and whether calls from
 guests are refused. Prints a table with a remedy for each problem. Exit status 1 when anything
 the configuration needs fails.

@@ -38,6 +38,7 @@ import { Metrics } from '../telemetry/metrics.js';
 import { startTracing, type Tracing } from '../telemetry/tracing.js';
 import { StartupError } from '../util/startup-error.js';
 import { logPreflight, securityChecks } from './check.js';
+import { gpusOfThisHost } from './host-gpus.js';
 import { templateCommandLine } from './qemu-args.js';
 
 export const SERVE_HELP = `Usage: cocos-manager serve
@@ -200,8 +201,9 @@ export async function serveCommand(config: Config): Promise<void> {
   } else if (isolationMode === 'off') {
     log.warn('guest isolation is off (MANAGER_GUEST_ISOLATION=false): QEMU runs as the daemon\'s user and nothing but the /proc check keeps guests from calling the host\'s services through 10.0.2.2');
   }
+  const { gpus, lockedMemory, templateGpu } = gpusOfThisHost(config, log, isolation !== undefined);
   const disks = vmDisks(config, log);
-  manager = new VmManager(config, log, ports, new QemuDriver(config.qemu), { policies, observer: metrics, isolation, qemuGid: qemuUser?.gid, disks });
+  manager = new VmManager(config, log, ports, new QemuDriver(config.qemu), { policies, observer: metrics, isolation, qemuGid: qemuUser?.gid, gpus, lockedMemory, disks });
   const vms = manager;
   // Who is calling, once per connection: a supervised QEMU's socket means a guest (10.0.2.2).
   // A connection that comes before the records are read (the HTTP port opens first) waits for
@@ -354,11 +356,11 @@ export async function serveCommand(config: Config): Promise<void> {
       .then((f) => {
         log.info({ qemu_version: f.text, qmp_reconnect: f.form.reconnect, sandbox: f.sandbox.supported }, 'QEMU version read');
         if (!f.sandbox.supported) log.warn({ bin: config.qemu.binPath }, `VMs run without QEMU's seccomp sandbox (-sandbox): ${f.sandbox.reason}`);
-        log.info({ command: templateCommandLine(config, f.sandbox.supported) }, 'QEMU template command line');
+        log.info({ command: templateCommandLine(config, f.sandbox.supported, templateGpu) }, 'QEMU template command line');
       })
       .catch((err) => {
         log.warn(`could not read the QEMU version (retried at the next CreateVm): ${(err as Error).message}`);
-        log.info({ command: templateCommandLine(config, false), sandbox: 'unknown' }, 'QEMU template command line');
+        log.info({ command: templateCommandLine(config, false, templateGpu), sandbox: 'unknown' }, 'QEMU template command line');
       });
   });
 

@@ -17,7 +17,7 @@ export const VM_HELP = `Usage: cocos-manager vm <command> [options]
 Commands:
   create [flags]          create a VM (flags below), print its id and forwarded port
   rm ID                   remove a VM
-  info ID                 state, pid, port, TTL, exit, kernel command line and disk of a VM
+  info ID                 state, pid, port, TTL, exit, kernel command line, GPU and disk of a VM
   policy ID [-o FILE]     the VM's attestation policy: written to FILE, or shown decoded
   ls                      all VMs of the daemon
   events [--count N]      the current VMs, then every change of state as it happens
@@ -151,6 +151,7 @@ interface VmStatusOut {
   exit_cause: string;
   pause_reason: string;
   disk: { file: string; kind: string; format: string; virtual_size: string; source: string; source_sha384: string } | null;
+  gpu: string;
 }
 
 /** The rows of `vm info` about the VM's own disk: its file, and the source it was made from, pinned. */
@@ -246,7 +247,7 @@ export async function vmCommand(args: string[]): Promise<string> {
           ['id', s.id], ['state', s.pause_reason ? `${s.state} (${s.pause_reason})` : s.state], ['pid', String(s.pid)], ['forwarded port', s.forwarded_port], ['created', s.created_at],
           ['ttl deadline', s.ttl_deadline || '(none)'],
           ['exit', s.has_exit ? `${s.exit_cause || 'unknown'} (${s.exit_signal || `code ${s.exit_code}`})` : '(none)'],
-          ['kernel command line', s.disk ? "(the disk's own boot loader's)" : s.kernel_cmd], ...diskRows(s.disk), ['cpu', `${i.cpu_num} x ${i.cpu_type}`], ['ovmf', String(i.ovmf_version)], ['eos', String(i.eos_version) || '(unset)'],
+          ['kernel command line', s.disk ? "(the disk's own boot loader's)" : s.kernel_cmd], ['gpu', s.gpu || '(none)'], ...diskRows(s.disk), ['cpu', `${i.cpu_num} x ${i.cpu_type}`], ['ovmf', String(i.ovmf_version)], ['eos', String(i.eos_version) || '(unset)'],
         ]);
       }
       case 'policy': {

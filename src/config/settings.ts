@@ -35,6 +35,7 @@ import {
   unixSocketPath,
   unprivilegedUser,
 } from './grammar.js';
+import { gpuSelection, mmioMiB, qemuId } from './gpu-grammar.js';
 import { type Declaration, type Setting, setting, settingsIn } from './setting.js';
 
 export const MAX_START_TIMEOUT_MS = 5 * 60_000;
@@ -145,6 +146,13 @@ export const SETTINGS = {
     igvmFile: setting({ env: `${Q}IGVM_FILE`, grammar: text, default: '/root/coconut-qemu.igvm', doc: 'IGVM file (firmware and vTPM) for SEV-SNP' }),
     tdxId: setting({ env: `${Q}TDX_ID`, grammar: text, default: 'tdx0', doc: 'id of the tdx-guest object' }),
     quoteGenerationPort: setting({ env: `${Q}QUOTE_GENERATION_PORT`, grammar: uint32, default: '4050', doc: 'vsock port of the Quote Generation Service' }),
+    // GPU passthrough (the Go manager's GPUConfig), one GPU per VM from a pool (src/manager/gpu-pool.ts).
+    gpu: {
+      bdf: setting({ env: `${Q}GPU_BDF`, grammar: gpuSelection, default: '', doc: 'GPUs handed to VMs, one each: PCI addresses (0000:02:00.0,...), none, or empty for every NVIDIA GPU bound to vfio-pci' }),
+      pcieRootPort: setting({ env: `${Q}GPU_PCIE_ROOT_PORT`, grammar: qemuId, default: 'pci.1', doc: 'id of the pcie-root-port the GPU sits behind' }),
+      pcieBus: setting({ env: `${Q}GPU_PCIE_BUS`, grammar: qemuId, default: 'pcie.0', doc: 'bus of that pcie-root-port' }),
+      fwCfgMmioMb: setting({ env: `${Q}GPU_FW_CFG_MMIO_MB`, grammar: mmioMiB, default: '262144', doc: "OVMF's 64-bit PCI MMIO window in MiB (opt/ovmf/X-PciMmio64Mb)" }),
+    },
     noGraphic: setting({ env: `${Q}NO_GRAPHIC`, grammar: boolean, default: 'true', doc: '-nographic' }),
     monitor: setting({ env: `${Q}MONITOR`, grammar: text, default: 'pty', doc: '-monitor value' }),
   },

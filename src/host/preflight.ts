@@ -12,6 +12,7 @@ import { QemuImg } from '../vm/qemu-img.js';
 import { SOURCE_FORMAT } from '../manager/disk-source.js';
 import { checkSharing, resolveQemuUser } from './qemu-user.js';
 import type { Config, QemuConfig } from '../config/types.js';
+import { gpuChecks } from './gpu-checks.js';
 import { isolationChecks } from './isolation-checks.js';
 
 import type { CheckResult } from './check-result.js';
@@ -193,6 +194,7 @@ export async function preflight(config: Config, portIsFree?: (port: number) => P
   if (portIsFree) await checkPorts(results, config, portIsFree);
   results.push(await stateDirCheck(config.stateDir));
   results.push(...(await isolationChecks(config)));
+  results.push(...gpuChecks(config));
   return results;
 }
 

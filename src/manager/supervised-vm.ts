@@ -1,6 +1,6 @@
 /**
  * One VM, owned in one place: its state machine (the only way its state changes), its QEMU
- * (a VmHandle), its TTL, what it holds (a forwarded port, its own uid) and its record, which
+ * (a VmHandle), its TTL, what it holds (a forwarded port, its own uid, a GPU, its disk) and its record, which
  * holds its facts once (written to disk once QEMU is up). Built the same way for a launch and
  * for an adoption; the registry only keeps the map.
  */
@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { VmDisk, VmIdentity, VmRecord } from '../vm/vm-record.js';
 import type { VmPaths } from '../vm/vm-dir.js';
 import { ManagerError } from './errors.js';
+import type { Gpu, GpuPool } from './gpu-pool.js';
 import type { ManagerObserver, QemuExitCause } from './observer.js';
 import type { PortPool } from './port-pool.js';
 import { TtlTimer } from './ttl-timer.js';
@@ -31,6 +32,8 @@ export interface VmStatusView {
   pauseReason: string | null;
   /** The VM's own disk (its file, and the source it was made from, pinned); null for a kernel boot. */
   disk: VmDisk | null;
+  /** The host GPU it holds (PCI address); null: none, or its QEMU is gone. */
+  gpu: string | null;
 }
 
 export type StopCause = 'removed' | 'ttl';
@@ -50,6 +53,7 @@ export interface VmSurroundings {
   uids: UidPool | undefined;
   /** VM disks (MANAGER_QEMU_ENABLE_DISK); absent: none are made, but re-adopted ones are still removed with their VMs. */
   disks?: VmDiskHolder;
+  gpus: GpuPool;
   files: VmFiles;
   observer: ManagerObserver;
   /** Runs a background operation (a TTL removal) so a stopping daemon waits for it. */
@@ -68,6 +72,7 @@ export class SupervisedVm {
   private portHeld = false;
   private uidHeld: number | undefined;
   private diskHeld = false;
+  private gpuHeld = false;
   /** The record is on disk (QEMU is up): later changes are written too. */
   private persisted = false;
   /** Under sudo (or a wrapper that does not exec), the PIDs below the handle's: undefined until read. */
@@ -99,6 +104,10 @@ export class SupervisedVm {
     vm.portHeld = true;
     if (record.runAs) vm.holdUid(record.runAs);
     if (record.disk) vm.holdDisk(record.disk);
+    if (record.gpu) {
+      around.gpus.hold(record.gpu, record.id, Boolean(record.runAs));
+      vm.gpuHeld = true;
+    }
     return vm;
   }
 
@@ -130,6 +139,12 @@ export class SupervisedVm {
   holdPort(port: number): void {
     this.record.hostPort = port;
     this.portHeld = true;
+  }
+
+  /** The GPU passed through to it, from the pool: given back once QEMU is gone, as the port. */
+  holdGpu(gpu: Gpu): void {
+    this.record.gpu = gpu;
+    this.gpuHeld = true;
   }
 
   holdUid(identity: VmIdentity): void {
@@ -170,7 +185,10 @@ export class SupervisedVm {
   apply(input: VmInput): Transition | undefined {
     const t = this.machine.apply(input);
     if (!t) return undefined;
-    if (!this.machine.holdsResources) this.releasePort();
+    if (!this.machine.holdsResources) {
+      this.releasePort();
+      this.releaseGpu();
+    }
     if (input.kind === 'exited') {
       this.record.exit = { code: input.exit?.code ?? null, signal: input.exit?.signal ?? null, at: new Date().toISOString(), cause: this.machine.cause ?? 'unknown' };
     }
@@ -292,6 +310,7 @@ export class SupervisedVm {
       this.apply({ kind: 'exited', exit: null });
     }
     this.releasePort();
+    this.releaseGpu();
     h?.close();
     try {
       await this.around.files.remove(this.paths.dir);
@@ -339,6 +358,7 @@ export class SupervisedVm {
     this.apply({ kind: 'start-failed' });
     this.releasePort();
     this.releaseDisk();
+    this.releaseGpu();
     this.releaseUid();
     this.around.changed(this, { from: this.machine.state, to: 'removed', reason });
     this.around.gone(this);
@@ -348,6 +368,18 @@ export class SupervisedVm {
     if (!this.portHeld) return;
     this.portHeld = false;
     this.around.ports.release(this.record.hostPort);
+  }
+
+  /**
+   * Once QEMU is gone, as the port: its close of the VFIO device has reset the GPU and let it
+   * go, and a VM listed as stopped or crashed until RemoveVm must not keep a GPU it cannot use.
+   * Its /dev/vfio node goes back to root before the next VM's user is given it.
+   */
+  releaseGpu(): void {
+    if (!this.gpuHeld || !this.record.gpu) return;
+    this.gpuHeld = false;
+    this.around.gpus.release(this.record.gpu.bdf, this.id);
+    this.log.debug({ gpu: this.record.gpu.bdf }, 'GPU released');
   }
 
   /** The uid goes last: QEMU is gone and so are the files it owned. */
@@ -375,6 +407,7 @@ export class SupervisedVm {
       kernelCmdline: r.kernelCmdline,
       pauseReason: this.machine.pauseReason ?? null,
       disk: r.disk ?? null,
+      gpu: this.gpuHeld ? (r.gpu?.bdf ?? null) : null,
     };
   }
 }

@@ -36,6 +36,8 @@ export interface VmRecord {
   runAs?: VmIdentity | null;
   /** The VM's own disk (MANAGER_QEMU_ENABLE_DISK); null or absent: a kernel boot. */
   disk?: VmDisk | null;
+  /** The host GPU passed through to the VM (VFIO) and its IOMMU group; null or absent: none. */
+  gpu?: VmGpu | null;
 }
 
 /**
@@ -62,6 +64,11 @@ export interface DiskSourceIdentity {
   ino: string;
   size: string;
   mtimeNs: string;
+}
+
+export interface VmGpu {
+  bdf: string;
+  iommuGroup: string;
 }
 
 /** A VM's own user: uid and gid (the same number) and the supplementary groups of its devices. */
@@ -157,6 +164,10 @@ function recordSchema(): Promise<Z.ZodType<VmRecord>> {
         })
         .nullable()
         .optional(),
+      gpu: z
+        .object({ bdf: z.string().regex(/^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/), iommuGroup: z.string().regex(/^\d+$/) })
+        .nullable()
+        .optional(),
     }),
   );
   return schema;
@@ -197,6 +208,8 @@ export interface RecordPeek {
   hostPort: number | null;
   /** The VM's own uid, held until recovery has decided the VM. */
   uid: number | null;
+  /** Its GPU, held until recovery has decided the VM. */
+  gpu: VmGpu | null;
 }
 
 /**
@@ -215,7 +228,9 @@ export function peekRecord(text: string): RecordPeek | undefined {
   const int = (v: unknown) => (typeof v === 'number' && Number.isInteger(v) && v > 0 ? v : null);
   if (typeof r.id !== 'string' || typeof r.state !== 'string') return undefined;
   const runAs = typeof r.runAs === 'object' && r.runAs !== null ? (r.runAs as Record<string, unknown>) : undefined;
-  return { id: r.id, state: r.state, pid: int(r.pid), hostPort: int(r.hostPort), uid: int(runAs?.uid) };
+  const g = typeof r.gpu === 'object' && r.gpu !== null ? (r.gpu as Record<string, unknown>) : undefined;
+  const gpu = typeof g?.bdf === 'string' && typeof g.iommuGroup === 'string' ? { bdf: g.bdf, iommuGroup: g.iommuGroup } : null;
+  return { id: r.id, state: r.state, pid: int(r.pid), hostPort: int(r.hostPort), uid: int(runAs?.uid), gpu };
 }
 
 export async function parseRecord(text: string): Promise<RecordReadResult> {

@@ -106,6 +106,7 @@ function toVmStatus(v: VmStatusView): VmStatus {
     disk: v.disk
       ? { file: v.disk.file, kind: v.disk.kind, format: v.disk.format, virtual_size: String(v.disk.virtualSize), source: v.disk.source.path, source_sha384: v.disk.source.sha384 }
       : null,
+    gpu: v.gpu ?? '',
   };
 }
 
