@@ -187,6 +187,18 @@ test('a VM with a disk gets its own disk file right after the network card, no k
   assert.throws(() => buildQemuArgs(config.qemu, vm), /MANAGER_QEMU_ENABLE_DISK needs its own disk file/);
 });
 
+test('with a disk and a GPU, Go\'s order: the network card, the disk, then the GPU', () => {
+  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_DISK: 'true' });
+  const args = buildQemuArgs(config.qemu, { hostPort: 6123, ovmfVarsFile: '/v', diskFile: '/s/vms/x/disk.qcow2', gpu: '0000:02:00.0' });
+  const nic = args.findIndex((a) => a.startsWith('virtio-net-pci,'));
+  assert.deepEqual(args.slice(nic + 1, nic + 13), [
+    ...DISK('/s/vms/x/disk.qcow2'),
+    '-device', 'pcie-root-port,id=pci.1,bus=pcie.0',
+    '-device', 'vfio-pci,host=0000:02:00.0,bus=pci.1',
+    '-fw_cfg', 'name=opt/ovmf/X-PciMmio64Mb,string=262144',
+  ]);
+});
+
 test('-sandbox comes last, after the QMP channel, only when the binary takes it', () => {
   const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false' });
   const vm = { hostPort: 6123, ovmfVarsFile: '/v', shares: { certsDir: '/c', envDir: '/e' }, qmp: { socketPath: '/q.sock', form: { reconnect: 'seconds', monitor: 'mon' } } };
