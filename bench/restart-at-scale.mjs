@@ -17,7 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import { FAKE_QEMU, call, fakeQemuEnv, isAlive, managerPkg, nextRange, spawnServe } from '../test/daemon.mjs';
+import { FAKE_QEMU, call, fakeQemuEnv, isAlive, managerPkg, nextRange, nextUidRange, removeFirewallTable, spawnServe, tmpDir } from '../test/daemon.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const NODE_FLAGS = (process.env.COCOS_NODE_FLAGS ?? '').split(/\s+/).filter(Boolean);
@@ -56,8 +56,11 @@ const cmdline = (pid) => {
 
 // Everything of this run lives under `root` (a fresh temporary directory): the stand-in binary,
 // the state directories, the admin sockets. Clean-up kills by PID what names it, then removes it.
-const root = fs.mkdtempSync(path.join(os.tmpdir(), 'cocos-bench-restart-'));
+// Passable by the VMs' users (guest isolation when the bench runs as root: QEMU runs as each VM's uid).
+const root = tmpDir('cocos-bench-restart-');
 const daemons = new Set();
+/** Every state directory of the run: a daemon killed with VMs left its guest firewall table (root). */
+const stateDirs = new Set();
 let admins = 0;
 
 function cleanUp() {
@@ -69,6 +72,7 @@ function cleanUp() {
       /* gone */
     }
   }
+  for (const dir of stateDirs) removeFirewallTable(dir);
   fs.rmSync(root, { recursive: true, force: true });
 }
 process.on('SIGINT', () => { cleanUp(); process.exit(130); });
@@ -250,8 +254,11 @@ async function atScale(n) {
   const loadBefore = os.loadavg()[0];
   const stateDir = path.join(root, `n${n}`);
   fs.mkdirSync(stateDir);
+  stateDirs.add(stateDir);
   const extra = { MANAGER_QEMU_BIN_PATH: QEMU_BIN, MANAGER_MAX_VMS: '0', MANAGER_LOG_LEVEL: 'info', MANAGER_QEMU_START_TIMEOUT: '60s' };
-  const env = fakeQemuEnv(stateDir, { ...extra, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(n + 10) });
+  // The same uids for every daemon on this state directory (a restart must find its VMs' uids in
+  // its range), as many as the VMs (guest isolation when the bench runs as root).
+  const env = fakeQemuEnv(stateDir, { ...extra, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(n + 10), MANAGER_VM_UID_RANGE: nextUidRange(n + 10) });
   const first = await timedStart(env);
   const t0 = Date.now();
   const ids = await createVms(first.d, n);
@@ -270,6 +277,7 @@ async function atScale(n) {
     await stopDaemon(daemon, 'SIGKILL');
     // The floor, interleaved: an empty start of the same build, the same N stand-ins running.
     const emptyDir = fs.mkdtempSync(path.join(root, 'e'));
+    stateDirs.add(emptyDir);
     const e = await timedStart(fakeQemuEnv(emptyDir, { ...extra, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(5) }));
     await stopDaemon(e.d, 'SIGTERM');
     fs.rmSync(emptyDir, { recursive: true, force: true });

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import { Daemon, FAKE_QEMU, call, fakeQemuEnv, managerPkg, nextRange, tmpDir } from '../test/daemon.mjs';
+import { Daemon, FAKE_QEMU, call, fakeQemuEnv, managerPkg, nextRange, nextUidRange, tmpDir } from '../test/daemon.mjs';
 
 // The start-time figure times a bare spawn to the first answer, so it picks its ports ahead
 // (the daemon's own port-0 report would add the log read to what is measured).
@@ -29,6 +29,13 @@ import { QmpChannel } from '../dist/vm/qmp.js';
 import { qmpChannelArgs, qmpFormFor, parseQemuVersion } from '../dist/qemu/qmp-args.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
+/** Every daemon the run starts: stopped (their stand-ins killed, their firewall tables gone) if a figure fails. */
+const started = new Set();
+async function startDaemon(env, opts) {
+  const d = await Daemon.start(env, opts);
+  started.add(d);
+  return d;
+}
 const quick = process.env.BENCH_QUICK === '1';
 const N_SEQ = quick ? 40 : 200;
 const BACKGROUND = quick ? 20 : 100; // VMs added per step of the scaling figure
@@ -156,7 +163,7 @@ async function freshConnection(port) {
 async function guestPeerCheck(env) {
   const VMS = quick ? 5 : 20;
   // Two daemons with the same history, the check on in one and off in the other.
-  const start = (refuse) => Daemon.start({ ...env, MANAGER_REFUSE_GUEST_CALLS: refuse, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(VMS + 5), MANAGER_STATE_DIR: tmpDir('cocos-bench-peer-') }, { nodeFlags: NODE_FLAGS });
+  const start = (refuse) => startDaemon({ ...env, MANAGER_REFUSE_GUEST_CALLS: refuse, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(VMS + 5), MANAGER_STATE_DIR: tmpDir('cocos-bench-peer-') }, { nodeFlags: NODE_FLAGS });
   const on = await start('true');
   const off = await start('false');
   const onClient = on.client();
@@ -209,23 +216,25 @@ async function guestPeerCheck(env) {
   await off.stop();
 }
 
-/** One CreateVm, timed, then its RemoveVm. */
-async function createRemove(client) {
-  const t0 = process.hrtime.bigint();
+/** One CreateVm then its RemoveVm, each timed, into `into` ({ create: [], remove: [] }). */
+async function createRemove(client, into) {
+  let t0 = process.hrtime.bigint();
   const vm = await call(client, 'CreateVm', {}, 60_000);
-  const took = ms(t0);
+  into.create.push(ms(t0));
+  t0 = process.hrtime.bigint();
   await call(client, 'RemoveVm', { cvm_id: vm.cvm_id }, 30_000);
-  return took;
+  into.remove.push(ms(t0));
 }
 
-/** `n` timed CreateVm (each then removed) on two daemons, alternating which goes first, after 5 rounds of warm-up. */
+/** `n` timed CreateVm and RemoveVm on two daemons, alternating which goes first, after 5 rounds of warm-up. */
 async function interleavedCycles(n, a, b) {
-  for (let i = 0; i < 5; i++) { await createRemove(a); await createRemove(b); }
-  const as = [];
-  const bs = [];
+  const warm = { create: [], remove: [] };
+  for (let i = 0; i < 5; i++) { await createRemove(a, warm); await createRemove(b, warm); }
+  const as = { create: [], remove: [] };
+  const bs = { create: [], remove: [] };
   for (let i = 0; i < n; i++) {
-    if (i % 2 === 0) { as.push(await createRemove(a)); bs.push(await createRemove(b)); }
-    else { bs.push(await createRemove(b)); as.push(await createRemove(a)); }
+    if (i % 2 === 0) { await createRemove(a, as); await createRemove(b, bs); }
+    else { await createRemove(b, bs); await createRemove(a, as); }
   }
   return [as, bs];
 }
@@ -240,15 +249,18 @@ async function interleavedCycles(n, a, b) {
 async function isolationCost(env) {
   if (process.getuid?.() !== 0) return log('guest isolation: not root, figure skipped');
   const n = quick ? 20 : 60;
-  const start = (on) => Daemon.start({ ...env, MANAGER_GUEST_ISOLATION: on, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(10), MANAGER_STATE_DIR: tmpDir('cocos-bench-iso-') }, { nodeFlags: NODE_FLAGS });
+  const start = (on) => startDaemon({ ...env, MANAGER_GUEST_ISOLATION: on, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(10), MANAGER_STATE_DIR: tmpDir('cocos-bench-iso-') }, { nodeFlags: NODE_FLAGS });
   const on = await start('true');
   const off = await start('false');
   const onClient = on.client();
   const offClient = off.client();
   const keep = [await call(onClient, 'CreateVm', {}, 30_000), await call(offClient, 'CreateVm', {}, 30_000)];
   const [withIso, without] = await interleavedCycles(n, onClient, offClient);
-  const over = pct(withIso, 50) - pct(without, 50);
-  figure({ figure: `CreateVm p50 with / without guest isolation (own uid + firewall, ${n} sequential, 1 VM running)`, value: pct(withIso, 50).toFixed(1), floor: pct(without, 50).toFixed(1), over_ms: over.toFixed(1), target: '<= 5 ms over', ok: over <= 5 });
+  for (const what of ['create', 'remove']) {
+    const over = pct(withIso[what], 50) - pct(without[what], 50);
+    const call_ = what === 'create' ? 'CreateVm' : 'RemoveVm';
+    figure({ figure: `${call_} p50 with / without guest isolation (own uid + firewall, ${n} sequential, 1 VM running)`, value: pct(withIso[what], 50).toFixed(1), floor: pct(without[what], 50).toFixed(1), over_ms: over.toFixed(1), target: '<= 5 ms over', ok: over <= 5 });
+  }
   // The install itself, in process: what the first VM after an idle spell waits for.
   const { GuestFirewall } = await import('../dist/host/guest-firewall.js');
   const quiet = { info() {}, warn() {}, error() {} };
@@ -261,7 +273,7 @@ async function isolationCost(env) {
   }
   fw.stopWatching();
   await fw.removeIf(() => true);
-  figure({ figure: 'guest firewall install, nft replace + list (ms p50/p99; paid by the first VM after 3 s without any)', value: `${pct(installs, 50).toFixed(1)}/${pct(installs, 99).toFixed(1)}`, floor: 'none' });
+  figure({ figure: 'guest firewall install, nft replace (ms p50/p99; paid by the first VM after 3 s without any and by each start)', value: `${pct(installs, 50).toFixed(1)}/${pct(installs, 99).toFixed(1)}`, floor: 'none' });
   await call(onClient, 'RemoveVm', { cvm_id: keep[0].cvm_id });
   await call(offClient, 'RemoveVm', { cvm_id: keep[1].cvm_id });
   onClient.close();
@@ -298,7 +310,7 @@ async function diskCost(env) {
   const none = await start({});
   const diskClient = disk.client();
   const noneClient = none.client();
-  const [withDisk, without] = await interleavedCycles(n, diskClient, noneClient);
+  const [{ create: withDisk }, { create: without }] = await interleavedCycles(n, diskClient, noneClient);
   const over = pct(withDisk, 50) - pct(without, 50);
   // The daemon's own clock: from the port taken to the disk made (the shares, then the disk step).
   const step = (d) => d.logs.lines.filter((l) => l.msg === 'VM started' && l.timings_ms).slice(-n).map((l) => l.timings_ms.disk - l.timings_ms.port);
@@ -309,8 +321,9 @@ async function diskCost(env) {
 
   const copy = await start({ MANAGER_QEMU_ENABLE_DISK: 'true', MANAGER_QEMU_SRC_DISK_FILE: source, MANAGER_QEMU_DISK_FORMAT: 'raw' });
   const copyClient = copy.client();
-  const copies = [];
-  for (let i = 0; i < (quick ? 3 : 5); i++) copies.push(await createRemove(copyClient));
+  const copied = { create: [], remove: [] };
+  for (let i = 0; i < (quick ? 3 : 5); i++) await createRemove(copyClient, copied);
+  const copies = copied.create;
   figure({ figure: "CreateVm p50 with the disk made as Go makes it, a whole copy (DISK_FORMAT=raw) / without (ms)", value: pct(copies, 50).toFixed(0), floor: pct(without, 50).toFixed(1), over_ms: (pct(copies, 50) - pct(without, 50)).toFixed(0), target: 'report (what the overlay saves)' });
   copyClient.close();
   noneClient.close();
@@ -355,14 +368,20 @@ async function main() {
     commit: (() => { try { return execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { encoding: 'utf8' }).trim(); } catch { return 'unknown'; } })(),
     quick,
     node_flags: NODE_FLAGS.join(' '),
+    guest_isolation: process.getuid?.() === 0 && process.env.BENCH_GUEST_ISOLATION !== 'false',
+    loadavg_1m_at_start: +os.loadavg()[0].toFixed(1),
   };
   const root = tmpDir('cocos-bench-');
   const range = nextRange(600);
   const [first] = range.split('-').map(Number);
   // At info, the installed default: test/daemon.mjs reads the daemon's ports from its info lines
   // (at warn, Daemon.start never saw 'gRPC server listening' and the run stopped after its first figure).
+  // A uid per VM when the bench runs as root (guest isolation): as many uids as ports (the test
+  // helpers' default of 100 ran out at the scaling figure's 200 VMs).
   const env = fakeQemuEnv(path.join(root, 'state'), {
-    MANAGER_MAX_VMS: '0', MANAGER_QEMU_HOST_FWD_RANGE: range, MANAGER_LOG_LEVEL: 'info', MANAGER_QEMU_START_TIMEOUT: '30s',
+    MANAGER_MAX_VMS: '0', MANAGER_QEMU_HOST_FWD_RANGE: range, MANAGER_VM_UID_RANGE: nextUidRange(600), MANAGER_LOG_LEVEL: 'info', MANAGER_QEMU_START_TIMEOUT: '30s',
+    // BENCH_GUEST_ISOLATION=false: every figure with guest isolation off (a root run has it on).
+    ...(process.env.BENCH_GUEST_ISOLATION ? { MANAGER_GUEST_ISOLATION: process.env.BENCH_GUEST_ISOLATION } : {}),
   });
   // What the daemon's own environment is (test/daemon.mjs starts it with PATH, HOME and these).
   const daemonEnv = { PATH: process.env.PATH, HOME: process.env.HOME ?? '/root', ...env };
@@ -427,7 +446,7 @@ async function main() {
   // BENCH_ONLY=start: only the start-to-serving figure.
   if (process.env.BENCH_ONLY === 'start') return;
 
-  const daemon = await Daemon.start(env, { nodeFlags: NODE_FLAGS });
+  const daemon = await startDaemon(env, { nodeFlags: NODE_FLAGS });
   const client = daemon.client();
   await sleep(2000);
   const idleRss = rssMiB(daemon.proc.pid);
@@ -499,7 +518,7 @@ async function main() {
   // logs at info), against the same stand-in spawned directly and asked over QMP.
   {
     const infoEnv = fakeQemuEnv(path.join(root, 'state-info'), { MANAGER_MAX_VMS: '0', MANAGER_QEMU_HOST_FWD_RANGE: nextRange(60), MANAGER_LOG_LEVEL: 'info', MANAGER_QEMU_START_TIMEOUT: '30s' });
-    const d2 = await Daemon.start(infoEnv, { nodeFlags: NODE_FLAGS });
+    const d2 = await startDaemon(infoEnv, { nodeFlags: NODE_FLAGS });
     const c2 = d2.client();
     const readyFloor = [];
     for (let i = 0; i < 5; i++) await call(c2, 'RemoveVm', { cvm_id: (await call(c2, 'CreateVm', {})).cvm_id });
@@ -536,16 +555,19 @@ async function main() {
   await consoleFlood();
 
   fs.rmSync(root, { recursive: true, force: true });
+  results.machine.loadavg_1m_at_end = +os.loadavg()[0].toFixed(1);
 
-  const rows = [['figure', 'value', 'floor', 'ratio', 'target', 'met'], ...results.figures.map((f) => [f.figure, String(f.value), String(f.floor), f.ratio ?? (f.over_ms ? `+${f.over_ms} ms` : '-'), f.target, f.ok === undefined ? '-' : f.ok ? 'yes' : 'NO'])];
+  const rows = [['figure', 'value', 'floor', 'ratio', 'target', 'met'], ...results.figures.map((f) => [f.figure, String(f.value), String(f.floor), f.ratio ?? (f.over_ms ? `+${f.over_ms} ms` : '-'), f.target ?? '-', f.ok === undefined ? '-' : f.ok ? 'yes' : 'NO'])];
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   process.stdout.write(`${rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ')).join('\n')}\n`);
   fs.mkdirSync(path.join(here, 'results'), { recursive: true });
   fs.writeFileSync(path.join(here, 'results', 'latest.json'), `${JSON.stringify(results, null, 2)}\n`);
-  process.stdout.write(`\nmachine: ${results.machine.cpu}, ${results.machine.cores} cores, ${results.machine.memory_gib} GiB, node ${results.machine.node}\nwritten: bench/results/latest.json\n`);
+  const m = results.machine;
+  process.stdout.write(`\nmachine: ${m.cpu}, ${m.cores} cores, ${m.memory_gib} GiB, node ${m.node}; guest isolation ${m.guest_isolation ? 'on' : 'off'}; load average (1 min) ${m.loadavg_1m_at_start} at the start, ${m.loadavg_1m_at_end} at the end\nwritten: bench/results/latest.json\n`);
 }
 
-main().catch((err) => {
+main().catch(async (err) => {
   process.stderr.write(`bench failed: ${err.stack ?? err}\n`);
+  await Promise.all([...started].map((d) => d.stop().catch(() => undefined)));
   process.exit(1);
 });

@@ -60,7 +60,13 @@ export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('coc
   const ports = new PortPool(config.qemu.hostFwdRange, async () => true);
   const uidLog = [];
   const uids = isolation
-    ? new UidPool(config.isolation.uidRange, { inUse: () => new Set(), killAll: (uid) => (driver.calls.push(['retire-uid', uid]), 0) })
+    ? new UidPool(config.isolation.uidRange, {
+      inUse: () => new Set(),
+      killAll: (released) => {
+        for (const uid of released) driver.calls.push(['retire-uid', uid]);
+        return { left: new Map(), inUse: new Set() };
+      },
+    })
     : undefined;
   const observed = [];
   const observer = { vmStarted: () => observed.push('started'), qemuExited: (cause) => observed.push(cause) };

@@ -140,9 +140,12 @@ test('text is kept as written, blanks included; typed grammars say that empty me
   }
 });
 
-test('every declared default is a value of its own grammar, and loadConfig({}) is those defaults', () => {
+test('every declared default is a value of its own grammar, and loadConfig({}) is those defaults (and the tracing derived from them)', () => {
   for (const s of SETTING_LIST) assert.doesNotThrow(() => s.grammar.parse(s.default), s.env);
-  assert.deepEqual(loadConfig({}), readSettings(SETTINGS, {}).config);
+  // tracing is derived from the COCOS_JAEGER_* settings and the OTEL_* variables (config/tracing.ts).
+  const { tracing, ...settings } = loadConfig({});
+  assert.deepEqual(settings, readSettings(SETTINGS, {}).config);
+  assert.equal(tracing.url, 'http://localhost:4318/v1/traces');
   assert.equal(loadConfig({}).qemu.hostFwdRange.last, 6200);
 });
 

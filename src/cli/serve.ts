@@ -252,8 +252,8 @@ export async function serveCommand(config: Config): Promise<void> {
   const stateLock = await locking;
   stateLock.onLost(() => log.error({ lock: stateLock.file }, 'the state directory lock was lost (its flock process was killed): another daemon could now start on this MANAGER_STATE_DIR; restart this one'));
   mark('locked');
-  // The table's install (two nft runs, ~25 ms) goes on while the records are read; both are
-  // needed before the port opens.
+  // The table's install (one nft run) goes on while the records are read and the gRPC server is
+  // built; all are needed before the port opens.
   const installing = firewall?.install();
   installing?.catch(() => undefined); // awaited below
   // Before the port opens, only the records of what an earlier run left are read: their ports,
@@ -271,6 +271,15 @@ export async function serveCommand(config: Config): Promise<void> {
         `MANAGER_VM_UID_RANGE=${r.first}-${r.last} leaves out uid ${outside.join(', ')} of VMs still running from the previous run, which the guest firewall would then not cover: put the range back until those VMs are removed`,
       );
     }
+  }
+
+  // ManagerAdmin on TCP only when asked for (the configuration demands mutual TLS then). Built
+  // while nft installs the table (~10-20 ms, mostly the kernel's commit).
+  const transport = tcpTransportOptions(config.connections.idleMs);
+  const grpcServer = createGrpcServer(manager, log, metrics, { admin: config.admin.onGrpcPort, transport });
+  const { server } = grpcServer;
+  mark('grpc server');
+  if (firewall) {
     try {
       await installing;
     } catch (err) {
@@ -279,13 +288,8 @@ export async function serveCommand(config: Config): Promise<void> {
       );
     }
     log.info({ table: firewall.table, uids: `${config.isolation.uidRange.first}-${config.isolation.uidRange.last}`, allowed: config.isolation.allowLocal.length }, 'guest firewall installed');
+    mark('firewall');
   }
-
-  // ManagerAdmin on TCP only when asked for (the configuration demands mutual TLS then).
-  const transport = tcpTransportOptions(config.connections.idleMs);
-  const grpcServer = createGrpcServer(manager, log, metrics, { admin: config.admin.onGrpcPort, transport });
-  const { server } = grpcServer;
-  mark('grpc server');
   let listener;
   try {
     listener = await listenGrpc({ host: config.grpc.host, port: config.grpc.port, credentials: serverCredentials(grpcTls), server, gate, guard: grpcGuard, log });
@@ -316,14 +320,17 @@ export async function serveCommand(config: Config): Promise<void> {
     { address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, client_auth: grpcTls?.clientAuth ?? 'none', admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()), vm_dirs_to_recover: leftovers.length },
     'gRPC server listening',
   );
-  if (config.jaegerTraceRatio > 0) {
-    startTracing({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio, instanceId, version: build.version, log }).then(
+  const traced = config.tracing;
+  if (traced.off === undefined) {
+    startTracing({ config: traced, instanceId, version: build.version, log }).then(
       (t) => {
         tracing = t;
-        log.info({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio }, 'tracing started');
+        log.info({ url: traced.url, url_from: traced.urlFrom, protocol: traced.protocol, sampler: traced.sampler.from, parent_based: traced.sampler.parentBased }, 'tracing started');
       },
       (err) => log.error({ err: String(err) }, 'tracing could not start: calls are served untraced'),
     );
+  } else {
+    log.info({ off_by: traced.off }, 'tracing off');
   }
   // Calls are served meanwhile; one about a VM not yet decided waits for it (ListVms for all).
   const recoveryStarted = performance.now();
@@ -387,6 +394,8 @@ export async function serveCommand(config: Config): Promise<void> {
       admin?.server.forceShutdown();
       if (admin) await removeAdminSocket(config.admin.socket);
       await manager.drain(STOP_DRAIN_MS);
+      // What still runs as the uid of a VM removed a moment ago is killed before the daemon goes.
+      isolation?.uids.retireNow();
       // Kept while a VM runs (QEMUs outlive the daemon); gone with the daemon otherwise.
       firewall?.stopWatching();
       disks?.source.stop();

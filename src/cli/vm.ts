@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
-import { loadPackageDefinition } from '../api/grpc/server.js';
+import { loadPackageDefinition } from '../api/grpc/protos.js';
 import type { ProtoGrpcType as ManagerProto } from '../api/grpc/generated/manager.js';
 import type { ProtoGrpcType as AdminProto } from '../api/grpc/generated/manager-admin.js';
 import { inspectPolicy } from '../attestation/inspect.js';

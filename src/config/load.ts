@@ -6,13 +6,15 @@
 import { sizeInBytes } from '../util/size.js';
 import { type ConfigError, type Setting, invalidValue, readSettings } from './setting.js';
 import { SETTINGS } from './settings.js';
+import { tracingSettings } from './tracing.js';
 import type { Config } from './types.js';
 
 export { ConfigError } from './setting.js';
 export { MAX_START_TIMEOUT_MS } from './settings.js';
 
 export function loadConfig(env: Readonly<Record<string, string | undefined>>): Config {
-  const { config, given } = readSettings(SETTINGS, env);
+  const { config: settings, given } = readSettings(SETTINGS, env);
+  const config: Config = { ...settings, tracing: tracingSettings(env, { url: settings.jaegerUrl, ratio: settings.jaegerTraceRatio }) };
   checkCombinations(config, (s, expected, value = given(s).text) => invalidValue(given(s).name, value, expected));
   return config;
 }

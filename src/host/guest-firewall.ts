@@ -61,8 +61,12 @@ export const QUIET_LOG = { info: () => undefined, warn: () => undefined, error: 
 
 export class GuestFirewall {
   readonly table: string;
-  /** `nft list table` of what was installed last, to notice a change made behind our back. */
-  private installed: string | undefined;
+  /**
+   * `nft list table` of what was installed last, to notice a change made behind our back;
+   * undefined while the table is not (known to be) in place. Listed after the install returns:
+   * the caller (a CreateVm, the start before the port opens) waits for one nft, not two.
+   */
+  private installed: Promise<string | undefined> | undefined;
   /** Whether the table should be in place (VMs may run): the watch puts it back while it is. */
   private wanted = false;
   private nameservers: string[] = [];
@@ -95,7 +99,12 @@ export class GuestFirewall {
     this.watch();
     this.nameservers = hostNameservers();
     await runNft(['-f', '-'], guestFirewallScript({ ...this.base, table: this.table, nameservers: this.nameservers }));
-    this.installed = await this.listing();
+    const listed = this.listing();
+    this.installed = listed;
+    // Not listed: as if not in place, so the next CreateVm or look installs it again.
+    void listed.then((text) => {
+      if (text === undefined && this.installed === listed) this.installed = undefined;
+    });
   }
 
   /** Installs the table unless it is already in place (before each QEMU starts). */
@@ -144,11 +153,12 @@ export class GuestFirewall {
     try {
       const ns = hostNameservers();
       const now = await this.listing();
+      const was = await this.installed;
       if (!this.wanted) return; // removed meanwhile, on purpose
       let why: string | undefined;
-      if (this.installed === undefined) why = 'the table could not be put back before';
+      if (was === undefined) why = 'the table could not be put back before';
       else if (now === undefined) why = 'the table was removed';
-      else if (now !== this.installed) why = 'the table was changed';
+      else if (now !== was) why = 'the table was changed';
       else if (ns.join(' ') !== this.nameservers.join(' ')) why = `the host's nameservers changed (${ns.join(', ') || 'none'})`;
       if (!why) return;
       if (why.startsWith('the table was')) this.log.warn({ table: this.table }, `${why} behind the manager's back: putting it back (guests' connections to the host are refused again)`);

@@ -3,6 +3,10 @@
  * than one chunk), together with the file's identity: device, inode, size, modification and
  * change times. The change time (ctime) cannot be set by a user (utimes sets it to now), so
  * an unchanged identity before and after some step means the bytes were not touched in between.
+ *
+ * For the same reason a digest is remembered with the identity it was taken at: a file opened
+ * again with that identity is not read again (every CreateVm pins the same firmware, kernel and
+ * initramfs; reading and hashing them each time cost each launch milliseconds of the event loop).
  */
 import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
@@ -47,10 +51,23 @@ export interface HashingFile {
 }
 
 /**
- * Opens the file and takes its identity now; the digest follows, read as a stream. A caller
- * can start something that reads the same file meanwhile and check the identity afterwards.
+ * A file's change time is kept at the file system's granularity (a jiffy on ext4, up to 2 s on
+ * others): a write in the same tick as the end of a hash could leave the identity as it was.
+ * A digest is remembered only for a file whose ctime was this long before the hash began, so any
+ * later write moves the ctime past the one remembered.
+ */
+const SETTLED_NS = 2_000_000_000n;
+
+/** The digest of each file by path, with the identity the file kept throughout its hash. */
+const digests = new Map<string, { identity: FileIdentity; sha384: string }>();
+
+/**
+ * Opens the file and takes its identity now; the digest follows, read as a stream (or is the
+ * one remembered for this very identity). A caller can start something that reads the same
+ * file meanwhile and check the identity afterwards.
  */
 export async function startHashing(file: string): Promise<HashingFile> {
+  const openedAtNs = BigInt(Date.now()) * 1_000_000n;
   const fh = await fs.open(file, 'r');
   let before: FileIdentity;
   try {
@@ -59,13 +76,21 @@ export async function startHashing(file: string): Promise<HashingFile> {
     await fh.close();
     throw err;
   }
+  const known = digests.get(file);
+  if (known && sameIdentity(known.identity, before)) {
+    await fh.close();
+    return { path: file, identity: before, sha384: Promise.resolve(known.sha384) };
+  }
   const sha384 = (async () => {
     try {
       const hash = createHash('sha384');
       for await (const chunk of fh.createReadStream({ start: 0, highWaterMark: CHUNK, autoClose: false })) hash.update(chunk as Buffer);
       const after = identity(await fh.stat({ bigint: true }));
       if (!sameIdentity(before, after)) throw new FileChangedError(`${file} changed while it was being hashed`);
-      return hash.digest('hex');
+      const digest = hash.digest('hex');
+      if (before.ctimeNs + SETTLED_NS < openedAtNs) digests.set(file, { identity: before, sha384: digest });
+      else digests.delete(file);
+      return digest;
     } finally {
       await fh.close();
     }

@@ -43,6 +43,14 @@ export interface LineBudget {
   skippedBytes(bytes: number): void;
 }
 
+function sizeOf(fd: number): number | undefined {
+  try {
+    return fs.fstatSync(fd).size;
+  } catch {
+    return undefined;
+  }
+}
+
 const UNLIMITED: LineBudget = { take: () => true, spent: () => false, dropped: () => undefined, skippedBytes: () => undefined };
 
 export class OutputTail {
@@ -303,10 +311,13 @@ export class OutputTail {
     this.closed = true;
     this.watcher?.close();
     clearTimeout(this.pollTimer);
+    // Usually everything was read already: then no round of reads (four thread-pool hops on
+    // RemoveVm's path once QEMU has exited) is needed to find that out.
+    const unread = this.reading !== undefined || this.rotating || this.truncating || this.capFd === undefined || sizeOf(this.capFd) !== this.position;
     this.closingFd = this.capFd;
     this.capFd = undefined;
     this.closeFdWhenIdle();
-    await this.poll();
+    if (unread) await this.poll();
     if (this.partial.length > 0) {
       const line = this.partial.toString('utf8');
       this.partial = Buffer.alloc(0);

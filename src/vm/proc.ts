@@ -1,8 +1,7 @@
 /**
- * What Linux's /proc says about a process: identity (start time, command line) and liveness,
- * and whether a TCP port is listened on. Used to adopt only our own QEMU after a restart and to
- * confirm, once, that a VM's forwarded port is bound. Everything read here is world-readable,
- * so it also works for a root QEMU under sudo. (QEMU's own state comes from QMP.)
+ * What Linux's /proc says about a process: identity (start time, command line) and liveness.
+ * Used to adopt only our own QEMU after a restart. Everything read here is world-readable, so it
+ * also works for a root QEMU under sudo. (QEMU's own state comes from QMP.)
  */
 import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -31,33 +30,8 @@ export async function processCmdline(pid: number): Promise<string[] | undefined>
   }
 }
 
-async function listeningInodes(port: number): Promise<Set<string>> {
-  const inodes = new Set<string>();
-  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
-  // QEMU's `hostfwd=tcp::PORT-:...` listens on IPv4 (INADDR_ANY): /proc/net/tcp is where it shows.
-  for (const table of ['/proc/net/tcp']) {
-    let text: string;
-    try {
-      text = await fs.readFile(table, 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of text.split('\n').slice(1)) {
-      const f = line.trim().split(/\s+/);
-      // f[1] local address "ADDR:PORT", f[3] state (0A = LISTEN), f[9] inode
-      if (f.length > 9 && f[3] === '0A' && f[1]!.endsWith(`:${hexPort}`)) inodes.add(f[9]!);
-    }
-  }
-  return inodes;
-}
-
-/**
- * Whether some socket listens on TCP `port` (IPv4, where QEMU's hostfwd binds). One read of
- * /proc/net/tcp, which any user may read: it also works for a root QEMU under sudo.
- */
-export async function portIsListening(port: number): Promise<boolean> {
-  return (await listeningInodes(port)).size > 0;
-}
+// Whether a VM's forwarded port is bound is asked of the kernel by a bind, not read here.
+export { portIsListening } from './port-bind.js';
 
 /** Every process's command line, read once (recovery matches many VM directories against it). */
 export async function allCommandLines(): Promise<Map<number, string[]>> {

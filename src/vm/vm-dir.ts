@@ -127,7 +127,43 @@ export class VarsTemplateError extends Error {
 }
 
 export async function removeVmDir(dir: string): Promise<void> {
-  await fs.rm(dir, { recursive: true, force: true, maxRetries: 3 });
+  // Something may still add a file meanwhile (an output file's rotation finishing): tried again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await removeTree(dir);
+      return;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (attempt >= 4 || (code !== 'ENOTEMPTY' && code !== 'EBUSY')) throw err;
+    }
+  }
+}
+
+/**
+ * Every entry of a directory removed at once, then the directory. On a disk with online discard
+ * each removal that frees blocks takes milliseconds: fs.rm's walk (lstat, a failing rmdir, then
+ * readdir, at every level) ran them one level after another, ~2.5 ms for a VM's directory.
+ */
+async function removeTree(dir: string): Promise<void> {
+  let entries;
+  try {
+    entries = await fs.readdir(dir, { withFileTypes: true });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    if (code === 'ENOTDIR') return ignoreGone(fs.unlink(dir));
+    throw err;
+  }
+  await Promise.all(entries.map((e) => (e.isDirectory() ? removeTree(path.join(dir, e.name)) : ignoreGone(fs.unlink(path.join(dir, e.name))))));
+  await ignoreGone(fs.rmdir(dir));
+}
+
+async function ignoreGone(op: Promise<void>): Promise<void> {
+  try {
+    await op;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
 }
 
 export async function listVmDirs(stateDir: string): Promise<string[]> {
