@@ -46,10 +46,11 @@ run: build guest
 	@mkdir -p state
 	set -a && . profiles/dev.env && set +a && exec node $(NODE_FLAGS) dist/cli.js serve
 
-# Boots one CVM through the API, prints its agent's report, removes it.
-demo: build guest
+# Boots one CVM through the API, prints its agent's report, removes it. DISK=1: the CVM boots
+# from a disk of its own, an overlay of build/guest/disk.qcow2 (MANAGER_QEMU_ENABLE_DISK).
+demo: build guest $(if $(DISK),guest-disk)
 	@mkdir -p state
-	set -a && . profiles/dev.env && set +a && node scripts/demo.mjs
+	set -a && . profiles/dev.env && set +a && node scripts/demo.mjs $(if $(DISK),--disk)
 
 # Benchmarks (not part of `make test`): figures against floors measured in the same run.
 # The restart at scale compiles its light stand-in QEMU (bench/fake-qemu-lite.c) with gcc, statically.

@@ -216,6 +216,29 @@ async function guestPeerCheck(env) {
   await off.stop();
 }
 
+/** One CreateVm then its RemoveVm, each timed, into `into` ({ create: [], remove: [] }). */
+async function createRemove(client, into) {
+  let t0 = process.hrtime.bigint();
+  const vm = await call(client, 'CreateVm', {}, 60_000);
+  into.create.push(ms(t0));
+  t0 = process.hrtime.bigint();
+  await call(client, 'RemoveVm', { cvm_id: vm.cvm_id }, 30_000);
+  into.remove.push(ms(t0));
+}
+
+/** `n` timed CreateVm and RemoveVm on two daemons, alternating which goes first, after 5 rounds of warm-up. */
+async function interleavedCycles(n, a, b) {
+  const warm = { create: [], remove: [] };
+  for (let i = 0; i < 5; i++) { await createRemove(a, warm); await createRemove(b, warm); }
+  const as = { create: [], remove: [] };
+  const bs = { create: [], remove: [] };
+  for (let i = 0; i < n; i++) {
+    if (i % 2 === 0) { await createRemove(a, as); await createRemove(b, bs); }
+    else { await createRemove(b, bs); await createRemove(a, as); }
+  }
+  return [as, bs];
+}
+
 /**
  * Guest isolation's cost on CreateVm (a root machine only): two daemons with the same history,
  * one giving each VM its own uid and keeping the nftables table, one with MANAGER_GUEST_ISOLATION
@@ -232,22 +255,7 @@ async function isolationCost(env) {
   const onClient = on.client();
   const offClient = off.client();
   const keep = [await call(onClient, 'CreateVm', {}, 30_000), await call(offClient, 'CreateVm', {}, 30_000)];
-  const cycle = async (client, into) => {
-    let t0 = process.hrtime.bigint();
-    const vm = await call(client, 'CreateVm', {}, 30_000);
-    into.create.push(ms(t0));
-    t0 = process.hrtime.bigint();
-    await call(client, 'RemoveVm', { cvm_id: vm.cvm_id }, 30_000);
-    into.remove.push(ms(t0));
-  };
-  const warm = { create: [], remove: [] };
-  for (let i = 0; i < 5; i++) { await cycle(onClient, warm); await cycle(offClient, warm); }
-  const withIso = { create: [], remove: [] };
-  const without = { create: [], remove: [] };
-  for (let i = 0; i < n; i++) {
-    if (i % 2 === 0) { await cycle(onClient, withIso); await cycle(offClient, without); }
-    else { await cycle(offClient, without); await cycle(onClient, withIso); }
-  }
+  const [withIso, without] = await interleavedCycles(n, onClient, offClient);
   for (const what of ['create', 'remove']) {
     const over = pct(withIso[what], 50) - pct(without[what], 50);
     const call_ = what === 'create' ? 'CreateVm' : 'RemoveVm';
@@ -272,6 +280,56 @@ async function isolationCost(env) {
   offClient.close();
   await on.stop();
   await off.stop();
+}
+
+/**
+ * A disk per VM (MANAGER_QEMU_ENABLE_DISK) on CreateVm: a daemon whose VMs get a qcow2 overlay on
+ * a source holding 512 MiB of data, against one whose VMs get no disk, CreateVm then RemoveVm on
+ * each, interleaved; the source is pinned (hashed) before the first call, as at a daemon's
+ * start. For scale, a few CreateVm that make the disk as the Go manager does, a whole copy
+ * (MANAGER_QEMU_DISK_FORMAT=raw: qemu-img convert and resize).
+ */
+async function diskCost(env) {
+  // More rounds than the other figures: the difference sought is far below this machine's noise.
+  const n = quick ? 20 : 120;
+  const root = tmpDir('cocos-bench-disk-');
+  const raw = path.join(root, 'data.raw');
+  const source = path.join(root, 'source.qcow2');
+  // 512 MiB of random bytes: nothing for qcow2 to leave out.
+  execFileSync('sh', ['-c', `head -c 512M /dev/urandom > ${raw}`]);
+  execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, source]);
+  fs.rmSync(raw);
+  const start = async (extra) => {
+    const d = await Daemon.start({ ...env, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(10), MANAGER_STATE_DIR: path.join(tmpDir('cocos-bench-disk-state-'), 'state'), ...extra }, { nodeFlags: NODE_FLAGS });
+    if (extra.MANAGER_QEMU_ENABLE_DISK) await d.waitForLog((l) => l.msg === 'disk source pinned', 60_000);
+    return d;
+  };
+  const disk = await start({ MANAGER_QEMU_ENABLE_DISK: 'true', MANAGER_QEMU_SRC_DISK_FILE: source });
+  const pinned = disk.logs.lines.find((l) => l.msg === 'disk source pinned');
+  figure({ figure: 'disk source pinned at start: SHA-384 of 512 MiB of data and qemu-img info (ms; off the call path)', value: String(pinned.ms), floor: 'none' });
+  const none = await start({});
+  const diskClient = disk.client();
+  const noneClient = none.client();
+  const [{ create: withDisk }, { create: without }] = await interleavedCycles(n, diskClient, noneClient);
+  const over = pct(withDisk, 50) - pct(without, 50);
+  // The daemon's own clock: from the port taken to the disk made (the shares, then the disk step).
+  const step = (d) => d.logs.lines.filter((l) => l.msg === 'VM started' && l.timings_ms).slice(-n).map((l) => l.timings_ms.disk - l.timings_ms.port);
+  figure({ figure: `shares + disk step p50/p99, from the daemon's timings, with a disk / without (ms, ${n})`, value: `${pct(step(disk), 50).toFixed(2)}/${pct(step(disk), 99).toFixed(2)}`, floor: `${pct(step(none), 50).toFixed(2)}/${pct(step(none), 99).toFixed(2)}`, over_ms: (pct(step(disk), 50) - pct(step(none), 50)).toFixed(2), target: 'report' });
+  figure({ figure: `CreateVm p50/p99 with a disk (qcow2 overlay; source of 512 MiB data) / without (ms, ${n} sequential)`, value: `${pct(withDisk, 50).toFixed(1)}/${pct(withDisk, 99).toFixed(1)}`, floor: `${pct(without, 50).toFixed(1)}/${pct(without, 99).toFixed(1)}`, over_ms: over.toFixed(1), target: '<= 20 ms over at p50', ok: over <= 20 });
+  diskClient.close();
+  await disk.stop();
+
+  const copy = await start({ MANAGER_QEMU_ENABLE_DISK: 'true', MANAGER_QEMU_SRC_DISK_FILE: source, MANAGER_QEMU_DISK_FORMAT: 'raw' });
+  const copyClient = copy.client();
+  const copied = { create: [], remove: [] };
+  for (let i = 0; i < (quick ? 3 : 5); i++) await createRemove(copyClient, copied);
+  const copies = copied.create;
+  figure({ figure: "CreateVm p50 with the disk made as Go makes it, a whole copy (DISK_FORMAT=raw) / without (ms)", value: pct(copies, 50).toFixed(0), floor: pct(without, 50).toFixed(1), over_ms: (pct(copies, 50) - pct(without, 50)).toFixed(0), target: 'report (what the overlay saves)' });
+  copyClient.close();
+  noneClient.close();
+  await copy.stop();
+  await none.stop();
+  fs.rmSync(root, { recursive: true, force: true });
 }
 
 /**
@@ -336,6 +394,11 @@ async function main() {
   }
   if (process.env.BENCH_ONLY === 'console-flood') {
     await consoleFlood();
+    return;
+  }
+  // BENCH_ONLY=disk: only the cost of a VM disk on CreateVm.
+  if (process.env.BENCH_ONLY === 'disk') {
+    await diskCost(env);
     return;
   }
   // BENCH_ONLY=isolation: only guest isolation's cost on CreateVm.
@@ -488,6 +551,7 @@ async function main() {
   await daemon.stop();
   await guestPeerCheck(env);
   await isolationCost(env);
+  await diskCost(env);
   await consoleFlood();
 
   fs.rmSync(root, { recursive: true, force: true });

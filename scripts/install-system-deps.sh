@@ -13,6 +13,8 @@ command -v sudo >/dev/null 2>&1 || need+=(sudo)
 # Guest isolation: the connect-time firewall (nft) and the switch to a VM's uid (setpriv, util-linux).
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+# VM disks (MANAGER_QEMU_ENABLE_DISK): qemu-img makes each VM's overlay on the source.
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 for pkg in "$@"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done

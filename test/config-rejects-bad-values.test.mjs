@@ -43,6 +43,9 @@ const cases = [
   ['log level unknown', { MANAGER_LOG_LEVEL: 'verbose' }, 'MANAGER_LOG_LEVEL', 'verbose', /debug, info, warn or error in any case/],
   ['log level offset not a number', { MANAGER_LOG_LEVEL: 'INFO+x' }, 'MANAGER_LOG_LEVEL', 'INFO+x', /INFO\+2, DEBUG-4/],
   ['start timeout not a Go duration', { MANAGER_QEMU_START_TIMEOUT: '10' }, 'MANAGER_QEMU_START_TIMEOUT', '10', /Go duration/],
+  // The format names the disk's file too (disk.<format>): no path can be smuggled in.
+  ['disk format with a path in it', { MANAGER_QEMU_DISK_FORMAT: '../../x' }, 'MANAGER_QEMU_DISK_FORMAT', '../../x', /image format name of qemu-img, like qcow2 or raw/],
+  ['disk free reserve not a size', { MANAGER_DISK_FREE_RESERVE: 'lots' }, 'MANAGER_DISK_FREE_RESERVE', 'lots', /0 \(off\) or a size like 2048M/],
   ['policy format unknown', { MANAGER_ATTESTATION_POLICY_FORMAT: 'xml' }, 'MANAGER_ATTESTATION_POLICY_FORMAT', 'xml', /corim, json/],
   ['maxcpus below count', { MANAGER_QEMU_SMP_COUNT: '8', MANAGER_QEMU_SMP_MAXCPUS: '4' }, 'MANAGER_QEMU_SMP_MAXCPUS', '4', /SMP_COUNT/],
   ['TLS cert without key', { MANAGER_GRPC_SERVER_CERT: '/etc/c.pem' }, 'MANAGER_GRPC_SERVER_KEY', '', /turn TLS on together/],

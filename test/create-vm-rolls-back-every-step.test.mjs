@@ -1,10 +1,14 @@
 // A CreateVm that fails at any step of the launch leaves nothing: no directory, no port, no
-// slot, no uid, no GPU (its /dev/vfio node back to root), no QEMU; the caller gets the step's
-// error; watchers see the VM fail and go. In-process, with the fake driver and a host of one
-// GPU: each step is made to fail where a real process could not.
+// slot, no uid, no GPU (its /dev/vfio node back to root), no disk (nor its hold on the disk
+// source), no QEMU; the caller gets the step's error; watchers see the VM fail and go.
+// In-process, with the fake driver and a host of one GPU: each step is made to fail where a real
+// process could not. Every step after the disk's runs twice: without a disk and with one
+// (MANAGER_QEMU_ENABLE_DISK, the real qemu-img).
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { diskFiles } from '../dist/manager/vm-files.js';
+import { DiskImageError } from '../dist/manager/disk-images.port.js';
+import { QemuImg } from '../dist/vm/qemu-img.js';
 import { waitFor } from './daemon.mjs';
 import { createReq, GPUS, startManager, vmDirs } from './manager-harness.mjs';
 
@@ -23,6 +27,20 @@ const failingFiles = (what) => ({
     return diskFiles.writeRecord(dir, record);
   },
 });
+
+/** qemu-img that reads images but cannot write one (a full or read-only file system, say). */
+const failingImages = Object.assign(new QemuImg(), {
+  async createOverlay(file) {
+    throw new DiskImageError(`qemu-img could not create ${file} on the source: Could not write qcow2 header: No space left on device`);
+  },
+});
+
+/** The steps up to and including the disk's; those after it run with a disk too. */
+const DISK_STEPS = [
+  { step: 'the disk source cannot be read', disk: { source: '/nonexistent/enc_os.qcow2' }, kind: 'failed-precondition', message: /the disk source \/nonexistent\/enc_os\.qcow2 \(MANAGER_QEMU_SRC_DISK_FILE\) cannot be read: ENOENT/ },
+  { step: "the state directory's file system has less free space than MANAGER_DISK_FREE_RESERVE", disk: {}, env: { MANAGER_DISK_FREE_RESERVE: '1E' }, kind: 'resource-exhausted', message: /the state directory's file system \(.*\) has \d+ bytes \([\d.]+ GiB\) free; a VM disk needs 1152921504606846976 bytes \(1073741824\.0 GiB\): MANAGER_DISK_FREE_RESERVE/ },
+  { step: 'qemu-img cannot make the disk', disk: { images: failingImages }, kind: 'internal', message: /the VM's disk could not be made: qemu-img could not create .*\.qcow2 on the source: .*No space left on device/ },
+];
 
 const STEPS = [
   { step: 'no host port is free', setup: (h) => h.ports.hold(46001), teardown: (h) => h.ports.release(46001), kind: 'resource-exhausted', message: /no free host port left in MANAGER_QEMU_HOST_FWD_RANGE=46001-46001/ },
@@ -43,9 +61,17 @@ const STEPS = [
   { step: 'the record cannot be written', files: failingFiles('record'), spawned: true, kind: 'internal', message: /could not write the VM's files in .*ENOSPC/ },
 ];
 
-for (const s of STEPS) {
+/** The disk comes after the shares and before QEMU is probed. */
+const AFTER_DISK = STEPS.slice(STEPS.findIndex((s) => s.step === 'the QEMU binary cannot be probed'));
+const ALL = [
+  ...STEPS,
+  ...DISK_STEPS,
+  ...AFTER_DISK.filter((s) => !s.env).map((s) => ({ ...s, step: `${s.step} (a VM with a disk)`, disk: {} })),
+];
+
+for (const s of ALL) {
   test(`CreateVm rolls back everything when ${s.step}`, { skip: s.isolation && !asRoot && 'VM users need root' }, async () => {
-    const h = startManager({ isolation: s.isolation, files: s.files, env: s.env, firewall: s.firewall, gpus: [GPU], vfio: s.vfio, lockedMemory: s.lockedMemory });
+    const h = startManager({ isolation: s.isolation, files: s.files, env: s.env, firewall: s.firewall, gpus: [GPU], vfio: s.vfio, lockedMemory: s.lockedMemory, disk: s.disk });
     s.setup?.(h);
     await assert.rejects(h.manager.create(createReq()), (err) => {
       assert.equal(err.kind, s.kind, err.message);
@@ -61,6 +87,7 @@ for (const s of STEPS) {
     if (s.step === 'the guest firewall cannot be installed') assert.equal(given, 1, 'its node was given before');
     if (s.vfio) assert.deepEqual(s.vfio.taken, ['10'], 'a node whose give failed half-way is taken back too');
     assert.deepEqual(h.manager.listNow(), [], 'the VM is gone');
+    if (h.disks) assert.deepEqual(h.disks.source.dependentVms, [], 'nothing holds the disk source');
     const seen = h.events.map((e) => e.to);
     assert.deepEqual(seen, ['starting', 'failed', 'removed'], 'watchers saw it start, fail and go');
     if (s.spawned) {
@@ -76,7 +103,8 @@ for (const s of STEPS) {
     h.driver.fail = {};
     h.driver.startAs = 'ready';
     h.driver.bindsForward = true;
-    const h2 = s.files || s.env || s.firewall || s.vfio || s.lockedMemory ? startManager({ isolation: s.isolation, stateDir: h.stateDir.replace(/\/state$/, ''), gpus: [GPU] }) : h;
+    const fresh = s.files || s.env || s.firewall || s.vfio || s.lockedMemory || s.disk?.images || s.disk?.source;
+    const h2 = fresh ? startManager({ isolation: s.isolation, stateDir: h.stateDir.replace(/\/state$/, ''), gpus: [GPU], disk: s.disk && {} }) : h;
     // A uid is retired (its processes killed) off the call's path, then free.
     if (s.isolation && h2 === h) assert.ok(await waitFor(() => h.driver.calls.some(([c]) => c === 'retire-uid'), 2_000), 'the uid is retired');
     const vm = await h2.manager.create(createReq());

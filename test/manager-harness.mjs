@@ -12,6 +12,10 @@ import { GpuPool } from '../dist/manager/gpu-pool.js';
 import { PortPool } from '../dist/manager/port-pool.js';
 import { UidPool } from '../dist/manager/uid-pool.js';
 import { diskFiles } from '../dist/manager/vm-files.js';
+import { DiskSource } from '../dist/manager/disk-source.js';
+import { VmDisks } from '../dist/manager/vm-disks.js';
+import { QemuImg } from '../dist/vm/qemu-img.js';
+import { execFileSync } from 'node:child_process';
 import { VmManager } from '../dist/manager/vm-manager.js';
 import { validateCreateReq } from '../dist/request/create-request.js';
 import { tmpDir } from './daemon.mjs';
@@ -36,10 +40,12 @@ export const GPUS = [{ bdf: '0000:01:00.0', iommuGroup: '10' }, { bdf: '0000:02:
  * GPUs (none by default); their /dev/vfio nodes are given and taken back in `driver.calls`
  * (`vfio` makes that fail). `lockedMemory`: the daemon's RLIMIT_MEMLOCK (unlimited by default).
  */
-export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('cocos-inproc-'), env = {}, isolation = false, files = diskFiles, firewall, gpus = [], vfio, lockedMemory } = {}) {
+export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('cocos-inproc-'), env = {}, isolation = false, files = diskFiles, firewall, gpus = [], vfio, lockedMemory, disk } = {}) {
   const vars = path.join(stateDir, 'OVMF_VARS.fd');
   if (!fs.existsSync(vars)) fs.writeFileSync(vars, 'firmware variables');
+  const diskEnv = disk ? { MANAGER_QEMU_ENABLE_DISK: 'true', MANAGER_QEMU_SRC_DISK_FILE: disk.source ?? makeDiskSource(stateDir) } : {};
   const config = loadConfig({
+    ...diskEnv,
     MANAGER_STATE_DIR: path.join(stateDir, 'state'),
     MANAGER_QEMU_ENABLE_KVM: 'false',
     MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
@@ -66,6 +72,13 @@ export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('coc
   const observed = [];
   const observer = { vmStarted: () => observed.push('started'), qemuExited: (cause) => observed.push(cause) };
   const fw = firewall ?? { table: 'cocos_manager_test', ensure: async () => {}, removeIf: async () => false };
+  let disks;
+  if (disk) {
+    const images = disk.images ?? new QemuImg();
+    const source = new DiskSource(config.qemu.disk.srcFile, images, log, disk.pollMs);
+    disks = new VmDisks(config, source, images, disk.free, log);
+    source.start();
+  }
   const access = vfio ?? {
     give: (group, owner) => driver.calls.push(['give-vfio', group, owner.uid]),
     takeBack: (group) => driver.calls.push(['take-back-vfio', group]),
@@ -77,10 +90,24 @@ export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('coc
     isolation: uids ? { uids, groups: [], firewall: fw } : undefined,
     gpus: gpuPool,
     lockedMemory,
+    disks,
   });
   const events = [];
   manager.watch((e) => events.push(e));
-  return { manager, driver, config, ports, uids, gpus: gpuPool, uidLog, lines, events, observed, stateDir: config.stateDir };
+  return { manager, driver, config, ports, uids, gpus: gpuPool, uidLog, lines, events, observed, disks, stateDir: config.stateDir };
+}
+
+/**
+ * A qcow2 disk source in `dir` (made once per directory): `sizeMiB` virtual, its first MiB
+ * written with `pattern` so its content is not all zeros. Root-owned and 0644, as a host keeps it.
+ */
+export function makeDiskSource(dir, { name = 'source.qcow2', sizeMiB = 64, pattern = 0x5a } = {}) {
+  const file = path.join(dir, name);
+  if (fs.existsSync(file)) return file;
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', file, `${sizeMiB}M`], { timeout: 20_000 });
+  execFileSync('qemu-io', ['-f', 'qcow2', '-c', `write -q -P ${pattern} 0 1M`, file], { timeout: 20_000 });
+  fs.chmodSync(file, 0o644);
+  return file;
 }
 
 /** The VM directories under the state directory. */

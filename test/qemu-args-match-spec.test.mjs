@@ -18,6 +18,13 @@ const NET = [
   '-device', 'virtio-net-pci,disable-legacy=on,iommu_platform=true,netdev=vmnic,addr=0x2,romfile=',
 ];
 const TAIL = ['-kernel', 'img/bzImage', '-append', 'quiet console=null', '-initrd', 'img/rootfs.cpio.gz', '-nographic', '-monitor', 'pty'];
+const NO_KERNEL = TAIL.slice(6);
+/** Go's disk options (config.go, EnableDisk), of the file `file`, with its default ids. */
+const DISK = (file, format = 'qcow2') => [
+  '-drive', `file=${file},if=none,id=disk0,format=${format}`,
+  '-device', 'virtio-scsi-pci,id=scsi0,disable-legacy=on,iommu_platform=true',
+  '-device', 'scsi-hd,drive=disk0,bus=scsi0.0',
+];
 const SNP = (hostData) => [
   '-machine', 'confidential-guest-support=sev0,memory-backend=ram1,igvm-cfg=igvm0',
   '-object', 'memory-backend-memfd,id=ram1,size=2048M,share=true,prealloc=false',
@@ -92,6 +99,37 @@ const table = [
     ],
   },
   {
+    name: 'disk boot, plain OVMF (the template\'s disk is the source, as its variables file is the template)',
+    env: { MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_DISK: 'true' },
+    want: [
+      ...COMMON_HEAD,
+      '-drive', 'if=pflash,format=raw,unit=0,file=/usr/share/OVMF/OVMF_CODE.fd,readonly=on',
+      '-drive', 'if=pflash,format=raw,unit=1,file=/usr/share/OVMF/OVMF_VARS.fd',
+      ...NET, ...DISK('img/enc_os.qcow2'), ...NO_KERNEL,
+    ],
+  },
+  { name: 'disk boot, SEV-SNP', env: { MANAGER_QEMU_ENABLE_DISK: 'true' }, want: [...COMMON_HEAD, ...NET, ...DISK('img/enc_os.qcow2'), ...SNP(''), ...NO_KERNEL] },
+  {
+    name: 'disk boot, TDX, ids, format and a source with a comma',
+    env: {
+      MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_TDX: 'true', MANAGER_QEMU_ENABLE_DISK: 'true',
+      MANAGER_QEMU_SRC_DISK_FILE: '/img/a,b.qcow2', MANAGER_QEMU_DISK_ID: 'd,1', MANAGER_QEMU_DISK_SCSI_ID: 's1', MANAGER_QEMU_DISK_FORMAT: 'raw',
+      MANAGER_QEMU_DST_DISK_FILE: '/tmp/not-used.qcow2',
+    },
+    want: [
+      ...COMMON_HEAD, ...NET,
+      '-drive', 'file=/img/a,,b.qcow2,if=none,id=d,,1,format=raw',
+      '-device', 'virtio-scsi-pci,id=s1,disable-legacy=on,iommu_platform=true',
+      '-device', 'scsi-hd,drive=d,,1,bus=s1.0',
+      '-object', '{"qom-type":"tdx-guest","id":"tdx0","quote-generation-socket":{"type":"vsock","cid":"2","port":"4050"}}',
+      '-machine', 'confidential-guest-support=tdx0,memory-backend=ram1,hpet=off',
+      '-object', 'memory-backend-memfd,id=ram1,size=2048M,share=true,prealloc=false',
+      '-bios', '/usr/share/ovmf/OVMF.fd',
+      '-nodefaults',
+      ...NO_KERNEL,
+    ],
+  },
+  {
     name: 'SEV-SNP IGVM path with a comma',
     env: { MANAGER_QEMU_ENABLE_SEV_SNP: 'true', MANAGER_QEMU_IGVM_FILE: '/fw/x,file=/etc/shadow.igvm' },
     want: [
@@ -139,6 +177,29 @@ test('a VM gets its own port, firmware copy, kbs params and 9P shares, certifica
     '-device', 'virtio-9p-pci,fsdev=cert_fs,mount_tag=certs_share',
     '-fsdev', 'local,id=env_fs,path=/s/vms/x/env,,1,security_model=mapped,readonly=on',
     '-device', 'virtio-9p-pci,fsdev=env_fs,mount_tag=env_share',
+  ]);
+});
+
+test('a VM with a disk gets its own disk file right after the network card, no kernel, and never the source in its place', () => {
+  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_DISK: 'true' });
+  const vm = { hostPort: 6123, ovmfVarsFile: '/v', aaKbsParams: 'cc_kbc::x', shares: { certsDir: '/c', envDir: '/e' } };
+  const args = buildQemuArgs(config.qemu, { ...vm, diskFile: '/s/vms/x/disk.qcow2' });
+  const nic = args.findIndex((a) => a.startsWith('virtio-net-pci,'));
+  assert.deepEqual(args.slice(nic + 1, nic + 7), DISK('/s/vms/x/disk.qcow2'));
+  assert.deepEqual(args.slice(nic + 7, nic + 10), ['-nographic', '-monitor', 'pty']);
+  assert.ok(!args.some((a) => a.includes('aa_kbc_params')), 'nothing of aa_kbs_params');
+  assert.throws(() => buildQemuArgs(config.qemu, vm), /MANAGER_QEMU_ENABLE_DISK needs its own disk file/);
+});
+
+test('with a disk and a GPU, Go\'s order: the network card, the disk, then the GPU', () => {
+  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_DISK: 'true' });
+  const args = buildQemuArgs(config.qemu, { hostPort: 6123, ovmfVarsFile: '/v', diskFile: '/s/vms/x/disk.qcow2', gpu: '0000:02:00.0' });
+  const nic = args.findIndex((a) => a.startsWith('virtio-net-pci,'));
+  assert.deepEqual(args.slice(nic + 1, nic + 13), [
+    ...DISK('/s/vms/x/disk.qcow2'),
+    '-device', 'pcie-root-port,id=pci.1,bus=pcie.0',
+    '-device', 'vfio-pci,host=0000:02:00.0,bus=pci.1',
+    '-fw_cfg', 'name=opt/ovmf/X-PciMmio64Mb,string=262144',
   ]);
 });
 

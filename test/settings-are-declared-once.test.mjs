@@ -102,6 +102,8 @@ const GRAMMARS = [
   ['idRange', g.idRange, [['1-4294967294', { first: 1, last: 4294967294 }]], ['0-5', '1-4294967295'], /numeric ids/],
   ['qemuSize', g.qemuSize, [['4096', '4096'], [' 1.5G ', '1.5G'], ['4g', '4g']], ['1.5', '30GB', '0G', '2048 M'], /like 2048M/],
   ['byteSize(1M)', g.byteSize(1 << 20, '1M'), [['8M', 8 << 20], ['1', 1 << 20], ['1024K', 1 << 20]], ['1023K'], /at least 1M/],
+  ['sizeOrZero', g.sizeOrZero, [['0', 0], ['2G', 2 ** 31], ['1', 1 << 20], [' 512K ', 512 << 10]], ['0G', '-1', 'lots', ''], /0 \(off\) or a size like 2048M/],
+  ['imageFormat', g.imageFormat, [['qcow2', 'qcow2'], [' raw ', 'raw']], ['../x', 'QCOW2', 'disk.qcow2', ''], /image format name of qemu-img/],
   ['ratio', g.ratio, [['0', 0], ['1.0', 1], ['0.25', 0.25]], ['1.5', '-0.1', 'half'], /0\.\.1/],
   ['positiveDuration', g.positiveDuration, [['1m30s', 90_000], ['300ms', 300]], ['0', '10', '-1s'], /positive Go duration/],
   ['nonNegativeDuration', g.nonNegativeDuration, [['0', 0], ['10s', 10_000]], ['10', '-1s'], /0 \(off\)/],

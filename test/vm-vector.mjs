@@ -19,7 +19,7 @@ const WIRE_DEFAULTS = {
  * `stateDir` for VM `id`, on a host that supports what `host` says (fake-host.mjs FACTS; plain by
  * default). hostPort 0 (the default) lets QEMU's kernel pick the forwarded port.
  */
-export async function vmVector(env, stateDir, request, { id = 'vm-under-test', hostPort = 0, host = FACTS.plain } = {}) {
+export async function vmVector(env, stateDir, request, { id = 'vm-under-test', hostPort = 0, host = FACTS.plain, diskFile } = {}) {
   const config = loadConfig({
     MANAGER_QEMU_ENABLE_KVM: 'false',
     MANAGER_QEMU_MEMORY_SIZE: '512M',
@@ -38,5 +38,6 @@ export async function vmVector(env, stateDir, request, { id = 'vm-under-test', h
     ovmfVarsFile: paths.ovmfVars,
     aaKbsParams: req.aaKbsParams,
     shares: { certsDir: paths.certsDir, envDir: paths.envDir },
+    diskFile,
   });
 }

@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import type { Logger } from 'pino';
 import { bindAdminSocket, groupId, removeAdminSocket } from '../api/grpc/admin-socket.js';
 import { listenGrpc } from '../api/grpc/listener.js';
 import { createGrpcServer, serverCredentials, setServing, tcpTransportOptions } from '../api/grpc/server.js';
@@ -26,6 +27,9 @@ import { checkSharing, resolveQemuUser } from '../host/qemu-user.js';
 import { lockStateDir } from '../host/state-dir-lock.js';
 import { type GuestIsolation, VmManager } from '../manager/vm-manager.js';
 import { UidPool } from '../manager/uid-pool.js';
+import { DiskSource } from '../manager/disk-source.js';
+import { VmDisks } from '../manager/vm-disks.js';
+import { QemuImg } from '../vm/qemu-img.js';
 import { QemuDriver } from '../vm/qemu-driver.js';
 import { GuestFirewall } from '../host/guest-firewall.js';
 import { deviceAccess, deviceGroups, procUidProcesses, untraversableAncestors } from '../host/vm-users.js';
@@ -123,6 +127,25 @@ async function openFilesLimit(): Promise<number | undefined> {
   }
 }
 
+/**
+ * Each VM's own disk (MANAGER_QEMU_ENABLE_DISK): its source is pinned (hashed) from now on, so
+ * the first CreateVm finds the digest ready. DST_DISK_FILE is Go's, which overwrites it at every
+ * CreateVm: accepted, and said to be unused.
+ */
+function vmDisks(config: Config, log: Logger): VmDisks | undefined {
+  const d = config.qemu.disk;
+  if (d.dstFile !== '') {
+    log.warn({ setting: 'MANAGER_QEMU_DST_DISK_FILE', value: d.dstFile }, "MANAGER_QEMU_DST_DISK_FILE is set but not used: each VM's disk is made in its own directory (vms/<id>/disk.<format> in MANAGER_STATE_DIR); the Go manager, too, replaces it at every CreateVm");
+  }
+  if (!d.enabled) return undefined;
+  const images = new QemuImg();
+  const source = new DiskSource(d.srcFile, images, log);
+  const disks = new VmDisks(config, source, images, undefined, log);
+  source.start();
+  log.info({ source: source.path, format: d.format, kind: disks.kind }, 'VMs boot from disks of their own');
+  return disks;
+}
+
 export async function serveCommand(config: Config): Promise<void> {
   const mark = (what: string) => process.env.COCOS_STARTUP_TRACE && process.stderr.write(`${what} ${performance.now().toFixed(0)}\n`);
   mark('serve');
@@ -181,7 +204,8 @@ export async function serveCommand(config: Config): Promise<void> {
     log.warn('guest isolation is off (MANAGER_GUEST_ISOLATION=false): QEMU runs as the daemon\'s user and nothing but the /proc check keeps guests from calling the host\'s services through 10.0.2.2');
   }
   const { gpus, lockedMemory, templateGpu } = gpusOfThisHost(config, log, isolation !== undefined);
-  manager = new VmManager(config, log, ports, new QemuDriver(config.qemu), { policies, observer: metrics, isolation, qemuGid: qemuUser?.gid, gpus, lockedMemory });
+  const disks = vmDisks(config, log);
+  manager = new VmManager(config, log, ports, new QemuDriver(config.qemu), { policies, observer: metrics, isolation, qemuGid: qemuUser?.gid, gpus, lockedMemory, disks });
   const vms = manager;
   // Who is calling, once per connection: a supervised QEMU's socket means a guest (10.0.2.2).
   // A connection that comes before the records are read (the HTTP port opens first) waits for
@@ -376,6 +400,7 @@ export async function serveCommand(config: Config): Promise<void> {
       isolation?.uids.retireNow();
       // Kept while a VM runs (QEMUs outlive the daemon); gone with the daemon otherwise.
       firewall?.stopWatching();
+      disks?.source.stop();
       if (firewall && (await firewall.removeIf(() => !manager.hasVms()).catch(() => false))) log.info({ table: firewall.table }, 'guest firewall removed: no VM left');
       httpServer.close();
       await Promise.race([tracing.shutdown(), new Promise((r) => setTimeout(r, STOP_TRACES_MS))]);

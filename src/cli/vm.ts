@@ -18,7 +18,7 @@ Commands:
   create [flags]          create a VM (flags below), print its id and forwarded port
   rm ID                   remove a VM
   info ID                 state, pid, port, TTL, exit, SEV-SNP/TDX/plain (and why), kernel
-                          command line and GPU of a VM
+                          command line, GPU and disk of a VM
   policy ID [-o FILE]     the VM's attestation policy: written to FILE, or shown decoded
   ls                      all VMs of the daemon
   events [--count N]      the current VMs, then every change of state as it happens
@@ -151,9 +151,18 @@ interface VmStatusOut {
   kernel_cmd: string;
   exit_cause: string;
   pause_reason: string;
+  disk: { file: string; kind: string; format: string; virtual_size: string; source: string; source_sha384: string } | null;
   gpu: string;
   cvm_kind: string;
   cvm_decision: string;
+}
+
+/** The rows of `vm info` about the VM's own disk: its file, and the source it was made from, pinned. */
+function diskRows(d: VmStatusOut['disk']): string[][] {
+  if (!d) return [];
+  const gib = (Number(d.virtual_size) / 1024 ** 3).toFixed(1).replace(/\.0$/, '');
+  const kind = d.kind === 'overlay' ? 'qcow2 overlay on the source' : `${d.format} copy of the source`;
+  return [['disk', `${d.file} (${kind}, ${gib} GiB virtual)`], ['disk source', d.source], ['disk source sha384', d.source_sha384]];
 }
 
 interface VmEventOut {
@@ -242,7 +251,7 @@ export async function vmCommand(args: string[]): Promise<string> {
           ['ttl deadline', s.ttl_deadline || '(none)'],
           ['exit', s.has_exit ? `${s.exit_cause || 'unknown'} (${s.exit_signal || `code ${s.exit_code}`})` : '(none)'],
           ['confidential computing', s.cvm_decision ? `${s.cvm_kind} (${s.cvm_decision})` : s.cvm_kind],
-          ['kernel command line', s.kernel_cmd], ['gpu', s.gpu || '(none)'], ['cpu', `${i.cpu_num} x ${i.cpu_type}`], ['ovmf', String(i.ovmf_version)], ['eos', String(i.eos_version) || '(unset)'],
+          ['kernel command line', s.disk ? "(the disk's own boot loader's)" : s.kernel_cmd], ['gpu', s.gpu || '(none)'], ...diskRows(s.disk), ['cpu', `${i.cpu_num} x ${i.cpu_type}`], ['ovmf', String(i.ovmf_version)], ['eos', String(i.eos_version) || '(unset)'],
         ]);
       }
       case 'policy': {

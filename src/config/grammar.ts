@@ -177,6 +177,23 @@ export function byteSize(min: number, minText: string): Grammar<number> {
   });
 }
 
+/** A size in bytes as QEMU writes it (a bare number is MiB), or 0 (off). */
+export const sizeOrZero: Grammar<number> = grammar((input) => {
+  if (input.trim() === '0') return 0;
+  try {
+    return Number(sizeInBytes(qemuSize.parse(input), 'M'));
+  } catch {
+    throw expected(`0 (off) or ${SIZE_HELP}`);
+  }
+});
+
+/** A qemu-img format name (qcow2, raw, ...): also part of a file name, so letters and digits only. */
+export const imageFormat: Grammar<string> = grammar((input) => {
+  const v = input.trim();
+  if (!/^[a-z][a-z0-9]{0,15}$/.test(v)) throw expected('an image format name of qemu-img, like qcow2 or raw');
+  return v;
+});
+
 export const ratio: Grammar<number> = grammar((input) => {
   const v = input.trim();
   const n = Number(v);

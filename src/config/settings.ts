@@ -16,6 +16,7 @@ import {
   hexBytes,
   idRange,
   integer,
+  imageFormat,
   listenPort,
   localAllowList,
   mapped,
@@ -31,6 +32,7 @@ import {
   qemuSize,
   ratio,
   slogLevel,
+  sizeOrZero,
   text,
   uint32,
   uint64,
@@ -60,6 +62,21 @@ function tdx(name: string, bytes: number, doc: string) {
 }
 
 const Q = 'MANAGER_QEMU_';
+
+/**
+ * The writable disk of each VM (the Go manager's DiskConfig and ENABLE_DISK): when enabled a VM
+ * boots from its own disk, made from the source at CreateVm, instead of -kernel/-initrd.
+ */
+function vmDisk() {
+  return {
+    enabled: setting({ env: `${Q}ENABLE_DISK`, grammar: boolean, default: 'false', doc: 'boot each VM from a disk of its own (made from SRC_DISK_FILE) instead of the kernel and initramfs' }),
+    srcFile: setting({ env: `${Q}SRC_DISK_FILE`, grammar: text, default: 'img/enc_os.qcow2', doc: 'qcow2 image every VM disk is made from; never written' }),
+    dstFile: setting({ env: `${Q}DST_DISK_FILE`, grammar: text, default: '', doc: 'accepted for the Go manager\'s env files and not used (each VM\'s disk is in its directory)' }),
+    id: setting({ env: `${Q}DISK_ID`, grammar: text, default: 'disk0', doc: 'id of the disk drive (-drive id=)' }),
+    format: setting({ env: `${Q}DISK_FORMAT`, grammar: imageFormat, default: 'qcow2', doc: 'format of each VM disk: qcow2 (an overlay on the source) or another qemu-img format (a full copy)' }),
+    scsiId: setting({ env: `${Q}DISK_SCSI_ID`, grammar: text, default: 'scsi0', doc: 'id of the virtio-scsi-pci controller of the disk' }),
+  };
+}
 
 export const SETTINGS = {
   logLevel: setting({ env: 'MANAGER_LOG_LEVEL', grammar: slogLevel, default: 'info', doc: 'debug, info, warn or error, in any case; Go\'s slog offsets (INFO+2, DEBUG-4) too' }),
@@ -137,6 +154,7 @@ export const SETTINGS = {
       addr: setting({ env: `${Q}VIRTIO_NET_PCI_ADDR`, grammar: text, default: '0x2', doc: 'PCI address of virtio-net-pci' }),
       romfile: setting({ env: `${Q}VIRTIO_NET_PCI_ROMFILE`, grammar: text, default: '', doc: 'ROM file of virtio-net-pci' }),
     },
+    disk: vmDisk(),
     kernelFile: setting({ env: `${Q}DISK_IMG_KERNEL_FILE`, grammar: text, default: 'img/bzImage', doc: 'guest kernel' }),
     rootfsFile: setting({ env: `${Q}DISK_IMG_ROOTFS_FILE`, grammar: text, default: 'img/rootfs.cpio.gz', doc: 'guest initramfs' }),
     kernelCmdline: setting({ env: `${Q}KERNEL_CMDLINE`, grammar: text, default: 'quiet console=null', doc: 'guest kernel command line' }),
@@ -163,6 +181,7 @@ export const SETTINGS = {
     monitor: setting({ env: `${Q}MONITOR`, grammar: text, default: 'pty', doc: '-monitor value' }),
   },
   stateDir: setting({ env: 'MANAGER_STATE_DIR', grammar: nonBlankText('a directory path'), default: '/var/lib/cocos-manager', doc: 'where per-VM state, shares and firmware copies live (directories 0700)' }),
+  diskFreeReserve: setting({ env: 'MANAGER_DISK_FREE_RESERVE', grammar: sizeOrZero, default: '2G', doc: 'free space CreateVm leaves on the state directory\'s file system when it makes a VM disk; 0: no check' }),
   // At most 5m: the systemd unit's TimeoutStopSec is sized for the longest stop this allows.
   startTimeoutMs: setting({ env: `${Q}START_TIMEOUT`, grammar: boundedDuration(MAX_START_TIMEOUT_MS, '5m'), default: '10s', doc: 'how long CreateVm waits for QEMU to be up and listening on the forwarded port' }),
   stopTimeoutMs: setting({ env: `${Q}STOP_TIMEOUT`, grammar: positiveDuration, default: '30s', doc: 'how long a stop waits after QMP quit (SIGTERM where QMP is down) before SIGKILL' }),

@@ -8,6 +8,8 @@ import path from 'node:path';
 import { SANDBOX_OPTION } from '../qemu/args.js';
 import { probeSandbox } from '../vm/qemu-version.js';
 import { loadExeca } from '../vm/spawner.js';
+import { QemuImg } from '../vm/qemu-img.js';
+import { SOURCE_FORMAT } from '../manager/disk-source.js';
 import { checkSharing, resolveQemuUser } from './qemu-user.js';
 import type { Config, QemuConfig } from '../config/types.js';
 import { gpuChecks } from './gpu-checks.js';
@@ -99,7 +101,7 @@ async function checkQemu(qemu: string, q: QemuConfig, results: CheckResult[], sa
     needObject('tdx-guest', 'TDX guests with a quote-generation socket need QEMU 10.1 or later');
     needObject('memory-backend-memfd', 'QEMU built without memfd support');
   }
-  for (const dev of deviceList.failure ? [] : ['virtio-net-pci', 'virtio-9p-pci']) {
+  for (const dev of deviceList.failure ? [] : ['virtio-net-pci', 'virtio-9p-pci', ...(q.disk.enabled ? ['virtio-scsi-pci', 'scsi-hd'] : [])]) {
     results.push(devices.includes(`"${dev}"`) ? pass(`qemu device ${dev}`, 'supported') : fail(`qemu device ${dev}`, 'not supported by this QEMU', 'use a QEMU built with virtio and 9P (virtfs) support'));
   }
   if (!sandbox) return;
@@ -167,14 +169,55 @@ export async function preflight(config: Config, portIsFree?: (port: number) => P
     results.push(await readable('OVMF code', q.ovmfCode.file, 'MANAGER_QEMU_OVMF_CODE_FILE'));
     results.push(await readable('OVMF variables', q.ovmfVars.file, 'MANAGER_QEMU_OVMF_VARS_FILE'));
   }
-  results.push(await readable('guest kernel', q.kernelFile, 'MANAGER_QEMU_DISK_IMG_KERNEL_FILE'));
-  results.push(await readable('guest initramfs', q.rootfsFile, 'MANAGER_QEMU_DISK_IMG_ROOTFS_FILE'));
+  if (q.disk.enabled) {
+    results.push(...(await diskChecks(q)));
+  } else {
+    results.push(await readable('guest kernel', q.kernelFile, 'MANAGER_QEMU_DISK_IMG_KERNEL_FILE'));
+    results.push(await readable('guest initramfs', q.rootfsFile, 'MANAGER_QEMU_DISK_IMG_ROOTFS_FILE'));
+  }
 
   if (portIsFree) await checkPorts(results, config, portIsFree);
   results.push(await stateDirCheck(config.stateDir));
   results.push(...(await isolationChecks(config)));
   results.push(...gpuChecks(config));
   return results;
+}
+
+/**
+ * A disk boot (MANAGER_QEMU_ENABLE_DISK): qemu-img makes the disks, and the source they are made
+ * from must be a qcow2 image that only root can write: written in place, every VM disk made on
+ * it is corrupt (the daemon refuses CreateVm then), so no one else should be able to.
+ */
+async function diskChecks(q: QemuConfig): Promise<CheckResult[]> {
+  const out: CheckResult[] = [];
+  const tool = await findOnPath('qemu-img');
+  out.push(tool ? pass('qemu-img', tool) : fail('qemu-img', 'not found', 'apt-get install qemu-utils (make system-deps)'));
+  const src = q.disk.srcFile;
+  const setting = 'MANAGER_QEMU_SRC_DISK_FILE';
+  const readableSource = await readable('disk source', src, setting);
+  if (readableSource.status !== 'pass') return [...out, readableSource];
+  if (tool) {
+    try {
+      const info = await new QemuImg(tool).info(src);
+      out.push(
+        info.format !== SOURCE_FORMAT
+          ? fail('disk source', `${src} is a ${info.format} image`, `give a ${SOURCE_FORMAT} image (qemu-img convert -O ${SOURCE_FORMAT}) in ${setting}`)
+          : info.backingFile !== undefined
+            ? fail('disk source', `${src} is an overlay on ${info.backingFile}`, `give a whole image (qemu-img convert) in ${setting}`)
+            : pass('disk source', `${src} (${SOURCE_FORMAT}, ${info.virtualSize} bytes virtual)`),
+      );
+    } catch (err) {
+      out.push(fail('disk source', (err as Error).message, `give a ${SOURCE_FORMAT} image in ${setting}`));
+    }
+  }
+  const st = await fs.stat(src);
+  const others = (st.mode & 0o022) !== 0 || (st.uid !== 0 && (st.mode & 0o200) !== 0);
+  out.push(
+    others
+      ? warn('disk source owner', `${src} is writable by ${st.uid !== 0 ? `uid ${st.uid}` : 'its group or others'} (mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}, uid ${st.uid}): written in place, every VM disk made on it is corrupt`, `chown root:root ${src} && chmod 0644 ${src}; to update it, rename a new file over it`)
+      : pass('disk source owner', `only root can write ${src}`),
+  );
+  return out;
 }
 
 async function checkPorts(results: CheckResult[], config: Config, portIsFree: (port: number) => Promise<boolean>): Promise<void> {

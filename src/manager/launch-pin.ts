@@ -2,7 +2,9 @@
  * Pins what a VM was launched from, in its record, so that its attestation policy describes
  * that launch and not whatever the files on the host hold later: the SHA-384 of every file its
  * QEMU command line loads into the guest (IGVM, firmware, kernel, initramfs) and, for SEV-SNP,
- * igvmmeasure's launch digest of that IGVM content.
+ * igvmmeasure's launch digest of that IGVM content. A VM that boots from its own disk boots
+ * what the disk's source holds (no kernel or initramfs): its pin is the source's digest, taken
+ * when the source was pinned (src/manager/disk-source.ts), never hashed again per VM.
  *
  * At CreateVm the files are opened, and their identities taken, before QEMU starts; they are
  * hashed (and measured) while QEMU starts, and checked untouched once QEMU is ready (its main
@@ -16,6 +18,7 @@ import type { LaunchPin, PinnedFile, VmRecord } from '../vm/vm-record.js';
 import { ManagerError } from './errors.js';
 import { assertUnchanged, FileChangedError, type HashedFile, type HashingFile, hashFile, startHashing } from './file-digest.js';
 import type { IgvmMeasurer } from '../host/igvm-measurement.js';
+import { sourceStillIs } from './disk-source.js';
 
 /** A pin taken at CreateVm, to be confirmed once QEMU has loaded its files. */
 export interface PendingPin {
@@ -29,6 +32,7 @@ const SETTING: Record<PinnedFile['role'], string> = {
   firmware: 'MANAGER_QEMU_OVMF_CODE_FILE / MANAGER_QEMU_OVMF_FILE',
   kernel: 'MANAGER_QEMU_DISK_IMG_KERNEL_FILE',
   initramfs: 'MANAGER_QEMU_DISK_IMG_ROOTFS_FILE',
+  disk: 'MANAGER_QEMU_SRC_DISK_FILE',
 };
 
 function reason(err: unknown): string {
@@ -56,6 +60,14 @@ export class LaunchPinner {
               `the ${input.role} file ${JSON.stringify(input.path)} (${SETTING[input.role]}) changed while the VM was starting (${reason(err)}): what QEMU loaded is not known, so the VM was not kept; try again`,
             );
           }
+        }
+        // QEMU opened the disk's backing file by now: still the content the disk was made on?
+        const source = record.disk?.source;
+        if (source && !(await sourceStillIs(source))) {
+          throw new ManagerError(
+            'failed-precondition',
+            `the disk source ${JSON.stringify(source.path)} (${SETTING.disk}) changed while the VM was starting: what its disk holds is not known, so the VM was not kept; try again`,
+          );
         }
       },
     };
@@ -133,6 +145,8 @@ export class LaunchPinner {
       }),
     );
     const files: PinnedFile[] = results.map((r) => ({ role: r.input.role, path: r.input.path, sha384: null, error: r.error }));
+    const disk = record.disk?.source;
+    if (disk) files.push({ role: 'disk', path: disk.path, sha384: disk.sha384, error: null });
     const pin: LaunchPin = { takenAt, at: new Date().toISOString(), files, snpLaunchMeasurement: null, measurementError: null };
     const opened = results.flatMap((r) => (r.file ? [{ input: r.input, file: r.file }] : []));
 

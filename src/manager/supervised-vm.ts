@@ -1,11 +1,11 @@
 /**
  * One VM, owned in one place: its state machine (the only way its state changes), its QEMU
- * (a VmHandle), its TTL, what it holds (a forwarded port, its own uid, a GPU) and its record, which
+ * (a VmHandle), its TTL, what it holds (a forwarded port, its own uid, a GPU, its disk) and its record, which
  * holds its facts once (written to disk once QEMU is up). Built the same way for a launch and
  * for an adoption; the registry only keeps the map.
  */
 import type { Logger } from 'pino';
-import type { VmIdentity, VmRecord } from '../vm/vm-record.js';
+import type { VmDisk, VmIdentity, VmRecord } from '../vm/vm-record.js';
 import type { VmPaths } from '../vm/vm-dir.js';
 import { ManagerError } from './errors.js';
 import type { Gpu, GpuPool } from './gpu-pool.js';
@@ -14,6 +14,7 @@ import type { PortPool } from './port-pool.js';
 import { TtlTimer } from './ttl-timer.js';
 import type { UidPool } from './uid-pool.js';
 import type { ProcessExit, VmHandle } from './vm-driver.port.js';
+import type { VmDiskHolder } from './vm-disks.js';
 import type { VmFiles } from './vm-files.js';
 import { type ExitCause, type Transition, type VmInput, type VmState, VmStateMachine } from './vm-state.js';
 
@@ -29,6 +30,8 @@ export interface VmStatusView {
   kernelCmdline: string;
   /** While paused: why QEMU paused the guest by itself (guest panic, an I/O error); null otherwise. */
   pauseReason: string | null;
+  /** The VM's own disk (its file, and the source it was made from, pinned); null for a kernel boot. */
+  disk: VmDisk | null;
   /** The host GPU it holds (PCI address); null: none, or its QEMU is gone. */
   gpu: string | null;
   /** What it was launched as, and how that was decided (null: by a daemon that did not record it). */
@@ -51,6 +54,8 @@ export interface VmSurroundings {
   powerdownTimeoutMs: number;
   ports: PortPool;
   uids: UidPool | undefined;
+  /** VM disks (MANAGER_QEMU_ENABLE_DISK); absent: none are made, but re-adopted ones are still removed with their VMs. */
+  disks?: VmDiskHolder;
   gpus: GpuPool;
   files: VmFiles;
   observer: ManagerObserver;
@@ -69,6 +74,7 @@ export class SupervisedVm {
   private removing: Promise<void> | undefined;
   private portHeld = false;
   private uidHeld: number | undefined;
+  private diskHeld = false;
   private gpuHeld = false;
   /** The record is on disk (QEMU is up): later changes are written too. */
   private persisted = false;
@@ -82,7 +88,7 @@ export class SupervisedVm {
     private readonly around: VmSurroundings,
     initial: VmState,
   ) {
-    this.machine = new VmStateMachine(initial);
+    this.machine = new VmStateMachine(initial, () => record.disk?.id);
   }
 
   /** A VM about to be launched: its record as far as the request says, nothing held yet. */
@@ -100,6 +106,7 @@ export class SupervisedVm {
     around.ports.hold(record.hostPort);
     vm.portHeld = true;
     if (record.runAs) vm.holdUid(record.runAs);
+    if (record.disk) vm.holdDisk(record.disk);
     if (record.gpu) {
       around.gpus.hold(record.gpu, record.id, Boolean(record.runAs));
       vm.gpuHeld = true;
@@ -146,6 +153,27 @@ export class SupervisedVm {
   holdUid(identity: VmIdentity): void {
     this.record.runAs = identity;
     this.uidHeld = identity.uid;
+  }
+
+  /** The VM's own disk, in its directory: it goes with the directory, after QEMU. */
+  holdDisk(disk: VmDisk): void {
+    this.record.disk = disk;
+    this.diskHeld = true;
+    this.around.disks?.hold(this.id, disk);
+  }
+
+  /** A rolled-back launch: the disk's file goes, and with it what depends on its source. */
+  async removeDisk(): Promise<void> {
+    const disk = this.record.disk;
+    if (!this.diskHeld || !disk) return;
+    await this.around.disks?.remove(disk);
+    this.releaseDisk();
+  }
+
+  releaseDisk(): void {
+    if (!this.diskHeld) return;
+    this.diskHeld = false;
+    this.around.disks?.release(this.id);
   }
 
   /** QEMU is spawned (not up yet). */
@@ -295,6 +323,7 @@ export class SupervisedVm {
         `QEMU is stopped but the VM's directory ${this.paths.dir} could not be removed (${(err as NodeJS.ErrnoException).code ?? String(err)}); call RemoveVm again once the state directory is writable`,
       );
     }
+    this.releaseDisk(); // its file went with the directory
     this.releaseUid();
     this.around.changed(this, { from: this.machine.state, to: 'removed', reason: cause === 'ttl' ? 'TTL expired' : 'RemoveVm' });
     this.log.info({ cause: this.machine.cause }, 'VM removed');
@@ -331,6 +360,7 @@ export class SupervisedVm {
   discard(reason: string): void {
     this.apply({ kind: 'start-failed' });
     this.releasePort();
+    this.releaseDisk();
     this.releaseGpu();
     this.releaseUid();
     this.around.changed(this, { from: this.machine.state, to: 'removed', reason });
@@ -379,6 +409,7 @@ export class SupervisedVm {
       exit: e ? { code: e.code, signal: e.signal, at: e.at, cause: e.cause ?? this.machine.cause ?? 'unknown' } : null,
       kernelCmdline: r.kernelCmdline,
       pauseReason: this.machine.pauseReason ?? null,
+      disk: r.disk ?? null,
       gpu: this.gpuHeld ? (r.gpu?.bdf ?? null) : null,
       cvmKind: r.launch.kind,
       cvmDecision: r.launch.decision ?? null,

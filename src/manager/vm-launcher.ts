@@ -1,8 +1,8 @@
 /**
- * CreateVm: a slot, a port, a uid, a GPU (when the host has any), the VM's directory and shares,
+ * CreateVm: a slot, a port, a uid, a GPU (when the host has any), the VM's directory and shares, its disk (MANAGER_QEMU_ENABLE_DISK),
  * QEMU (through the driver) and QEMU's word that it runs. Each step is traced and registers its
  * undo; if a later step fails, the undos run in reverse and nothing is left: no directory, no
- * port, no slot, no uid, no GPU.
+ * port, no slot, no uid, no GPU, no disk.
  */
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
@@ -13,7 +13,7 @@ import { inSpan } from '../telemetry/spans.js';
 import { shellCommandLine } from '../util/shell-quote.js';
 import { sizeInBytes } from '../util/size.js';
 import { type LockedMemoryLimit, vfioLockedMemory } from '../isolation/locked-memory.js';
-import { VarsTemplateError, vmPaths } from '../vm/vm-dir.js';
+import { type QemuAccess, VarsTemplateError, vmPaths } from '../vm/vm-dir.js';
 import type { VmRecord } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
@@ -21,6 +21,7 @@ import type { Gpu } from './gpu-pool.js';
 import type { GuestIsolation } from './guest-isolation.js';
 import { SupervisedVm, type VmSurroundings } from './supervised-vm.js';
 import { UndoStack } from './undo-stack.js';
+import type { VmDiskHolder } from './vm-disks.js';
 import { DriverError, type ProcessExit, type QemuFlavor, type VmDriver } from './vm-driver.port.js';
 import type { VmRegistry } from './vm-registry.js';
 import { SECCOMP_KILL } from './vm-state.js';
@@ -78,7 +79,8 @@ export class VmLauncher {
       pidStartTime: null,
       command: [],
       hostPort: 0,
-      kernelCmdline: kernelCommandLine(q, req.aaKbsParams),
+      // A disk boots with the command line of its own boot loader: the manager gives it none.
+      kernelCmdline: q.disk.enabled ? '' : kernelCommandLine(q, req.aaKbsParams),
       createdAt,
       expiresAt: req.ttlMs === undefined ? null : new Date(Date.parse(createdAt) + req.ttlMs).toISOString(),
       exit: null,
@@ -123,17 +125,19 @@ export class VmLauncher {
     }
     const gpu = await this.allocateGpu(vm, undo, runAs);
     timings.port = at();
+    const access = runAs ? { uid: runAs.uid, gid: runAs.gid } : this.qemuGid !== undefined ? { gid: this.qemuGid } : undefined;
     await inSpan('write-shares', async () => {
       // A directory made in part is removed too.
       undo.push("the VM's directory", () => this.around.files.remove(paths.dir));
       const plain = !q.enableSevSnp && !q.enableTdx;
-      const access = runAs ? { uid: runAs.uid, gid: runAs.gid } : this.qemuGid !== undefined ? { gid: this.qemuGid } : undefined;
       try {
         await this.around.files.create(paths, vm.id, req, plain ? q.ovmfVars.file : undefined, access);
       } catch (err) {
         throw fileError(err, paths.dir);
       }
     });
+    const diskFile = q.disk.enabled ? await createDisk(this.around.disks, vm, req, access, undo) : undefined;
+    timings.disk = at();
     // Read once per daemon: the option forms and the sandbox this binary takes.
     const flavor: QemuFlavor = await inSpan('probe-qemu', async () => {
       try {
@@ -152,6 +156,7 @@ export class VmLauncher {
         shares: { certsDir: paths.certsDir, envDir: paths.envDir },
         qmp: { socketPath: paths.qmpSocket, form: flavor.form },
         sandbox: flavor.sandbox.supported,
+        diskFile,
         gpu: gpu?.gpu.bdf,
       }),
     ];
@@ -242,6 +247,28 @@ export class VmLauncher {
       return { gpu, lockedMemory: memory.bytes };
     });
   }
+}
+
+/** The VM's own disk, made in its directory from the pinned source; undone with the launch. */
+async function createDisk(
+  disks: VmDiskHolder | undefined,
+  vm: SupervisedVm,
+  req: VmRequest,
+  access: QemuAccess | undefined,
+  undo: UndoStack,
+): Promise<string> {
+  // As in Go, nothing of the argv reaches a disk-booted guest; the environment file does.
+  if (req.aaKbsParams !== '') {
+    vm.log.warn({ field: 'aa_kbs_params' }, 'aa_kbs_params is not passed to a VM that boots from its disk: it travels on the kernel command line (-append), which a disk boot has not (its boot loader\'s is fixed); the guest\'s attestation agent does not get it');
+  }
+  return inSpan('create-disk', async (span) => {
+    if (!disks) throw new ManagerError('internal', 'MANAGER_QEMU_ENABLE_DISK is set but this manager was given no VM disks');
+    const disk = await disks.create(vm.paths.dir, access, vm.log);
+    vm.holdDisk(disk);
+    undo.push("the VM's disk", () => vm.removeDisk());
+    span.setAttribute('cocos.disk_kind', disk.kind);
+    return disk.file;
+  });
 }
 
 export function describeExit(info: ProcessExit): string {

@@ -20,6 +20,7 @@ import type { PortPool } from './port-pool.js';
 import { findLeftovers, type Leftover, mayStillRun, orphansToReserve, type RecoveryResult, recoverVms } from './recovery.js';
 import type { SupervisedVm, VmStatusView, VmSurroundings } from './supervised-vm.js';
 import type { QemuFlavor, VmDriver } from './vm-driver.port.js';
+import type { VmDiskHolder } from './vm-disks.js';
 import { diskFiles, type VmFiles } from './vm-files.js';
 import { VmLauncher } from './vm-launcher.js';
 import { type VmEvent, VmRegistry } from './vm-registry.js';
@@ -58,6 +59,8 @@ export class VmManager implements ManagerService {
       /** Under MANAGER_QEMU_USE_SUDO: the group of the user QEMU runs as (src/host/qemu-user.ts). */
       qemuGid?: number;
       files?: VmFiles;
+      /** Each VM's own disk (MANAGER_QEMU_ENABLE_DISK): src/manager/vm-disks.ts. */
+      disks?: VmDiskHolder;
       /** The host's GPUs (MANAGER_QEMU_GPU_BDF, checked at start); none by default. */
       gpus?: GpuPool;
       /** The daemon's RLIMIT_MEMLOCK, for GPU VMs (src/host/locked-memory.ts). */
@@ -76,6 +79,7 @@ export class VmManager implements ManagerService {
       uids: opts.isolation?.uids,
       gpus,
       files: opts.files ?? diskFiles,
+      disks: opts.disks,
       observer: opts.observer ?? NO_OBSERVER,
       track: (p) => this.track(p),
       changed: (vm, c) => this.registry.changed(vm, c),

@@ -68,7 +68,11 @@ export class VmStateMachine {
   /** Why QEMU paused the guest by itself (a panic, an I/O error), while paused. */
   private pausedBecause: string | undefined;
 
-  constructor(initial: VmState = 'starting') {
+  constructor(
+    initial: VmState = 'starting',
+    /** The id of the VM's own disk drive (MANAGER_QEMU_DISK_ID), named as such in a pause's reason. */
+    private readonly diskId: () => string | undefined = () => undefined,
+  ) {
     this.current = initial;
   }
 
@@ -138,7 +142,7 @@ export class VmStateMachine {
           case 'BLOCK_IO_ERROR':
             // werror/rerror=stop: QEMU pauses the guest until the disk is fixed and it is resumed.
             if (input.data.action === 'stop') {
-              this.pausedBecause = ioErrorReason(input.data);
+              this.pausedBecause = ioErrorReason(input.data, this.diskId());
               if (from === 'running') to = 'paused';
             }
             break;
@@ -178,8 +182,10 @@ const PAUSED_STATUS: Record<string, string> = {
   watchdog: 'guest watchdog',
 };
 
-function ioErrorReason(d: Record<string, unknown>): string {
-  const device = typeof d.device === 'string' && d.device !== '' ? d.device : typeof d['node-name'] === 'string' ? d['node-name'] : 'a disk';
+function ioErrorReason(d: Record<string, unknown>, diskId: string | undefined): string {
+  let device = typeof d.device === 'string' && d.device !== '' ? d.device : typeof d['node-name'] === 'string' ? d['node-name'] : 'a disk';
+  // QEMU names the drive by its -drive id: say which disk that is (a full state directory, mostly).
+  if (diskId !== undefined && device === diskId) device = `the VM's disk ${device}`;
   const what = d.nospace === true ? 'no space left' : typeof d.reason === 'string' ? d.reason : 'error';
   return `I/O error on ${device} (${typeof d.operation === 'string' ? `${d.operation}, ` : ''}${what})`;
 }

@@ -21,6 +21,8 @@ export interface VmLaunch {
   qmp?: { socketPath: string; form: QmpForm };
   /** Whether the binary takes SANDBOX_OPTION (found by a trial start: src/vm/qemu-version.ts). */
   sandbox?: boolean;
+  /** The VM's own disk (MANAGER_QEMU_ENABLE_DISK): its file, in the VM's directory. */
+  diskFile?: string;
   /** The PCI address of the host GPU the VM is given (VFIO passthrough); absent: none. */
   gpu?: string;
 }
@@ -46,9 +48,25 @@ export function kernelCommandLine(q: QemuConfig, aaKbsParams = ''): string {
   return aaKbsParams === '' ? q.kernelCmdline : `${q.kernelCmdline} agent.aa_kbc_params=${aaKbsParams}`;
 }
 
-/** The per-VM values of the template command line: what the daemon logs at start and `qemu-args` prints. */
+/**
+ * The per-VM values of the template command line: what the daemon logs at start and `qemu-args`
+ * prints. As the variables file is the template of each VM's copy, the disk is the source of each VM's.
+ */
 export function templateLaunch(q: QemuConfig, sandbox = false, gpu?: string): VmLaunch {
-  return { hostPort: q.hostFwdAgent, ovmfVarsFile: q.ovmfVars.file, sandbox, gpu };
+  return { hostPort: q.hostFwdAgent, ovmfVarsFile: q.ovmfVars.file, sandbox, gpu, diskFile: q.disk.srcFile };
+}
+
+/**
+ * The disk, as the Go manager attaches it (config.go, EnableDisk): a drive with no interface of
+ * its own, a virtio-scsi controller fit for a confidential guest (modern virtio only, DMA through
+ * the platform), and the disk on that controller's bus.
+ */
+export function diskArgs(d: QemuConfig['disk'], file: string): string[] {
+  return [
+    '-drive', `file=${e(file)},if=none,id=${e(d.id)},format=${e(d.format)}`,
+    '-device', `virtio-scsi-pci,id=${e(d.scsiId)},disable-legacy=on,iommu_platform=true`,
+    '-device', `scsi-hd,drive=${e(d.id)},bus=${e(d.scsiId)}.0`,
+  ];
 }
 
 export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
@@ -72,6 +90,11 @@ export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
     '-device',
     `virtio-net-pci,disable-legacy=${n.disableLegacy},iommu_platform=${n.iommuPlatform},netdev=${e(q.netdevId)},addr=${e(n.addr)},romfile=${e(n.romfile)}`,
   );
+  if (q.disk.enabled) {
+    // Never the source in its place: QEMU would write it.
+    if (vm.diskFile === undefined) throw new Error('a VM with MANAGER_QEMU_ENABLE_DISK needs its own disk file');
+    args.push(...diskArgs(q.disk, vm.diskFile));
+  }
   // Where Go puts it: after the network (and the disk), before SEV-SNP and TDX.
   if (vm.gpu) args.push(...gpuArgs(q.gpu, vm.gpu));
 
@@ -101,9 +124,12 @@ export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
     args.push('-nodefaults');
   }
 
-  args.push('-kernel', q.kernelFile);
-  args.push('-append', kernelCommandLine(q, vm.aaKbsParams));
-  args.push('-initrd', q.rootfsFile);
+  // A disk boots with its own boot loader and command line (aa_kbs_params has no way in, as in Go).
+  if (!q.disk.enabled) {
+    args.push('-kernel', q.kernelFile);
+    args.push('-append', kernelCommandLine(q, vm.aaKbsParams));
+    args.push('-initrd', q.rootfsFile);
+  }
   if (q.noGraphic) args.push('-nographic');
   args.push('-monitor', q.monitor);
 

@@ -41,8 +41,36 @@ export interface VmRecord {
    * VM started before it existed).
    */
   runAs?: VmIdentity | null;
+  /** The VM's own disk (MANAGER_QEMU_ENABLE_DISK); null or absent: a kernel boot. */
+  disk?: VmDisk | null;
   /** The host GPU passed through to the VM (VFIO) and its IOMMU group; null or absent: none. */
   gpu?: VmGpu | null;
+}
+
+/**
+ * A VM's disk: a file of its directory, made at CreateVm from the source, which is pinned: its
+ * identity and SHA-384 as they were when the disk was made on it.
+ */
+export interface VmDisk {
+  /** The drive's id (-drive id=): what QEMU names it by in its events. */
+  id: string;
+  file: string;
+  format: string;
+  /** 'overlay': qcow2 whose backing file is the source (which must then never change); 'copy': a whole copy. */
+  kind: 'overlay' | 'copy';
+  /** The disk's virtual size in bytes: the source's, plus room. */
+  virtualSize: number;
+  source: DiskSourceIdentity;
+}
+
+/** The source of a VM's disk as it was pinned: what the disk was made of. Numbers as decimal text. */
+export interface DiskSourceIdentity {
+  path: string;
+  sha384: string;
+  dev: string;
+  ino: string;
+  size: string;
+  mtimeNs: string;
 }
 
 export interface VmGpu {
@@ -59,7 +87,7 @@ export interface VmIdentity {
 
 /** One file QEMU was given, by its SHA-384; `error` says why there is no digest. */
 export interface PinnedFile {
-  role: 'igvm' | 'firmware' | 'kernel' | 'initramfs';
+  role: 'igvm' | 'firmware' | 'kernel' | 'initramfs' | 'disk';
   path: string;
   sha384: string | null;
   error: string | null;
@@ -112,7 +140,7 @@ function recordSchema(): Promise<Z.ZodType<VmRecord>> {
           at: z.iso.datetime(),
           files: z.array(
             z.object({
-              role: z.enum(['igvm', 'firmware', 'kernel', 'initramfs']),
+              role: z.enum(['igvm', 'firmware', 'kernel', 'initramfs', 'disk']),
               path: z.string(),
               sha384: z.string().regex(/^[0-9a-f]{96}$/).nullable(),
               error: z.string().nullable(),
@@ -124,6 +152,24 @@ function recordSchema(): Promise<Z.ZodType<VmRecord>> {
         .optional(),
       runAs: z
         .object({ uid: z.number().int().positive(), gid: z.number().int().positive(), groups: z.array(z.number().int().nonnegative()) })
+        .nullable()
+        .optional(),
+      disk: z
+        .object({
+          id: z.string(),
+          file: z.string().min(1),
+          format: z.string().min(1),
+          kind: z.enum(['overlay', 'copy']),
+          virtualSize: z.number().int().nonnegative(),
+          source: z.object({
+            path: z.string(),
+            sha384: z.string().regex(/^[0-9a-f]{96}$/),
+            dev: z.string().regex(/^\d+$/),
+            ino: z.string().regex(/^\d+$/),
+            size: z.string().regex(/^\d+$/),
+            mtimeNs: z.string().regex(/^\d+$/),
+          }),
+        })
         .nullable()
         .optional(),
       gpu: z

@@ -103,6 +103,9 @@ function toVmStatus(v: VmStatusView): VmStatus {
     kernel_cmd: v.kernelCmdline,
     exit_cause: v.exit?.cause ?? '',
     pause_reason: v.pauseReason ?? '',
+    disk: v.disk
+      ? { file: v.disk.file, kind: v.disk.kind, format: v.disk.format, virtual_size: String(v.disk.virtualSize), source: v.disk.source.path, source_sha384: v.disk.source.sha384 }
+      : null,
     gpu: v.gpu ?? '',
     cvm_kind: v.cvmKind,
     cvm_decision: v.cvmDecision ?? '',
