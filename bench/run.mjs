@@ -163,7 +163,7 @@ async function freshConnection(port) {
 async function guestPeerCheck(env) {
   const VMS = quick ? 5 : 20;
   // Two daemons with the same history, the check on in one and off in the other.
-  const start = (refuse) => startDaemon({ ...env, MANAGER_REFUSE_GUEST_CALLS: refuse, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(VMS + 5), MANAGER_STATE_DIR: tmpDir('cocos-bench-peer-') }, { nodeFlags: NODE_FLAGS });
+  const start = (refuse) => startDaemon({ ...env, MANAGER_REFUSE_GUEST_CALLS: refuse, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(VMS + 5), MANAGER_VM_UID_RANGE: nextUidRange(VMS + 5), MANAGER_STATE_DIR: tmpDir('cocos-bench-peer-') }, { nodeFlags: NODE_FLAGS });
   const on = await start('true');
   const off = await start('false');
   const onClient = on.client();
@@ -226,7 +226,7 @@ async function guestPeerCheck(env) {
 async function isolationCost(env) {
   if (process.getuid?.() !== 0) return log('guest isolation: not root, figure skipped');
   const n = quick ? 20 : 60;
-  const start = (on) => startDaemon({ ...env, MANAGER_GUEST_ISOLATION: on, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(10), MANAGER_STATE_DIR: tmpDir('cocos-bench-iso-') }, { nodeFlags: NODE_FLAGS });
+  const start = (on) => startDaemon({ ...env, MANAGER_GUEST_ISOLATION: on, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(10), MANAGER_VM_UID_RANGE: nextUidRange(10), MANAGER_STATE_DIR: tmpDir('cocos-bench-iso-') }, { nodeFlags: NODE_FLAGS });
   const on = await start('true');
   const off = await start('false');
   const onClient = on.client();

@@ -17,13 +17,13 @@ export interface UidProcesses {
 
 const RETIRE_RETRY_MS = 1_000;
 /**
- * How long after a release its uid is retired. The look at every process costs milliseconds
- * (~20 µs a process, 3-4 ms a RemoveVm on a loaded 2-core host with ~100 processes) and is
- * needed before the uid is reused, not at once: the releases of a second share one look, and it
- * runs after the RemoveVm answer has reached its caller (on the next turn of the event loop it
- * held the answer back ~2 ms). A CreateVm that finds only uids being retired retires them then.
+ * How long after a release its uid is retired: after the RemoveVm answer has reached its caller
+ * (on the next turn of the event loop, the look at every process held the answer back ~2 ms),
+ * so a burst of releases shares one look. Not longer: another daemon wrongly sharing the range
+ * sees the uid free once its QEMU is gone, and a QEMU it started as that uid meanwhile would be
+ * killed by this retirement.
  */
-const RETIRE_DELAY_MS = 1_000;
+const RETIRE_DELAY_MS = 50;
 
 export class UidPool {
   private readonly held = new Set<number>();
