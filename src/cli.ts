@@ -4,7 +4,8 @@
  * an exit status (2 for bad configuration or usage), never a stack trace.
  */
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfig } from './config/load.js';
+import { ConfigError, loadConfig as loadFrom } from './config/load.js';
+import { cvmHostFacts } from './host/cvm-host.js';
 // Each command's module is loaded only when that command runs: `serve` starts faster, and
 // `qemu-args` does not load the gRPC stack.
 import { QEMU_ARGS_HELP, qemuArgsCommand } from './cli/qemu-args.js';
@@ -25,6 +26,9 @@ Commands:
 
 Run 'cocos-manager <command> --help' for a command's options.
 `;
+
+/** The configuration of this environment on this host (SEV-SNP and TDX decided from what it supports). */
+const loadConfig = (env: NodeJS.ProcessEnv) => loadFrom(env, cvmHostFacts());
 
 function fail(message: string, status: number): never {
   process.stderr.write(`cocos-manager: ${message}\n`);

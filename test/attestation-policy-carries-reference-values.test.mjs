@@ -10,6 +10,7 @@ import { Daemon, call, fakeQemuEnv, tmpDir } from './daemon.mjs';
 import { runCli } from './helpers.mjs';
 import { decodeCbor } from './cbor-reader.mjs';
 import { DIGEST, callsOf, makeIgvmmeasureStandIns } from './fixtures-igvmmeasure.mjs';
+import { SEV_SNP_HOST, TDX_HOST } from './fake-host.mjs';
 
 const HOST_DATA = Buffer.alloc(32, 0x5a);
 const PCR0 = 'aa'.repeat(32);
@@ -47,8 +48,9 @@ const snpEnv = (extra = {}) => fakeQemuEnv(tmpDir(), {
   ...extra,
 });
 
-async function policyOf(env) {
-  const d = await Daemon.start(env);
+/** The policy of a VM created by a daemon with `env` on a fake SEV-SNP host (or `host`). */
+async function policyOf(env, host = SEV_SNP_HOST) {
+  const d = await Daemon.start(env, { host });
   const client = d.client();
   try {
     const vm = await call(client, 'CreateVm', {});
@@ -167,7 +169,7 @@ test('TDX: MRTD, RTMR0..3 and MRSEAM from their settings, as sha-384 digests', a
     MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_TDX: 'true',
     MANAGER_TDX_MRTD: v('01'), MANAGER_TDX_RTMR0: v('10'), MANAGER_TDX_RTMR1: v('11'), MANAGER_TDX_RTMR2: v('12'), MANAGER_TDX_RTMR3: v('13'),
     MANAGER_TDX_MRSEAM: v('5e'), MANAGER_TDX_XFAM: 'e718060000000000',
-  }));
+  }), TDX_HOST);
   const { env, byKey } = measurementsOf(decodeCbor(info), vm.cvm_id);
   assert.equal(env.get(1), 'Intel');
   for (const [k, b] of [['MRTD', '01'], ['RTMR0', '10'], ['RTMR1', '11'], ['RTMR2', '12'], ['RTMR3', '13'], ['MRSEAM', '5e']]) {
@@ -190,7 +192,7 @@ test('a plain (neither SEV-SNP nor TDX) VM: FAILED_PRECONDITION saying so', asyn
 });
 
 test('a failing igvmmeasure: FAILED_PRECONDITION carrying its stderr', async () => {
-  const d = await Daemon.start(snpEnv({ MANAGER_ATTESTATION_POLICY_BINARY_PATH: dirOf('exit-1') }));
+  const d = await Daemon.start(snpEnv({ MANAGER_ATTESTATION_POLICY_BINARY_PATH: dirOf('exit-1') }), { host: SEV_SNP_HOST });
   const client = d.client();
   try {
     const vm = await call(client, 'CreateVm', {});

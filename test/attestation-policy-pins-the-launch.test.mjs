@@ -14,6 +14,7 @@ import { decodeCbor } from './cbor-reader.mjs';
 import { callsOf, contentDigest, makeIgvmmeasureStandIns } from './fixtures-igvmmeasure.mjs';
 import { launchInputs } from '../dist/qemu/launch-inputs.js';
 import { encodeUnsignedCorim } from '../dist/attestation/corim.js';
+import { SEV_SNP_HOST, TDX_HOST } from './fake-host.mjs';
 
 const sha384 = (data) => createHash('sha384').update(data).digest('hex');
 const V1 = 'IGVM image, first build';
@@ -99,7 +100,7 @@ test('SEV-SNP: the IGVM file replaced after CreateVm leaves the running VM\'s po
   fs.writeFileSync(igvm, V1);
   const calls = () => callsOf(dirOf('content')).length;
   const before = calls();
-  const d = await Daemon.start(snpEnv(state, igvm));
+  const d = await Daemon.start(snpEnv(state, igvm), { host: SEV_SNP_HOST });
   const client = d.client();
   try {
     const a = await call(client, 'CreateVm', {});
@@ -158,7 +159,7 @@ test('TDX and plain VMs: the SHA-384 of the firmware, kernel and initramfs QEMU 
     MANAGER_QEMU_OVMF_FILE: firmware,
     MANAGER_TDX_MRTD: '01'.repeat(48),
     MANAGER_ATTESTATION_POLICY_FORMAT: 'json',
-  }));
+  }), { host: TDX_HOST });
   let client = tdx.client();
   try {
     const vm = await call(client, 'CreateVm', {});
@@ -191,7 +192,7 @@ test('TDX and plain VMs: the SHA-384 of the firmware, kernel and initramfs QEMU 
 
 test('a TDX policy that would not identify the TD is refused with FAILED_PRECONDITION naming the settings', async () => {
   for (const extra of [{}, { MANAGER_TDX_XFAM: 'e718060000000000', MANAGER_TDX_MRSEAM: '5e'.repeat(48), MANAGER_ATTESTATION_POLICY_FORMAT: 'json' }]) {
-    const d = await Daemon.start(fakeQemuEnv(tmpDir(), { ...files, MANAGER_QEMU_ENABLE_TDX: 'true', ...extra }));
+    const d = await Daemon.start(fakeQemuEnv(tmpDir(), { ...files, MANAGER_QEMU_ENABLE_TDX: 'true', ...extra }), { host: TDX_HOST });
     const client = d.client();
     try {
       const vm = await call(client, 'CreateVm', {});
@@ -211,7 +212,7 @@ test('the CoRIM encoder never writes a reference triple with no measurements', (
 
 test('SEV-SNP: an IGVM file the daemon cannot read does not stop CreateVm; the policy is refused naming it', async () => {
   const missing = path.join(root, 'no-such.igvm');
-  const d = await Daemon.start(snpEnv(tmpDir(), missing));
+  const d = await Daemon.start(snpEnv(tmpDir(), missing), { host: SEV_SNP_HOST });
   const client = d.client();
   try {
     const vm = await call(client, 'CreateVm', {});
@@ -253,7 +254,7 @@ test('a VM re-adopted from a record without pinned values is measured once, at a
   const igvm = path.join(root, 'old.igvm');
   fs.writeFileSync(igvm, V1);
   const env = snpEnv(state, igvm);
-  const first = await Daemon.start(env);
+  const first = await Daemon.start(env, { host: SEV_SNP_HOST });
   const [vm] = await first.createVms({});
   const second = await first.restart({
     whileDown: () => {

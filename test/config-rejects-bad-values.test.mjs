@@ -25,11 +25,23 @@ const cases = [
   ['trace ratio above 1', { COCOS_JAEGER_TRACE_RATIO: '1.5' }, 'COCOS_JAEGER_TRACE_RATIO', '1.5', /0\.\.1/],
   ['trace ratio negative', { COCOS_JAEGER_TRACE_RATIO: '-0.1' }, 'COCOS_JAEGER_TRACE_RATIO', '-0.1', /0\.\.1/],
   ['trace ratio not a number', { COCOS_JAEGER_TRACE_RATIO: 'half' }, 'COCOS_JAEGER_TRACE_RATIO', 'half', /0\.\.1/],
-  ['SEV-SNP and TDX both on', { MANAGER_QEMU_ENABLE_TDX: 'true' }, 'MANAGER_QEMU_ENABLE_TDX', 'true', /cannot both be enabled/],
+  ['trace URL not absolute', { COCOS_JAEGER_URL: 'localhost:4318' }, 'COCOS_JAEGER_URL', 'localhost:4318', /http or https URL/],
+  // The OpenTelemetry SDK would replace these by its default and go on; here they stop the start.
+  ['OTLP endpoint not a URL', { OTEL_EXPORTER_OTLP_ENDPOINT: 'http//collector' }, 'OTEL_EXPORTER_OTLP_ENDPOINT', 'http//collector', /absolute URL/],
+  ['OTLP over gRPC', { OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }, 'OTEL_EXPORTER_OTLP_PROTOCOL', 'grpc', /http\/protobuf or http\/json/],
+  ['sampler unknown', { OTEL_TRACES_SAMPLER: 'jaeger_remote' }, 'OTEL_TRACES_SAMPLER', 'jaeger_remote', /parentbased_traceidratio/],
+  ['sampler ratio above 1', { OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '1.5' }, 'OTEL_TRACES_SAMPLER_ARG', '1.5', /0\.\.1/],
+  ['resource attribute with a bare =', { OTEL_RESOURCE_ATTRIBUTES: 'site=a=b' }, 'OTEL_RESOURCE_ATTRIBUTES', 'site=a=b', /percent-encoded/],
+  ['trace exporter other than OTLP', { OTEL_TRACES_EXPORTER: 'zipkin' }, 'OTEL_TRACES_EXPORTER', 'zipkin', /otlp or none/],
+  ['SDK switch not a boolean', { OTEL_SDK_DISABLED: 'yes' }, 'OTEL_SDK_DISABLED', 'yes', /true or false/],
+  ['SEV-SNP and TDX both on', { MANAGER_QEMU_ENABLE_SEV_SNP: 'true', MANAGER_QEMU_ENABLE_TDX: 'true' }, 'MANAGER_QEMU_ENABLE_TDX', 'true', /SEV-SNP and TDX cannot both be on/],
+  ['SEV-SNP neither boolean nor auto', { MANAGER_QEMU_ENABLE_SEV_SNP: 'AUTO' }, 'MANAGER_QEMU_ENABLE_SEV_SNP', 'AUTO', /true or false.*, or auto/],
+  ['the opt-out not a boolean', { MANAGER_ALLOW_NON_CONFIDENTIAL_VMS: 'please' }, 'MANAGER_ALLOW_NON_CONFIDENTIAL_VMS', 'please', /true or false/],
   ['host data not base64', { MANAGER_QEMU_ENABLE_HOST_DATA: 'true', MANAGER_QEMU_HOST_DATA: 'not base64!' }, 'MANAGER_QEMU_HOST_DATA', 'not base64!', /base64 of exactly 32 bytes/],
   ['host data of 16 bytes', { MANAGER_QEMU_ENABLE_HOST_DATA: 'true', MANAGER_QEMU_HOST_DATA: Buffer.alloc(16, 1).toString('base64') }, 'MANAGER_QEMU_HOST_DATA', Buffer.alloc(16, 1).toString('base64'), /32 bytes/],
   ['host data enabled but empty', { MANAGER_QEMU_ENABLE_HOST_DATA: 'yes' }, 'MANAGER_QEMU_HOST_DATA', '', /32 bytes/],
-  ['log level unknown', { MANAGER_LOG_LEVEL: 'verbose' }, 'MANAGER_LOG_LEVEL', 'verbose', /debug, info, warn, error/],
+  ['log level unknown', { MANAGER_LOG_LEVEL: 'verbose' }, 'MANAGER_LOG_LEVEL', 'verbose', /debug, info, warn or error in any case/],
+  ['log level offset not a number', { MANAGER_LOG_LEVEL: 'INFO+x' }, 'MANAGER_LOG_LEVEL', 'INFO+x', /INFO\+2, DEBUG-4/],
   ['start timeout not a Go duration', { MANAGER_QEMU_START_TIMEOUT: '10' }, 'MANAGER_QEMU_START_TIMEOUT', '10', /Go duration/],
   ['policy format unknown', { MANAGER_ATTESTATION_POLICY_FORMAT: 'xml' }, 'MANAGER_ATTESTATION_POLICY_FORMAT', 'xml', /corim, json/],
   ['maxcpus below count', { MANAGER_QEMU_SMP_COUNT: '8', MANAGER_QEMU_SMP_MAXCPUS: '4' }, 'MANAGER_QEMU_SMP_MAXCPUS', '4', /SMP_COUNT/],
@@ -37,7 +49,7 @@ const cases = [
   // sudo is there to run QEMU unprivileged: root, by name or id, would undo it.
   ['QEMU sudo user root', { MANAGER_QEMU_SUDO_USER: 'root' }, 'MANAGER_QEMU_SUDO_USER', 'root', /unprivileged user \(not root\)/],
   ['QEMU sudo user uid 0', { MANAGER_QEMU_SUDO_USER: '00' }, 'MANAGER_QEMU_SUDO_USER', '00', /not root/],
-  ['QEMU sudo user empty', { MANAGER_QEMU_SUDO_USER: '' }, 'MANAGER_QEMU_SUDO_USER', '', /name or numeric id/],
+  ['QEMU sudo user blank', { MANAGER_QEMU_SUDO_USER: ' ' }, 'MANAGER_QEMU_SUDO_USER', ' ', /name or numeric id/],
   ['QEMU sudo user in sudo\'s #uid form', { MANAGER_QEMU_SUDO_USER: '#1000' }, 'MANAGER_QEMU_SUDO_USER', '#1000', /name or numeric id/],
   ['QEMU sudo user with a space', { MANAGER_QEMU_SUDO_USER: 'cocos qemu' }, 'MANAGER_QEMU_SUDO_USER', 'cocos qemu', /name or numeric id/],
   ['no connections at all', { MANAGER_MAX_CONNECTIONS: '0' }, 'MANAGER_MAX_CONNECTIONS', '0', /positive integer/],
@@ -45,6 +57,11 @@ const cases = [
   ['verdict deadline of zero', { MANAGER_CONNECTION_VERDICT_TIMEOUT: '0' }, 'MANAGER_CONNECTION_VERDICT_TIMEOUT', '0', /at most 1m/],
   ['idle timeout beyond a day', { MANAGER_CONNECTION_IDLE_TIMEOUT: '25h' }, 'MANAGER_CONNECTION_IDLE_TIMEOUT', '25h', /at most 24h/],
   ['headers timeout not a duration', { MANAGER_HTTP_HEADERS_TIMEOUT: '10' }, 'MANAGER_HTTP_HEADERS_TIMEOUT', '10', /Go duration/],
+  // Go's 0 means no limit there; this daemon keeps one.
+  ['HTTP read timeout of zero', { MANAGER_HTTP_SERVER_READ_TIMEOUT: '0' }, 'MANAGER_HTTP_SERVER_READ_TIMEOUT', '0', /positive Go duration of at most 5m/],
+  ['HTTP write timeout beyond 5m', { MANAGER_HTTP_SERVER_WRITE_TIMEOUT: '6m' }, 'MANAGER_HTTP_SERVER_WRITE_TIMEOUT', '6m', /at most 5m/],
+  ['HTTP header bytes not a number', { MANAGER_HTTP_SERVER_MAX_HEADER_BYTES: '1MiB' }, 'MANAGER_HTTP_SERVER_MAX_HEADER_BYTES', '1MiB', /0: 1048576, as in Go/],
+  ['HTTP header timeout under both names, different', { MANAGER_HTTP_SERVER_READ_HEADER_TIMEOUT: '5s', MANAGER_HTTP_HEADERS_TIMEOUT: '10s' }, 'MANAGER_HTTP_HEADERS_TIMEOUT', '10s', /two names of one setting/],
 ];
 
 for (const [name, env, variable, value, expected] of cases) {
@@ -93,7 +110,7 @@ const QEMU_SIZES = [
 
 test('config accepts every memory size QEMU accepts, and the memory object means the same size', () => {
   for (const [size, objectSize] of QEMU_SIZES) {
-    const r = runCli(['qemu-args'], { MANAGER_QEMU_MEMORY_SIZE: size });
+    const r = runCli(['qemu-args'], { MANAGER_QEMU_ENABLE_SEV_SNP: 'true', MANAGER_QEMU_MEMORY_SIZE: size });
     assert.equal(r.status, 0, `${size}: ${r.stderr}`);
     const args = JSON.parse(r.stdout);
     assert.equal(args[args.indexOf('-m') + 1], `${size},slots=5,maxmem=30G`, size);

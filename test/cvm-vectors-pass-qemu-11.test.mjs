@@ -14,6 +14,7 @@ import path from 'node:path';
 import { tmpDir } from './daemon.mjs';
 import { GUEST_KERNEL } from './guest.mjs';
 import { NEW_QEMU } from './qemu-versions.mjs';
+import { FACTS } from './fake-host.mjs';
 import { vmVector as perVmVector } from './vm-vector.mjs';
 
 const RUN_TIMEOUT_MS = 60_000;
@@ -27,7 +28,8 @@ const REQUEST = {
 };
 
 /** The per-VM vector the daemon would launch on QEMU 11 for this configuration, with a real VM directory. */
-const vmVector = (env, stateDir) => perVmVector({ ...NEW_QEMU.env, ...env }, stateDir, REQUEST);
+// The vectors of an SEV-SNP host (SEV-SNP decided from it, as by default) and of a TDX host.
+const vmVector = (env, stateDir) => perVmVector({ ...NEW_QEMU.env, ...env }, stateDir, REQUEST, { host: env.MANAGER_QEMU_ENABLE_TDX === 'true' ? FACTS.tdx : FACTS.sevSnp });
 
 /** QEMU's `key=value,...` syntax, `,,` standing for a comma; the first bare word is `type`. */
 function parseKeyval(text) {

@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { FakeHost } from './fake-host.mjs';
 import { CLI, FIXTURES, ROOT, baseEnv } from './helpers.mjs';
 
 export const FAKE_QEMU = path.join(FIXTURES, 'fake-qemu.mjs');
@@ -33,7 +34,7 @@ function boundPorts(lines) {
  * Spawns `cocos-manager serve` on loopback (ports 0 unless env says otherwise) and collects its
  * JSON log lines as they come.
  */
-export function spawnServe(env, nodeFlags = [], { uid, gid, groups, cwd, cli = CLI } = {}) {
+export function spawnServe(env, nodeFlags = [], { uid, gid, groups, cwd, cli = CLI, wrap = [] } = {}) {
   // Each daemon its own admin socket, in a short path (a Unix socket path has at most 107 bytes).
   const adminSocket = env.MANAGER_ADMIN_SOCKET ?? path.join(fs.mkdtempSync('/tmp/cocos-admin-'), 'admin.sock');
   if (uid !== undefined && env.MANAGER_ADMIN_SOCKET === undefined) fs.chownSync(path.dirname(adminSocket), uid, gid);
@@ -41,7 +42,9 @@ export function spawnServe(env, nodeFlags = [], { uid, gid, groups, cwd, cli = C
   // them, so setpriv switches user and groups and execs node in place (the PID stays node's).
   const argv = [...nodeFlags, cli, 'serve'];
   const withGroups = uid !== undefined && groups !== undefined;
-  const proc = spawn(withGroups ? 'setpriv' : process.execPath, withGroups ? [`--reuid=${uid}`, `--regid=${gid}`, `--groups=${groups.join(',')}`, '--', process.execPath, ...argv] : argv, {
+  // `wrap`: words that exec the daemon in place (a fake host's nsenter), so its PID stays node's.
+  const [file, ...args] = [...wrap, ...(withGroups ? ['setpriv', `--reuid=${uid}`, `--regid=${gid}`, `--groups=${groups.join(',')}`, '--'] : []), process.execPath, ...argv];
+  const proc = spawn(file, args, {
     env: baseEnv({ MANAGER_GRPC_HOST: '127.0.0.1', MANAGER_GRPC_PORT: '0', MANAGER_HTTP_HOST: '127.0.0.1', MANAGER_HTTP_PORT: '0', MANAGER_ADMIN_SOCKET: adminSocket, MANAGER_VM_UID_RANGE: nextUidRange(), ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],
     // Another user (the USE_SUDO test runs the daemon as a system user), another working directory.
@@ -141,6 +144,9 @@ export function fakeQemuEnv(stateDir, extra = {}) {
     MANAGER_QEMU_BIN_PATH: FAKE_QEMU,
     MANAGER_QEMU_ENABLE_KVM: 'false',
     MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
+    MANAGER_QEMU_ENABLE_TDX: 'false',
+    // Plain VMs on any host: false alone is ignored where the host supports the technology.
+    MANAGER_ALLOW_NON_CONFIDENTIAL_VMS: 'true',
     MANAGER_QEMU_HOST_FWD_RANGE: nextRange(),
     MANAGER_QEMU_START_TIMEOUT: '5s',
     MANAGER_QEMU_STOP_TIMEOUT: '2s',
@@ -156,6 +162,8 @@ export function tcgEnv(stateDir, extra = {}) {
     MANAGER_STATE_DIR: stateDir,
     MANAGER_QEMU_ENABLE_KVM: 'false',
     MANAGER_QEMU_ENABLE_SEV_SNP: 'false',
+    MANAGER_QEMU_ENABLE_TDX: 'false',
+    MANAGER_ALLOW_NON_CONFIDENTIAL_VMS: 'true',
     MANAGER_QEMU_CPU: 'max',
     MANAGER_QEMU_SMP_COUNT: '1',
     MANAGER_QEMU_MEMORY_SIZE: '512M',
@@ -180,17 +188,33 @@ export class Daemon {
    * Starts `cocos-manager serve` on loopback and waits (bounded) until it serves and has
    * recovered the VMs an earlier run left (unless `recovered: false`). Unless given,
    * both ports are 0: the daemon binds free ones and logs them, and the test reads them there.
+   * `host`: a fake host (FakeHost.create's spec) made for this daemon and gone with it (stop();
+   * a restart makes a new one, of the same spec unless given another); `wrap`: the prefix of a
+   * fake host the test keeps itself.
    */
-  static async start(env, { timeoutMs = 20_000, port = 0, httpPort = 0, nodeFlags = [], uid, gid, groups, cwd, cli, recovered = true } = {}) {
+  static async start(env, { timeoutMs = 20_000, port = 0, httpPort = 0, nodeFlags = [], uid, gid, groups, cwd, cli, wrap, host, recovered = true } = {}) {
+    const fake = host === undefined ? undefined : FakeHost.create(host);
+    try {
+      const d = await Daemon.#startOn(env, { timeoutMs, port, httpPort, nodeFlags, uid, gid, groups, cwd, cli, wrap: fake?.prefix ?? wrap, recovered });
+      d.fakeHost = fake;
+      d.startOptions = { ...d.startOptions, wrap, host };
+      return d;
+    } catch (err) {
+      fake?.dispose();
+      throw err;
+    }
+  }
+
+  static async #startOn(env, { timeoutMs, port, httpPort, nodeFlags, uid, gid, groups, cwd, cli, wrap, recovered }) {
     // One range per state directory, so any later daemon on it (a restart) finds its VMs' uids in it.
     env = { MANAGER_VM_UID_RANGE: uidRangeOf(env.MANAGER_STATE_DIR), ...env };
-    const { proc, logs, adminSocket } = spawnServe({ MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_PORT: String(httpPort), ...env }, nodeFlags, { uid, gid, groups, cwd, cli });
+    const { proc, logs, adminSocket } = spawnServe({ MANAGER_GRPC_PORT: String(port), MANAGER_HTTP_PORT: String(httpPort), ...env }, nodeFlags, { uid, gid, groups, cwd, cli, wrap });
     const d = new Daemon(proc, port, logs);
     d.adminSocket = adminSocket;
     d.env = env;
     // As the daemon resolves it (against its working directory): what its QEMUs' command lines name.
     d.stateDir = env.MANAGER_STATE_DIR && path.resolve(cwd ?? '.', env.MANAGER_STATE_DIR);
-    d.startOptions = { timeoutMs, nodeFlags, uid, gid, groups, cwd };
+    d.startOptions = { timeoutMs, nodeFlags, uid, gid, groups, cwd, wrap };
     const deadline = Date.now() + timeoutMs;
     try {
       await d.waitForLog((l) => l.msg === 'gRPC server listening', timeoutMs);
@@ -296,6 +320,9 @@ export class Daemon {
       killProcessesMentioning(path.resolve(this.stateDir));
       removeFirewallTable(this.stateDir);
     }
+    // VMs kept for a restart stay in the namespace (it lives while they do); its files can go.
+    this.fakeHost?.dispose();
+    this.fakeHost = undefined;
     return this.exited;
   }
 

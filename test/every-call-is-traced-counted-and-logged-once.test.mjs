@@ -16,7 +16,7 @@ import { Daemon, call, fakeQemuEnv, listenOnFreePort, tmpDir, waitFor } from './
 const healthProto = path.join(ROOT, 'node_modules/grpc-health-check/proto/health/v1/health.proto');
 const Health = grpc.loadPackageDefinition(protoLoader.loadSync(healthProto, { keepCase: true, defaults: true, enums: String })).grpc.health.v1.Health;
 
-/** An OTLP/HTTP (JSON) trace receiver on loopback: the spans it got, flattened. */
+/** An OTLP/HTTP (JSON: the daemon is asked for it, protobuf being the default) trace receiver on loopback: the spans it got, flattened. */
 async function traceReceiver() {
   const spans = [];
   const server = http.createServer((req, res) => {
@@ -42,7 +42,7 @@ test('each call of each service: one rpc line, one metric sample, one span', asy
   const modeFile = path.join(dir, 'mode');
   fs.writeFileSync(modeFile, `listen-when:${gate}`);
   const rx = await traceReceiver();
-  const d = await Daemon.start(fakeQemuEnv(path.join(dir, 'state'), { FAKE_QEMU_MODE_FILE: modeFile, COCOS_JAEGER_URL: `http://127.0.0.1:${rx.port}`, COCOS_JAEGER_TRACE_RATIO: '1' }));
+  const d = await Daemon.start(fakeQemuEnv(path.join(dir, 'state'), { FAKE_QEMU_MODE_FILE: modeFile, COCOS_JAEGER_URL: `http://127.0.0.1:${rx.port}`, COCOS_JAEGER_TRACE_RATIO: '1', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }));
   await d.waitForLog((l) => l.msg === 'tracing started');
   const client = d.client();
   const admin = d.adminClient();

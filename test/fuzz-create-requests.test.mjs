@@ -11,6 +11,7 @@ import { renderEnvironmentFile } from '../dist/request/guest-files.js';
 import { kernelCommandLine } from '../dist/qemu/args.js';
 import { loadConfig } from '../dist/config/load.js';
 import { Daemon, call, fakeQemuEnv, readAgent, tmpDir } from './daemon.mjs';
+import { FACTS } from './fake-host.mjs';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20261129);
 
@@ -51,7 +52,7 @@ function generator(rand) {
 }
 
 const KNOWN_FIELDS = new Set([...STRING_FIELDS, ...BYTES_FIELDS]);
-const config = loadConfig({ MANAGER_QEMU_KERNEL_CMDLINE: 'quiet console=null' });
+const config = loadConfig({ MANAGER_QEMU_KERNEL_CMDLINE: 'quiet console=null' }, FACTS.plain);
 
 test(`5000 seeded requests (seed ${SEED}): what is accepted cannot inject, what is rejected names its field`, () => {
   const next = generator(mulberry32(SEED));

@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { firewallTableName, guestFirewallScript, resolvConfNameservers } from '../dist/isolation/firewall-rules.js';
 import { loadConfig } from '../dist/config/load.js';
+import { FACTS } from './fake-host.mjs';
 
 test('the script replaces the table in one transaction and refuses the VM uids\' connections to local addresses', () => {
   const script = guestFirewallScript({
@@ -47,14 +48,14 @@ test('resolv.conf nameservers: in order, once each, zone index and comments drop
 });
 
 test('MANAGER_GUEST_ALLOWED_LOCAL_PORTS: ports, addresses and bad items named', () => {
-  assert.deepEqual(loadConfig({ MANAGER_GUEST_ALLOWED_LOCAL_PORTS: 'tcp/8443, udp/127.0.0.1:123,tcp/[::1]:9000' }).isolation.allowLocal, [
+  assert.deepEqual(loadConfig({ MANAGER_GUEST_ALLOWED_LOCAL_PORTS: 'tcp/8443, udp/127.0.0.1:123,tcp/[::1]:9000' }, FACTS.plain).isolation.allowLocal, [
     { protocol: 'tcp', address: undefined, port: 8443 },
     { protocol: 'udp', address: '127.0.0.1', port: 123 },
     { protocol: 'tcp', address: '::1', port: 9000 },
   ]);
   for (const bad of ['tcp/0', 'sctp/80', 'tcp/127.0.0.1', 'tcp/300.0.0.1:80', 'tcp/80; flush ruleset', 'udp/[::1:53']) {
-    assert.throws(() => loadConfig({ MANAGER_GUEST_ALLOWED_LOCAL_PORTS: bad }), (e) => e.variable === 'MANAGER_GUEST_ALLOWED_LOCAL_PORTS' && e.message.includes(JSON.stringify(bad.trim())), bad);
+    assert.throws(() => loadConfig({ MANAGER_GUEST_ALLOWED_LOCAL_PORTS: bad }, FACTS.plain), (e) => e.variable === 'MANAGER_GUEST_ALLOWED_LOCAL_PORTS' && e.message.includes(JSON.stringify(bad.trim())), bad);
   }
-  assert.throws(() => loadConfig({ MANAGER_VM_UID_RANGE: '100-50' }), (e) => e.variable === 'MANAGER_VM_UID_RANGE');
-  assert.throws(() => loadConfig({ MANAGER_VM_UID_RANGE: '1900000000-1900000004', MANAGER_MAX_VMS: '10' }), /at least MANAGER_MAX_VMS \(10\) ids/);
+  assert.throws(() => loadConfig({ MANAGER_VM_UID_RANGE: '100-50' }, FACTS.plain), (e) => e.variable === 'MANAGER_VM_UID_RANGE');
+  assert.throws(() => loadConfig({ MANAGER_VM_UID_RANGE: '1900000000-1900000004', MANAGER_MAX_VMS: '10' }, FACTS.plain), /at least MANAGER_MAX_VMS \(10\) ids/);
 });

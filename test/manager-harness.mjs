@@ -8,6 +8,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { loadConfig } from '../dist/config/load.js';
+import { GpuPool } from '../dist/manager/gpu-pool.js';
 import { PortPool } from '../dist/manager/port-pool.js';
 import { UidPool } from '../dist/manager/uid-pool.js';
 import { diskFiles } from '../dist/manager/vm-files.js';
@@ -15,6 +16,7 @@ import { VmManager } from '../dist/manager/vm-manager.js';
 import { validateCreateReq } from '../dist/request/create-request.js';
 import { tmpDir } from './daemon.mjs';
 import { FakeDriver } from './fake-driver.mjs';
+import { FACTS } from './fake-host.mjs';
 
 /** A CreateReq as the API hands it to the manager (parsed at the edge), with a TTL if given. */
 export function createReq(ttl = '') {
@@ -25,11 +27,16 @@ export function createReq(ttl = '') {
   });
 }
 
+/** Two GPUs of a host, in separate IOMMU groups. */
+export const GPUS = [{ bdf: '0000:01:00.0', iommuGroup: '10' }, { bdf: '0000:02:00.0', iommuGroup: '11' }];
+
 /**
  * A manager on `stateDir` (a new one by default). One port (46001), one uid with `isolation`, so
- * a later CreateVm that succeeds proves the failed one gave everything back.
+ * a later CreateVm that succeeds proves the failed one gave everything back. `gpus`: the host's
+ * GPUs (none by default); their /dev/vfio nodes are given and taken back in `driver.calls`
+ * (`vfio` makes that fail). `lockedMemory`: the daemon's RLIMIT_MEMLOCK (unlimited by default).
  */
-export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('cocos-inproc-'), env = {}, isolation = false, files = diskFiles, firewall } = {}) {
+export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('cocos-inproc-'), env = {}, isolation = false, files = diskFiles, firewall, gpus = [], vfio, lockedMemory } = {}) {
   const vars = path.join(stateDir, 'OVMF_VARS.fd');
   if (!fs.existsSync(vars)) fs.writeFileSync(vars, 'firmware variables');
   const config = loadConfig({
@@ -42,7 +49,7 @@ export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('coc
     MANAGER_QEMU_POWERDOWN_TIMEOUT: '0',
     MANAGER_VM_UID_RANGE: '1900990001-1900990001',
     ...env,
-  });
+  }, FACTS.plain);
   const lines = [];
   const log = pino({ level: 'debug' }, new Writable({ write(chunk, _e, cb) { lines.push(JSON.parse(chunk)); cb(); } }));
   const ports = new PortPool(config.qemu.hostFwdRange, async () => true);
@@ -59,14 +66,21 @@ export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('coc
   const observed = [];
   const observer = { vmStarted: () => observed.push('started'), qemuExited: (cause) => observed.push(cause) };
   const fw = firewall ?? { table: 'cocos_manager_test', ensure: async () => {}, removeIf: async () => false };
+  const access = vfio ?? {
+    give: (group, owner) => driver.calls.push(['give-vfio', group, owner.uid]),
+    takeBack: (group) => driver.calls.push(['take-back-vfio', group]),
+  };
+  const gpuPool = new GpuPool(gpus, uids ? access : undefined);
   const manager = new VmManager(config, log, ports, driver, {
     observer,
     files,
     isolation: uids ? { uids, groups: [], firewall: fw } : undefined,
+    gpus: gpuPool,
+    lockedMemory,
   });
   const events = [];
   manager.watch((e) => events.push(e));
-  return { manager, driver, config, ports, uids, uidLog, lines, events, observed, stateDir: config.stateDir };
+  return { manager, driver, config, ports, uids, gpus: gpuPool, uidLog, lines, events, observed, stateDir: config.stateDir };
 }
 
 /** The VM directories under the state directory. */

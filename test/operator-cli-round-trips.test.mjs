@@ -129,19 +129,19 @@ test('check passes what this host has (plain OVMF under TCG, mutual TLS) and exi
 test('check fails when ManagerService accepts calls without client authentication, naming risk and remedy', () => {
   const r = runCli(['check'], tcgCheckEnv());
   assert.equal(r.status, 1, r.stdout);
-  assert.match(r.stdout, /^FAIL\s+client authentication\s+ManagerService accepts calls without client authentication: anyone who can reach \*:7001 can create and remove VMs/m);
+  assert.match(r.stdout, /^FAIL\s+client authentication\s+ManagerService accepts calls without client authentication: anyone who can reach localhost:7001 can create and remove VMs/m);
   assert.match(r.stdout, /configure mutual TLS for the control plane: MANAGER_GRPC_SERVER_CERT, MANAGER_GRPC_SERVER_KEY and MANAGER_GRPC_CLIENT_CA_CERTS$/m);
   assert.match(r.stdout, /1 check\(s\) failed/);
   const off = runCli(['check'], { ...tcgCheckEnv(), MANAGER_REFUSE_GUEST_CALLS: 'false' });
-  assert.match(off.stdout, /can reach \*:7001, guests included through 10\.0\.2\.2, can create and remove VMs/);
+  assert.match(off.stdout, /can reach localhost:7001, guests included through 10\.0\.2\.2, can create and remove VMs/);
   assert.match(off.stdout, /^WARN\s+calls from guests\s+off: calls from guests/m);
 });
 
-test('check fails what this host lacks for SEV-SNP, each with a remedy, and exits 1', () => {
-  const r = runCli(['check'], { MANAGER_QEMU_DISK_IMG_KERNEL_FILE: '/nonexistent/bzImage', MANAGER_QEMU_BIN_PATH: 'qemu-system-x86_64' });
+test('check fails what this host lacks for SEV-SNP declared true, each with a remedy, and exits 1', () => {
+  const r = runCli(['check'], { MANAGER_QEMU_ENABLE_SEV_SNP: 'true', MANAGER_QEMU_DISK_IMG_KERNEL_FILE: '/nonexistent/bzImage', MANAGER_QEMU_BIN_PATH: 'qemu-system-x86_64' });
   assert.equal(r.status, 1);
   assert.match(r.stdout, /^FAIL\s+qemu object sev-snp-guest\s+not supported by this QEMU\s+SEV-SNP guests need QEMU 9\.1 or later$/m);
-  assert.match(r.stdout, /^FAIL\s+CPU SEV-SNP\s+no sev_snp CPU flag\s+an AMD EPYC/m);
+  assert.match(r.stdout, /^FAIL\s+SEV-SNP\s+SEV-SNP on: MANAGER_QEMU_ENABLE_SEV_SNP="true", but this host lacks it \(\/proc\/cpuinfo has no sev_snp flag; .*\): CreateVm fails \(FAILED_PRECONDITION\)\s+an AMD EPYC/m);
   assert.match(r.stdout, /^FAIL\s+guest kernel\s+\/nonexistent\/bzImage: ENOENT\s+install it or point MANAGER_QEMU_DISK_IMG_KERNEL_FILE at it$/m);
   assert.match(r.stdout, /^FAIL\s+igvmmeasure\s+/m);
   assert.match(r.stdout, /check\(s\) failed/);

@@ -7,6 +7,7 @@ import { runCli } from './helpers.mjs';
 import { FAKE_QEMU } from './daemon.mjs';
 import { loadConfig } from '../dist/config/load.js';
 import { buildQemuArgs } from '../dist/qemu/args.js';
+import { FACTS, SEV_SNP_HOST, fakeHostUnavailable } from './fake-host.mjs';
 
 const SANDBOX = ['-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny'];
 const HOST_DATA = Buffer.alloc(32, 0xab).toString('base64');
@@ -35,10 +36,12 @@ const table = [
       ...NET, ...TAIL,
     ],
   },
-  { name: 'SEV-SNP without host data (the defaults)', env: {}, want: [...COMMON_HEAD, ...NET, ...SNP(''), ...TAIL] },
+  // SEV-SNP decided from the host, as the Go manager decides it (a fake SEV-SNP host: fake-host.mjs).
+  { name: 'SEV-SNP without host data (the defaults, on an SEV-SNP host)', env: {}, host: SEV_SNP_HOST, want: [...COMMON_HEAD, ...NET, ...SNP(''), ...TAIL] },
+  { name: 'SEV-SNP declared true (on any host)', env: { MANAGER_QEMU_ENABLE_SEV_SNP: 'true' }, want: [...COMMON_HEAD, ...NET, ...SNP(''), ...TAIL] },
   {
     name: 'SEV-SNP with host data',
-    env: { MANAGER_QEMU_ENABLE_HOST_DATA: 'true', MANAGER_QEMU_HOST_DATA: HOST_DATA },
+    env: { MANAGER_QEMU_ENABLE_SEV_SNP: 'true', MANAGER_QEMU_ENABLE_HOST_DATA: 'true', MANAGER_QEMU_HOST_DATA: HOST_DATA },
     want: [...COMMON_HEAD, ...NET, ...SNP(HOST_DATA), ...TAIL],
   },
   {
@@ -55,14 +58,15 @@ const table = [
     ],
   },
   {
-    name: 'no KVM, no machine, no graphic option off, ROM file set',
+    // An empty MACHINE is its default, q35, as caarlos0/env makes it in the Go manager.
+    name: 'no KVM, an empty machine (q35), no graphic option off, ROM file set',
     env: {
       MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_KVM: 'false', MANAGER_QEMU_MACHINE: '',
       MANAGER_QEMU_NO_GRAPHIC: 'false', MANAGER_QEMU_VIRTIO_NET_PCI_ROMFILE: '/usr/share/qemu/efi-virtio.rom',
       MANAGER_QEMU_VIRTIO_NET_PCI_IOMMU_PLATFORM: 'off', MANAGER_QEMU_KERNEL_CMDLINE: 'console=ttyS0 root=/dev/vda rw',
     },
     want: [
-      '-cpu', 'EPYC', '-smp', '4,maxcpus=64', '-m', '2048M,slots=5,maxmem=30G',
+      '-machine', 'q35', '-cpu', 'EPYC', '-smp', '4,maxcpus=64', '-m', '2048M,slots=5,maxmem=30G',
       '-drive', 'if=pflash,format=raw,unit=0,file=/usr/share/OVMF/OVMF_CODE.fd,readonly=on',
       '-drive', 'if=pflash,format=raw,unit=1,file=/usr/share/OVMF/OVMF_VARS.fd',
       '-netdev', 'user,id=vmnic,hostfwd=tcp::7020-:7002',
@@ -89,7 +93,7 @@ const table = [
   },
   {
     name: 'SEV-SNP IGVM path with a comma',
-    env: { MANAGER_QEMU_IGVM_FILE: '/fw/x,file=/etc/shadow.igvm' },
+    env: { MANAGER_QEMU_ENABLE_SEV_SNP: 'true', MANAGER_QEMU_IGVM_FILE: '/fw/x,file=/etc/shadow.igvm' },
     want: [
       ...COMMON_HEAD, ...NET,
       ...SNP('').slice(0, 6),
@@ -99,9 +103,9 @@ const table = [
   },
 ];
 
-for (const { name, env, want } of table) {
-  test(`qemu-args prints the spec vector: ${name}`, () => {
-    const r = runCli(['qemu-args'], env);
+for (const { name, env, want, host } of table) {
+  test(`qemu-args prints the spec vector: ${name}`, { skip: host && fakeHostUnavailable() }, () => {
+    const r = runCli(['qemu-args'], env, { host });
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.split('\n').length, 2, 'one line');
     assert.deepEqual(JSON.parse(r.stdout), [...want, ...SANDBOX]);
@@ -120,7 +124,7 @@ test('qemu-args leaves -sandbox out, and says why, for a binary without seccomp'
 });
 
 test('a VM gets its own port, firmware copy, kbs params and 9P shares, certificates first', () => {
-  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false' });
+  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false' }, FACTS.plain);
   const args = buildQemuArgs(config.qemu, {
     hostPort: 6123,
     ovmfVarsFile: '/var/lib/cocos-manager/vms/x/OVMF_VARS.fd',
@@ -139,7 +143,7 @@ test('a VM gets its own port, firmware copy, kbs params and 9P shares, certifica
 });
 
 test('-sandbox comes last, after the QMP channel, only when the binary takes it', () => {
-  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false' });
+  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false' }, FACTS.plain);
   const vm = { hostPort: 6123, ovmfVarsFile: '/v', shares: { certsDir: '/c', envDir: '/e' }, qmp: { socketPath: '/q.sock', form: { reconnect: 'seconds', monitor: 'mon' } } };
   assert.deepEqual(buildQemuArgs(config.qemu, { ...vm, sandbox: true }).slice(-2), SANDBOX);
   assert.ok(!buildQemuArgs(config.qemu, { ...vm, sandbox: false }).includes('-sandbox'));

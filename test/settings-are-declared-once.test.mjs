@@ -13,6 +13,7 @@ import { ConfigError, readSettings, setting, settingsIn } from '../dist/config/s
 import * as g from '../dist/config/grammar.js';
 import { SETTINGS, SETTING_LIST } from '../dist/config/settings.js';
 import { loadConfig } from '../dist/config/load.js';
+import { FACTS } from './fake-host.mjs';
 
 const decl = {
   port: setting({ env: 'T_PORT', grammar: g.port, default: '7001', doc: 'a port' }),
@@ -78,14 +79,14 @@ test('an empty other name is unset where empty means the default, so it conflict
 
 test('"empty means the default" is the grammar\'s unless the setting says otherwise', () => {
   assert.equal(readSettings(decl, { T_PORT: '' }).config.port, 7001, 'typed: empty is the default');
-  assert.equal(readSettings(decl, { T_HOST: '' }).config.host, '', 'text: empty is a value');
+  assert.equal(readSettings(decl, { T_HOST: '' }).config.host, 'localhost', 'text too, as caarlos0/env gives an empty variable its envDefault');
   const flipped = {
-    host: setting({ env: 'T_HOST', grammar: g.text, default: 'localhost', emptyMeansDefault: true, doc: 'h' }),
+    host: setting({ env: 'T_HOST', grammar: g.text, default: 'localhost', emptyMeansDefault: false, doc: 'h' }),
     port: setting({ env: 'T_PORT', grammar: g.port, default: '7001', emptyMeansDefault: false, doc: 'p' }),
   };
-  assert.equal(flipped.host.emptyMeansDefault, true);
+  assert.equal(flipped.host.emptyMeansDefault, false);
   assert.equal(readSettings(flipped, { T_PORT: '1' }).config.host, 'localhost');
-  assert.equal(readSettings(flipped, { T_HOST: '', T_PORT: '1' }).config.host, 'localhost');
+  assert.equal(readSettings(flipped, { T_HOST: '', T_PORT: '1' }).config.host, '');
   configError(() => readSettings(flipped, { T_PORT: '' }), 'T_PORT');
 });
 
@@ -114,6 +115,8 @@ const GRAMMARS = [
   ['groupOrEmpty', g.groupOrEmpty, [['', ''], ['kvm', 'kvm']], ['a b'], /group name/],
   ['unixSocketPath', g.unixSocketPath, [['', ''], ['/run/a.sock', '/run/a.sock']], [`/${'a'.repeat(107)}`], /at most 107 bytes/],
   ['absoluteUrl', g.absoluteUrl, [['http://localhost:4318', 'http://localhost:4318']], ['not a url', '/v1/traces', ''], /absolute URL/],
+  ['slogLevel', g.slogLevel, [['info', 'info'], ['DEBUG', 'debug'], ['Warn', 'warn'], ['INFO+2', 'warn'], ['INFO+4', 'warn'], ['WARN+1', 'error'], ['DEBUG-4', 'trace'], ['ERROR+4', 'fatal'], ['ERROR+5', 'silent'], ['ıNFO', 'info'], ['INFO+0', 'info'], ['info-1', 'info'], ['INFO-4', 'debug'], [' error ', 'error']], ['verbose', 'INFO+', 'INFO++2', 'INFO+2.5', 'INFO 2', 'INFO+9223372036854775808', ''], /Go's slog takes it \(INFO\+2, DEBUG-4\)/],
+  ['boundedDurationOrZero(1m)', g.boundedDurationOrZero(60_000, '1m', 'as X'), [['0', 0], ['1m', 60_000]], ['61s', '-1s', '5'], /at most 1m.*or 0 \(as X\)/],
   ['mapped(oneOf, Number)', g.mapped(g.oneOf(['0', '1', '2', '3']), Number), [['2', 2]], ['4'], /one of 0, 1, 2, 3/],
 ];
 
@@ -129,25 +132,31 @@ for (const [name, grammar, accepted, refused, says] of GRAMMARS) {
   });
 }
 
-test('text is kept as written, blanks included; typed grammars say that empty means the default', () => {
+test('text is kept as written, blanks included; every grammar says that empty means the default', () => {
   assert.equal(g.text.parse(' a b '), ' a b ');
-  assert.equal(g.text.emptyMeansDefault, false);
-  assert.equal(g.nonBlankText('x').emptyMeansDefault, false);
-  for (const typed of [g.boolean, g.port, g.portRange, g.qemuSize, g.positiveDuration, g.hexBytes(8), g.orAuto(g.boolean)]) {
+  for (const typed of [g.text, g.nonBlankText('x'), g.boolean, g.port, g.portRange, g.qemuSize, g.positiveDuration, g.hexBytes(8), g.orAuto(g.boolean), g.slogLevel]) {
     assert.equal(typed.emptyMeansDefault, true);
   }
 });
 
-test('every declared default is a value of its own grammar, and loadConfig({}) is those defaults', () => {
+test('every declared default is a value of its own grammar, and loadConfig({}) is those defaults, SEV-SNP and TDX decided from the host (and the tracing derived from them)', () => {
   for (const s of SETTING_LIST) assert.doesNotThrow(() => s.grammar.parse(s.default), s.env);
-  assert.deepEqual(loadConfig({}), readSettings(SETTINGS, {}).config);
-  assert.equal(loadConfig({}).qemu.hostFwdRange.last, 6200);
+  const declared = readSettings(SETTINGS, {}).config;
+  assert.deepEqual([declared.qemu.enableSevSnp, declared.qemu.enableTdx], ['auto', 'auto']);
+  for (const [host, snp, tdx] of [[FACTS.plain, false, false], [FACTS.sevSnp, true, false], [FACTS.tdx, false, true]]) {
+    // tracing is derived from the COCOS_JAEGER_* settings and the OTEL_* variables (config/tracing.ts).
+    const { cvm, tracing, ...loaded } = loadConfig({}, host);
+    assert.deepEqual(loaded, { ...declared, qemu: { ...declared.qemu, enableSevSnp: snp, enableTdx: tdx } });
+    assert.equal(cvm.kind, snp ? 'sev-snp' : tdx ? 'tdx' : 'plain');
+    assert.equal(tracing.url, 'http://localhost:4318/v1/traces');
+  }
+  assert.equal(loadConfig({}, FACTS.plain).qemu.hostFwdRange.last, 6200);
 });
 
 test('the C-bit position is read under the Go manager\'s name too, and two different values stop the start', () => {
-  assert.equal(loadConfig({ MANAGER_QEMU_SEV_SNP_CBIT_POS: '47' }).qemu.sevSnp.cbitpos, 47);
-  assert.equal(loadConfig({ MANAGER_QEMU_SEV_SNP_CBITPOS: '47', MANAGER_QEMU_SEV_SNP_CBIT_POS: '47' }).qemu.sevSnp.cbitpos, 47);
-  const ok = runCli(['qemu-args'], { MANAGER_QEMU_SEV_SNP_CBIT_POS: '47' });
+  assert.equal(loadConfig({ MANAGER_QEMU_SEV_SNP_CBIT_POS: '47' }, FACTS.sevSnp).qemu.sevSnp.cbitpos, 47);
+  assert.equal(loadConfig({ MANAGER_QEMU_SEV_SNP_CBITPOS: '47', MANAGER_QEMU_SEV_SNP_CBIT_POS: '47' }, FACTS.sevSnp).qemu.sevSnp.cbitpos, 47);
+  const ok = runCli(['qemu-args'], { MANAGER_QEMU_ENABLE_SEV_SNP: 'true', MANAGER_QEMU_SEV_SNP_CBIT_POS: '47' });
   assert.equal(ok.status, 0, ok.stderr);
   assert.ok(JSON.parse(ok.stdout).some((a) => a.includes('cbitpos=47')), ok.stdout);
   const r = runCli(['qemu-args'], { MANAGER_QEMU_SEV_SNP_CBITPOS: '51', MANAGER_QEMU_SEV_SNP_CBIT_POS: '47' });
@@ -173,15 +182,20 @@ function typeErrors(bodies) {
   return [...files.keys()].map((name) => ts.getPreEmitDiagnostics(program, program.getSourceFile(name)).map((d) => ts.flattenDiagnosticMessageText(d.messageText, ' ')).join('\n'));
 }
 
-test('Config is inferred from the declaration: a misspelt setting or a wrong type does not compile', () => {
-  const [right, misspelt, wrongType, wrongChoice] = typeErrors([
+test('Config is inferred from the declaration: a misspelt setting or a wrong type does not compile; SEV-SNP and TDX are decided booleans', () => {
+  const [right, misspelt, wrongType, wrongChoice, decided, auto] = typeErrors([
     'const r: { first: number; last: number } = c.qemu.hostFwdRange; const t: [string, string, string, string] = c.attestation.tdx.rtmr; const u: number = c.isolation.uidRange.first; void r; void t; void u;',
     'void c.qemu.hostFwdRnage;',
     'const p: string = c.grpc.port; void p;',
     "const l: typeof c.logLevel = 'verbose'; void l;",
+    "const s: boolean = c.qemu.enableSevSnp; const t: boolean = c.qemu.enableTdx; void s; void t;",
+    "const a: typeof c.qemu.enableSevSnp = 'auto'; void a;",
   ]);
   assert.equal(right, '');
   assert.match(misspelt, /hostFwdRnage/);
   assert.match(wrongType, /not assignable to type 'string'/);
   assert.match(wrongChoice, /'"verbose"' is not assignable/);
+  // Everything downstream reads SEV-SNP and TDX decided: auto never reaches it.
+  assert.equal(decided, '');
+  assert.match(auto, /not assignable to type 'boolean'/);
 });

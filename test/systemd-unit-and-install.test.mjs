@@ -9,9 +9,11 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ROOT } from './helpers.mjs';
-import { Daemon, call, fakeQemuEnv, tmpDir } from './daemon.mjs';
+import { Daemon, call, fakeQemuEnv, tmpDir, waitFor } from './daemon.mjs';
+import { otlpReceiver } from './otlp-receiver.mjs';
 import { loadConfig } from '../dist/config/load.js';
 import { SETTING_LIST } from '../dist/config/settings.js';
+import { FACTS } from './fake-host.mjs';
 
 const UNIT = path.join(ROOT, 'systemd', 'cocos-manager.service');
 
@@ -46,7 +48,7 @@ test('LimitNOFILE bounds the daemon and holds the connection caps and 1000 VMs a
   const m = /^LimitNOFILE=(\d+)$/m.exec(unit);
   assert.ok(m, 'LimitNOFILE= is set, to one number (soft = hard: no raising it past the bound)');
   const limit = Number(m[1]);
-  const defaults = loadConfig({});
+  const defaults = loadConfig({}, FACTS.plain);
   assert.ok(limit >= descriptorsNeeded(defaults, 1000), `${limit} < ${descriptorsNeeded(defaults, 1000)}`);
   // A bound, not systemd's 524288.
   assert.ok(limit <= 65536, `${limit}`);
@@ -81,9 +83,13 @@ test('cocos-manager.env lists every setting, each with a comment, and its values
     const i = lines.findIndex((l) => l.startsWith(`${key}=`));
     assert.match(lines[i - 1], /^# \S/, `comment above ${key}`);
   }
-  const fromFile = loadConfig(env);
-  const defaults = loadConfig({});
-  assert.deepEqual(fromFile, defaults);
+  // The same decisions too (their reasons name the variable as given: "auto" here, unset there).
+  for (const host of [FACTS.plain, FACTS.sevSnp, FACTS.tdx]) {
+    const { cvm: fromFileCvm, ...fromFile } = loadConfig(env, host);
+    const { cvm: defaultsCvm, ...defaults } = loadConfig({}, host);
+    assert.deepEqual(fromFile, defaults);
+    assert.equal(fromFileCvm.kind, defaultsCvm.kind);
+  }
 });
 
 test('make install (install-files, after the build) with DESTDIR stages the daemon, the unit and the env file', () => {
@@ -108,13 +114,15 @@ test('make install (install-files, after the build) with DESTDIR stages the daem
 
 // The install has no node_modules: the daemon is the bundle, with the .proto files that its
 // dependencies find through their own directory (health, reflection) copied beside it.
-test('the installed daemon serves health, reflection and ManagerService with no node_modules', async () => {
+test('the installed daemon serves health, reflection and ManagerService, and exports traces, with no node_modules', async () => {
   const dest = tmpDir('cocos-install-');
   const r = spawnSync('make', ['-s', 'install-files', `DESTDIR=${dest}`], { cwd: ROOT, encoding: 'utf8', timeout: 300_000 });
   assert.equal(r.status, 0, r.stderr + r.stdout);
   const prefix = path.join(dest, 'opt/cocos-manager');
   assert.equal(fs.existsSync(path.join(prefix, 'node_modules')), false);
-  const d = await Daemon.start(fakeQemuEnv(tmpDir('cocos-install-state-')), { cli: path.join(prefix, 'dist/cli.js'), cwd: prefix });
+  // Tracing on: the OpenTelemetry SDK is a chunk of its own, loaded once the daemon serves.
+  const rx = await otlpReceiver();
+  const d = await Daemon.start(fakeQemuEnv(tmpDir('cocos-install-state-'), { COCOS_JAEGER_URL: rx.url, COCOS_JAEGER_TRACE_RATIO: '1' }), { cli: path.join(prefix, 'dist/cli.js'), cwd: prefix });
   try {
     const load = (file) => grpc.loadPackageDefinition(protoLoader.loadSync(path.join(ROOT, 'node_modules', file), { keepCase: true, defaults: true, enums: String }));
     const health = new (load('grpc-health-check/proto/health/v1/health.proto').grpc.health.v1.Health)(`127.0.0.1:${d.port}`, grpc.credentials.createInsecure());
@@ -129,12 +137,15 @@ test('the installed daemon serves health, reflection and ManagerService with no 
     });
     reflection.close();
     assert.ok(answer.file_descriptor_response.file_descriptor_proto.some((b) => Buffer.from(b).includes('HealthCheckRequest')));
+    await d.waitForLog((l) => l.msg === 'tracing started');
     const client = d.client();
     assert.equal((await call(client, 'CVMInfo', { id: 'x' })).id, 'x');
     client.close();
+    assert.ok(await waitFor(() => rx.spans.some((s) => s.name === 'manager.ManagerService/CVMInfo'), 10_000), `span exported: ${JSON.stringify(rx.requests)}`);
     const body = await (await fetch(`http://127.0.0.1:${d.httpPort}/health`)).json();
     assert.equal(body.version, JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version, 'dist/build-info.json read');
   } finally {
     await d.stop();
+    await rx.close();
   }
 });

@@ -4,31 +4,10 @@
 import { test } from 'node:test';
 import net from 'node:net';
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { Daemon, call, fakeQemuEnv, listenOnFreePort, tmpDir, waitFor } from './daemon.mjs';
-
-function otlpReceiver() {
-  const spans = [];
-  const resources = [];
-  const server = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (d) => { body += d; });
-    req.on('end', () => {
-      if (req.url === '/v1/traces' && req.method === 'POST') {
-        const doc = JSON.parse(body);
-        for (const rs of doc.resourceSpans ?? []) {
-          resources.push(Object.fromEntries(rs.resource.attributes.map((a) => [a.key, a.value.stringValue])));
-          for (const ss of rs.scopeSpans ?? []) spans.push(...ss.spans);
-        }
-      }
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('{}');
-    });
-  });
-  return { server, spans, resources };
-}
+import { otlpReceiver } from './otlp-receiver.mjs';
 
 function callWithMetadata(client, method, req, metadata) {
   return new Promise((resolve, reject) => {
@@ -37,9 +16,8 @@ function callWithMetadata(client, method, req, metadata) {
 }
 
 test('CreateVm gives one server span continuing the traceparent, with the four step spans as children', async () => {
-  const rx = otlpReceiver();
-  const port = await listenOnFreePort(rx.server);
-  const d = await Daemon.start(fakeQemuEnv(tmpDir(), { COCOS_JAEGER_URL: `http://127.0.0.1:${port}`, COCOS_JAEGER_TRACE_RATIO: '1', MANAGER_INSTANCE_ID: 'trace-host' }));
+  const rx = await otlpReceiver();
+  const d = await Daemon.start(fakeQemuEnv(tmpDir(), { COCOS_JAEGER_URL: rx.url, COCOS_JAEGER_TRACE_RATIO: '1', MANAGER_INSTANCE_ID: 'trace-host' }));
   // The SDK loads once the daemon serves; calls before that are not traced.
   await d.waitForLog((l) => l.msg === 'tracing started');
   const client = d.client();
@@ -62,10 +40,12 @@ test('CreateVm gives one server span continuing the traceparent, with the four s
       assert.equal(s.parentSpanId, rpc.spanId, `${step} is a child of the RPC span`);
     }
     assert.ok(rx.resources.some((r) => r['service.name'] === 'manager' && r['service.instance.id'] === 'trace-host'));
+    // OTLP's default encoding, binary protobuf, as the Go manager's exporter sends it.
+    assert.ok(rx.requests.every((r) => r.type === 'application/x-protobuf'), JSON.stringify(rx.requests));
   } finally {
     client.close();
     await d.stop();
-    rx.server.close();
+    await rx.close();
   }
 });
 

@@ -1,18 +1,22 @@
 /** `cocos-manager check`: the preflight as a table; the daemon logs the same at start. */
 import type { Logger } from 'pino';
 import { describeGuestPeerMode } from '../api/guest-peer.js';
+import { hostPort, listenAddresses } from '../api/listen-addresses.js';
 import { clientAuthOf } from '../api/tls.js';
+import { OPT_OUT } from '../config/cvm.js';
 import type { Config } from '../config/types.js';
 import { type CheckResult, preflight } from '../host/preflight.js';
 import { tcpPortIsFree } from '../host/port-probe.js';
 
 export const CHECK_HELP = `Usage: cocos-manager check
 
-Checks this host for the current configuration: the QEMU binary and the objects the
-configuration needs, /dev/kvm, SEV-SNP or TDX support, firmware, IGVM, kernel and initramfs
-files, igvmmeasure, free ports in the range, the state directory; and who can drive the
-manager: client authentication of ManagerService, the admin socket, and whether calls from
-guests are refused. Prints a table with a remedy for each problem. Exit status 1 when anything
+Checks this host for the current configuration: SEV-SNP and TDX (what the host supports and
+what was decided from it), the QEMU binary and the objects the configuration needs, /dev/kvm,
+firmware, IGVM, kernel and initramfs files, igvmmeasure, free ports in the range, the state
+directory, the GPUs VMs are given (MANAGER_QEMU_GPU_BDF: bound to vfio-pci with their IOMMU
+groups), the addresses the API listens on; and who can drive the manager: client
+authentication of ManagerService, the admin socket, and whether calls from guests are refused.
+Prints a table with a remedy for each problem. Exit status 1 when anything
 the configuration needs fails.
 `;
 
@@ -28,7 +32,7 @@ export function securityChecks(config: Config, uid = process.getuid?.() ?? 0): C
     out.push({
       check: 'client authentication',
       status: 'fail',
-      detail: `ManagerService accepts calls without client authentication: anyone who can reach ${config.grpc.host || '*'}:${config.grpc.port}${config.guestPeers.refuse ? '' : ', guests included through 10.0.2.2,'} can create and remove VMs`,
+      detail: `ManagerService accepts calls without client authentication: anyone who can reach ${hostPort(config.grpc.host, config.grpc.port)}${config.guestPeers.refuse ? '' : ', guests included through 10.0.2.2,'} can create and remove VMs`,
       remedy: 'configure mutual TLS for the control plane: MANAGER_GRPC_SERVER_CERT, MANAGER_GRPC_SERVER_KEY and MANAGER_GRPC_CLIENT_CA_CERTS',
     });
   } else if (clientAuth === 'system-roots') {
@@ -64,6 +68,59 @@ export function securityChecks(config: Config, uid = process.getuid?.() ?? 0): C
   return out;
 }
 
+const CVM_REMEDY = {
+  'SEV-SNP': 'an AMD EPYC (Milan or later) with SEV-SNP enabled in firmware, and kvm_amd loaded with sev_snp=Y on a host kernel with SNP support; or MANAGER_QEMU_ENABLE_SEV_SNP=auto, which launches plain VMs on this host',
+  TDX: 'an Intel Xeon with TDX enabled in firmware, and kvm_intel loaded with tdx=Y on a host kernel with TDX support; or MANAGER_QEMU_ENABLE_TDX=auto, which launches plain VMs on this host',
+} as const;
+
+/**
+ * SEV-SNP and TDX: what this host supports and what the configuration decided from it
+ * (src/config/cvm.ts). Pure, so the daemon says the same at start.
+ */
+export function cvmChecks(config: Config): CheckResult[] {
+  const out: CheckResult[] = [];
+  for (const d of [config.cvm.sevSnp, config.cvm.tdx]) {
+    if (d.unavailable) out.push({ check: d.technology, status: 'fail', detail: `${d.reason}: CreateVm fails (FAILED_PRECONDITION)`, remedy: CVM_REMEDY[d.technology] });
+    else if (d.warning) out.push({ check: d.technology, status: 'warn', detail: d.warning, remedy: `set ${OPT_OUT}=true to launch plain VMs here, or leave the variable unset` });
+    else out.push({ check: d.technology, status: 'pass', detail: d.reason, remedy: '' });
+  }
+  if (config.cvm.optOutWarning) out.push({ check: 'non-confidential VMs', status: 'warn', detail: config.cvm.optOutWarning, remedy: `unset ${OPT_OUT} unless plain VMs are meant` });
+  return out;
+}
+
+/** Said once at start: what the VMs will be, and why; a false ignored or the opt-out at warn, a technology missing at error. */
+export function logCvmDecision(config: Config, log: Logger): void {
+  const { cvm } = config;
+  const name = { 'sev-snp': 'SEV-SNP', tdx: 'TDX', plain: 'plain (not confidential)' }[cvm.kind];
+  log.info({ cvm: cvm.kind, sev_snp: cvm.sevSnp.reason, tdx: cvm.tdx.reason }, `VMs are ${name}`);
+  for (const d of [cvm.sevSnp, cvm.tdx]) {
+    if (d.warning) log.warn({ cvm: cvm.kind }, d.warning);
+    if (d.unavailable) log.error({ cvm: cvm.kind, missing: d.host.missing }, `every CreateVm will fail: ${d.unavailable}`);
+  }
+  if (cvm.optOutWarning) log.warn({ cvm: cvm.kind }, cvm.optOutWarning);
+}
+
+/** Where the gRPC API and the HTTP endpoint listen: the host setting and the addresses it stands for. */
+export async function listenChecks(config: Config): Promise<CheckResult[]> {
+  const out: CheckResult[] = [];
+  for (const [what, s, setting] of [['gRPC API', config.grpc, 'MANAGER_GRPC_HOST'], ['HTTP endpoint', config.http, 'MANAGER_HTTP_HOST']] as const) {
+    const check = `${what} address`;
+    let addresses;
+    try {
+      addresses = await listenAddresses(s.host);
+    } catch (err) {
+      out.push({ check, status: 'fail', detail: `${setting}=${s.host} does not resolve: ${(err as Error).message}`, remedy: `set ${setting} to an address or a name this host resolves (default localhost)` });
+      continue;
+    }
+    const every = addresses.includes(undefined);
+    const loopback = !every && addresses.every((a) => a !== undefined && /^(127\.|::1$)/.test(a));
+    const where = every ? 'every interface, IPv6 and IPv4' : addresses.map((a) => hostPort(a!, s.port)).join(' and ');
+    const reach = every ? 'reachable from the network' : loopback ? 'loopback only: reachable from this host alone' : 'reachable wherever those addresses are';
+    out.push({ check, status: 'pass', detail: `${setting}=${s.host}: listens on ${where} (${reach})`, remedy: '' });
+  }
+  return out;
+}
+
 export function renderTable(results: CheckResult[]): string {
   const rows = [['STATUS', 'CHECK', 'DETAIL', 'REMEDY'], ...results.map((r) => [r.status.toUpperCase(), r.check, r.detail, r.remedy])];
   const widths = [0, 1, 2].map((i) => Math.min(60, Math.max(...rows.map((r) => r[i]!.length))));
@@ -71,7 +128,7 @@ export function renderTable(results: CheckResult[]): string {
 }
 
 export async function checkCommand(config: Config): Promise<{ text: string; ok: boolean }> {
-  const results = [...(await preflight(config, tcpPortIsFree)), ...securityChecks(config)];
+  const results = [...cvmChecks(config), ...(await preflight(config, tcpPortIsFree)), ...(await listenChecks(config)), ...securityChecks(config)];
   const failed = results.filter((r) => r.status === 'fail').length;
   const warned = results.filter((r) => r.status === 'warn').length;
   const summary = failed > 0 ? `${failed} check(s) failed, ${warned} warning(s): this host cannot run the configured VMs yet.` : `all checks passed${warned ? ` (${warned} warning(s))` : ''}.`;

@@ -10,7 +10,8 @@ import { listenGrpc } from '../api/grpc/listener.js';
 import { createGrpcServer, serverCredentials, setServing, tcpTransportOptions } from '../api/grpc/server.js';
 import { ConnectionGuard } from '../api/connection-guard.js';
 import { describeGuestPeerMode, GuestPeerGate } from '../api/guest-peer.js';
-import { createHttpServer, type Lifecycle, listen } from '../api/http/server.js';
+import { createHttpServer, httpLimits, type Lifecycle, listen } from '../api/http/server.js';
+import { hostPort } from '../api/listen-addresses.js';
 import { forgetPemTexts, loadTlsMaterial } from '../api/tls.js';
 import type { Config } from '../config/types.js';
 import { loadPcrValues, loadSigningKey } from '../manager/attestation-files.js';
@@ -33,7 +34,8 @@ import { createLogger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
 import { startTracing, type Tracing } from '../telemetry/tracing.js';
 import { StartupError } from '../util/startup-error.js';
-import { logPreflight, securityChecks } from './check.js';
+import { logCvmDecision, logPreflight, securityChecks } from './check.js';
+import { gpusOfThisHost } from './host-gpus.js';
 import { templateCommandLine } from './qemu-args.js';
 
 export const SERVE_HELP = `Usage: cocos-manager serve
@@ -150,6 +152,7 @@ export async function serveCommand(config: Config): Promise<void> {
   let lifecycle: Lifecycle = 'starting';
 
   log.info({ version: build.version, commit: build.commit }, 'cocos-manager starting');
+  logCvmDecision(config, log);
   const ports = new PortPool(config.qemu.hostFwdRange, tcpPortIsFree);
   const measurer = new IgvmMeasurer(config.attestationPolicyBinaryPath, config.attestation.measureTimeoutMs);
   const policies = new AttestationPolicies(config, new LaunchPinner(measurer), pcrs, signingKey);
@@ -177,7 +180,8 @@ export async function serveCommand(config: Config): Promise<void> {
   } else if (isolationMode === 'off') {
     log.warn('guest isolation is off (MANAGER_GUEST_ISOLATION=false): QEMU runs as the daemon\'s user and nothing but the /proc check keeps guests from calling the host\'s services through 10.0.2.2');
   }
-  manager = new VmManager(config, log, ports, new QemuDriver(config.qemu), { policies, observer: metrics, isolation, qemuGid: qemuUser?.gid });
+  const { gpus, lockedMemory, templateGpu } = gpusOfThisHost(config, log, isolation !== undefined);
+  manager = new VmManager(config, log, ports, new QemuDriver(config.qemu), { policies, observer: metrics, isolation, qemuGid: qemuUser?.gid, gpus, lockedMemory });
   const vms = manager;
   // Who is calling, once per connection: a supervised QEMU's socket means a guest (10.0.2.2).
   // A connection that comes before the records are read (the HTTP port opens first) waits for
@@ -211,16 +215,16 @@ export async function serveCommand(config: Config): Promise<void> {
   metrics.countConnections('http', () => httpGuard.open);
 
   // Health answers (503) while the daemon recovers its VMs.
-  const httpLimits = { headersTimeoutMs: config.connections.httpHeadersTimeoutMs, idleMs: config.connections.idleMs };
-  const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls, gate, httpLimits, httpGuard);
-  let httpPort: number;
+  const limits = httpLimits(config.httpServer, config.connections.idleMs);
+  const httpServer = createHttpServer({ registry: metrics.registry, build, instanceId, lifecycle: () => lifecycle }, httpTls, gate, limits, httpGuard);
+  let http: { port: number; addresses: string[] };
   try {
-    httpPort = await listen(httpServer, config.http.host, config.http.port);
+    http = await listen(httpServer, config.http.host, config.http.port);
   } catch (err) {
     await locking; // another daemon on this state directory is the likelier cause: say that first
-    throw new StartupError(`cannot listen on MANAGER_HTTP_HOST:MANAGER_HTTP_PORT (${config.http.host || '*'}:${config.http.port}): ${(err as Error).message}`);
+    throw new StartupError(`cannot listen on MANAGER_HTTP_HOST:MANAGER_HTTP_PORT (${hostPort(config.http.host, config.http.port)}): ${(err as Error).message}`);
   }
-  log.info({ host: config.http.host || '*', port: httpPort, tls: httpTls !== undefined, mutual_tls: httpTls?.clientCa !== undefined, client_auth: httpTls?.clientAuth ?? 'none' }, 'HTTP endpoint listening');
+  log.info({ host: config.http.host, addresses: http.addresses, port: http.port, tls: httpTls !== undefined, mutual_tls: httpTls?.clientCa !== undefined, client_auth: httpTls?.clientAuth ?? 'none' }, 'HTTP endpoint listening');
 
   mark('http');
   const stateLock = await locking;
@@ -268,7 +272,7 @@ export async function serveCommand(config: Config): Promise<void> {
   try {
     listener = await listenGrpc({ host: config.grpc.host, port: config.grpc.port, credentials: serverCredentials(grpcTls), server, gate, guard: grpcGuard, log });
   } catch (err) {
-    const where = `${config.grpc.host || '*'}:${config.grpc.port}`;
+    const where = hostPort(config.grpc.host, config.grpc.port);
     // The table installed a moment ago is not needed if no VM of an earlier run is left.
     await firewall?.removeIf(() => !manager.hasVms()).catch(() => false);
     throw new StartupError(`cannot listen on MANAGER_GRPC_HOST:MANAGER_GRPC_PORT (${where}): ${(err as Error).message}`);
@@ -291,17 +295,20 @@ export async function serveCommand(config: Config): Promise<void> {
   lifecycle = 'recovering';
   setServing(grpcServer, true);
   log.info(
-    { address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, client_auth: grpcTls?.clientAuth ?? 'none', admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()), vm_dirs_to_recover: leftovers.length },
+    { host: config.grpc.host, address: listener.address, port: listener.port, tls: grpcTls !== undefined, mutual_tls: grpcTls?.clientCa !== undefined, client_auth: grpcTls?.clientAuth ?? 'none', admin: config.admin.onGrpcPort, startup_ms: Math.round(performance.now()), vm_dirs_to_recover: leftovers.length },
     'gRPC server listening',
   );
-  if (config.jaegerTraceRatio > 0) {
-    startTracing({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio, instanceId, version: build.version, log }).then(
+  const traced = config.tracing;
+  if (traced.off === undefined) {
+    startTracing({ config: traced, instanceId, version: build.version, log }).then(
       (t) => {
         tracing = t;
-        log.info({ url: config.jaegerUrl, ratio: config.jaegerTraceRatio }, 'tracing started');
+        log.info({ url: traced.url, url_from: traced.urlFrom, protocol: traced.protocol, sampler: traced.sampler.from, parent_based: traced.sampler.parentBased }, 'tracing started');
       },
       (err) => log.error({ err: String(err) }, 'tracing could not start: calls are served untraced'),
     );
+  } else {
+    log.info({ off_by: traced.off }, 'tracing off');
   }
   // Calls are served meanwhile; one about a VM not yet decided waits for it (ListVms for all).
   const recoveryStarted = performance.now();
@@ -334,11 +341,11 @@ export async function serveCommand(config: Config): Promise<void> {
       .then((f) => {
         log.info({ qemu_version: f.text, qmp_reconnect: f.form.reconnect, sandbox: f.sandbox.supported }, 'QEMU version read');
         if (!f.sandbox.supported) log.warn({ bin: config.qemu.binPath }, `VMs run without QEMU's seccomp sandbox (-sandbox): ${f.sandbox.reason}`);
-        log.info({ command: templateCommandLine(config, f.sandbox.supported) }, 'QEMU template command line');
+        log.info({ command: templateCommandLine(config, f.sandbox.supported, templateGpu) }, 'QEMU template command line');
       })
       .catch((err) => {
         log.warn(`could not read the QEMU version (retried at the next CreateVm): ${(err as Error).message}`);
-        log.info({ command: templateCommandLine(config, false), sandbox: 'unknown' }, 'QEMU template command line');
+        log.info({ command: templateCommandLine(config, false, templateGpu), sandbox: 'unknown' }, 'QEMU template command line');
       });
   });
 

@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
-import { loadPackageDefinition } from '../api/grpc/server.js';
+import { loadPackageDefinition } from '../api/grpc/protos.js';
 import type { ProtoGrpcType as ManagerProto } from '../api/grpc/generated/manager.js';
 import type { ProtoGrpcType as AdminProto } from '../api/grpc/generated/manager-admin.js';
 import { inspectPolicy } from '../attestation/inspect.js';
@@ -17,7 +17,8 @@ export const VM_HELP = `Usage: cocos-manager vm <command> [options]
 Commands:
   create [flags]          create a VM (flags below), print its id and forwarded port
   rm ID                   remove a VM
-  info ID                 state, pid, port, TTL, exit and kernel command line of a VM
+  info ID                 state, pid, port, TTL, exit, SEV-SNP/TDX/plain (and why), kernel
+                          command line and GPU of a VM
   policy ID [-o FILE]     the VM's attestation policy: written to FILE, or shown decoded
   ls                      all VMs of the daemon
   events [--count N]      the current VMs, then every change of state as it happens
@@ -150,6 +151,9 @@ interface VmStatusOut {
   kernel_cmd: string;
   exit_cause: string;
   pause_reason: string;
+  gpu: string;
+  cvm_kind: string;
+  cvm_decision: string;
 }
 
 interface VmEventOut {
@@ -237,7 +241,8 @@ export async function vmCommand(args: string[]): Promise<string> {
           ['id', s.id], ['state', s.pause_reason ? `${s.state} (${s.pause_reason})` : s.state], ['pid', String(s.pid)], ['forwarded port', s.forwarded_port], ['created', s.created_at],
           ['ttl deadline', s.ttl_deadline || '(none)'],
           ['exit', s.has_exit ? `${s.exit_cause || 'unknown'} (${s.exit_signal || `code ${s.exit_code}`})` : '(none)'],
-          ['kernel command line', s.kernel_cmd], ['cpu', `${i.cpu_num} x ${i.cpu_type}`], ['ovmf', String(i.ovmf_version)], ['eos', String(i.eos_version) || '(unset)'],
+          ['confidential computing', s.cvm_decision ? `${s.cvm_kind} (${s.cvm_decision})` : s.cvm_kind],
+          ['kernel command line', s.kernel_cmd], ['gpu', s.gpu || '(none)'], ['cpu', `${i.cpu_num} x ${i.cpu_type}`], ['ovmf', String(i.ovmf_version)], ['eos', String(i.eos_version) || '(unset)'],
         ]);
       }
       case 'policy': {

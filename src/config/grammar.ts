@@ -14,8 +14,9 @@ export interface Grammar<T> {
   /** The value of a non-empty text, or empty text where empty is a value of its own. */
   parse(text: string): T;
   /**
-   * Whether an empty variable means the default, unless the setting says otherwise: so for
-   * typed values, as the Go manager reads them; text keeps the empty string as its value.
+   * Whether an empty variable means the default, unless the setting says otherwise: so for every
+   * grammar here, as the Go manager's environment library (caarlos0/env) gives an empty variable
+   * its declared default; a setting where empty means something else says so itself.
    */
   readonly emptyMeansDefault: boolean;
 }
@@ -31,8 +32,8 @@ export function mapped<A, B>(g: Grammar<A>, f: (value: A) => B): Grammar<B> {
   return grammar((text) => f(g.parse(text)), g.emptyMeansDefault);
 }
 
-/** Strings are kept verbatim; an empty string is a value (e.g. an empty host means all interfaces). */
-export const text: Grammar<string> = grammar((input) => input, false);
+/** Strings are kept verbatim; an empty variable is the default (a setting may make it a value of its own). */
+export const text: Grammar<string> = grammar((input) => input);
 
 /** Text that must not be blank (kept verbatim). */
 export function nonBlankText(what: string): Grammar<string> {
@@ -74,6 +75,45 @@ export function orAuto<T>(g: Grammar<T>): Grammar<T | 'auto'> {
     }
   }, g.emptyMeansDefault);
 }
+
+/** pino's levels and the slog level each stands for (slog: DEBUG -4, INFO 0, WARN 4, ERROR 8; pino's trace and fatal a step beyond). */
+const PINO_LEVELS = [
+  ['trace', -8n],
+  ['debug', -4n],
+  ['info', 0n],
+  ['warn', 4n],
+  ['error', 8n],
+  ['fatal', 12n],
+] as const;
+
+export type PinoLevel = (typeof PINO_LEVELS)[number][0] | 'silent';
+
+const SLOG_NAMES: Readonly<Record<string, bigint>> = { DEBUG: -4n, INFO: 0n, WARN: 4n, ERROR: 8n };
+const INT64 = 2n ** 63n;
+
+/** Go's strings.ToUpper, rune by rune (simple case mapping: a character never becomes two). */
+function goToUpper(s: string): string {
+  return [...s].map((c) => (c.toUpperCase().length === 1 ? c.toUpperCase() : c)).join('');
+}
+
+/**
+ * A log level as Go's slog.Level.UnmarshalText reads MANAGER_LOG_LEVEL in the Go manager: DEBUG,
+ * INFO, WARN or ERROR in any case, optionally with an offset (INFO+2, DEBUG-4). It becomes the
+ * lowest pino level whose records slog would show at that threshold: INFO+2 shows WARN and
+ * ERROR records, so it is warn; DEBUG-4 is trace; above ERROR+4, nothing this daemon writes.
+ */
+export const slogLevel: Grammar<PinoLevel> = grammar((input) => {
+  const v = input.trim();
+  const at = v.search(/[+-]/);
+  const base = SLOG_NAMES[goToUpper(at < 0 ? v : v.slice(0, at))];
+  // The offset as Go's strconv.Atoi takes it: a sign, decimal digits, within a 64-bit int.
+  const offset = at < 0 ? '0' : v.slice(at);
+  if (base === undefined || !/^[+-]?\d+$/.test(offset) || BigInt(offset) >= INT64 || BigInt(offset) < -INT64) {
+    throw expected('a log level: debug, info, warn or error in any case, optionally with an offset as Go\'s slog takes it (INFO+2, DEBUG-4)');
+  }
+  const threshold = base + BigInt(offset);
+  return PINO_LEVELS.find(([, slog]) => slog >= threshold)?.[0] ?? 'silent';
+});
 
 /** A whole number in [min, max], decimal digits only. */
 export function integer(min: number, max: number, what: string): Grammar<number> {
@@ -170,6 +210,11 @@ export const nonNegativeDuration = durationIn('a Go duration like 0 (off), 300ms
 /** A positive Go duration no longer than `maxMs`. */
 export function boundedDuration(maxMs: number, maxText: string): Grammar<number> {
   return durationIn(`a positive Go duration of at most ${maxText}, like 300ms, 10s or 1m30s`, Number.MIN_VALUE, maxMs);
+}
+
+/** A Go duration of at most `maxText`, or 0, which means what `zeroMeans` says. */
+export function boundedDurationOrZero(maxMs: number, maxText: string, zeroMeans: string): Grammar<number> {
+  return durationIn(`a Go duration of at most ${maxText}, like 300ms, 10s or 1m30s, or 0 (${zeroMeans})`, 0, maxMs);
 }
 
 export function oneOf<const T extends string>(choices: readonly T[]): Grammar<T> {

@@ -4,15 +4,35 @@
  * first each setting by its declaration (settings.ts), then the rules that involve two.
  */
 import { sizeInBytes } from '../util/size.js';
-import { type ConfigError, type Setting, invalidValue, readSettings } from './setting.js';
+import { type CvmHostFacts, type DeclaredCvm, resolveCvm } from './cvm.js';
+import { type ConfigError, type Given, type Setting, invalidValue, readSettings } from './setting.js';
 import { SETTINGS } from './settings.js';
+import { tracingSettings } from './tracing.js';
 import type { Config } from './types.js';
 
 export { ConfigError } from './setting.js';
 export { MAX_START_TIMEOUT_MS } from './settings.js';
 
-export function loadConfig(env: Readonly<Record<string, string | undefined>>): Config {
-  const { config, given } = readSettings(SETTINGS, env);
+/**
+ * The configuration `env` gives on a host whose SEV-SNP and TDX support is `host` (read by
+ * src/host/cvm-host.ts): MANAGER_QEMU_ENABLE_SEV_SNP and _ENABLE_TDX decided (cvm.ts), so
+ * everything downstream reads the decision; and the tracing derived from the COCOS_JAEGER_*
+ * settings and the OTEL_* variables (tracing.ts).
+ */
+export function loadConfig(env: Readonly<Record<string, string | undefined>>, host: CvmHostFacts): Config {
+  const { config: declared, given } = readSettings(SETTINGS, env);
+  const q = declared.qemu;
+  const as = (value: boolean | 'auto', g: Given): DeclaredCvm => ({ value, variable: g.name, text: g.text });
+  const cvm = resolveCvm(
+    { sevSnp: as(q.enableSevSnp, given(SETTINGS.qemu.enableSevSnp)), tdx: as(q.enableTdx, given(SETTINGS.qemu.enableTdx)), allowNonConfidential: q.allowNonConfidentialVms },
+    host,
+  );
+  const config: Config = {
+    ...declared,
+    qemu: { ...q, enableSevSnp: cvm.sevSnp.on, enableTdx: cvm.tdx.on },
+    cvm,
+    tracing: tracingSettings(env, { url: declared.jaegerUrl, ratio: declared.jaegerTraceRatio }),
+  };
   checkCombinations(config, (s, expected, value = given(s).text) => invalidValue(given(s).name, value, expected));
   return config;
 }
@@ -29,9 +49,6 @@ function isBase64Of32Bytes(s: string): boolean {
 function checkCombinations(c: Config, invalid: Invalid): void {
   const q = c.qemu;
   const S = SETTINGS.qemu;
-  if (q.enableSevSnp && q.enableTdx) {
-    throw invalid(S.enableTdx, `SEV-SNP and TDX cannot both be enabled; set ${S.enableSevSnp.env}=false or ${S.enableTdx.env}=false`);
-  }
   if (q.enableHostData && !isBase64Of32Bytes(q.hostData)) {
     throw invalid(S.hostData, `expected base64 of exactly 32 bytes (44 characters) since ${S.enableHostData.env} is true`, q.hostData);
   }

@@ -9,11 +9,13 @@ import {
   absoluteUrl,
   boolean,
   boundedDuration,
+  boundedDurationOrZero,
   byteSize,
   count,
   groupOrEmpty,
   hexBytes,
   idRange,
+  integer,
   listenPort,
   localAllowList,
   mapped,
@@ -21,18 +23,21 @@ import {
   nonNegativeDuration,
   oneOf,
   onOff,
+  orAuto,
   port,
   portRange,
   positiveCount,
   positiveDuration,
   qemuSize,
   ratio,
+  slogLevel,
   text,
   uint32,
   uint64,
   unixSocketPath,
   unprivilegedUser,
 } from './grammar.js';
+import { gpuSelection, mmioMiB, qemuId } from './gpu-grammar.js';
 import { type Declaration, type Setting, setting, settingsIn } from './setting.js';
 
 export const MAX_START_TIMEOUT_MS = 5 * 60_000;
@@ -40,7 +45,7 @@ export const MAX_START_TIMEOUT_MS = 5 * 60_000;
 /** The six settings of a server (the gRPC API, the HTTP endpoint), after a prefix of their own. */
 function server(prefix: 'MANAGER_GRPC_' | 'MANAGER_HTTP_', defaultPort: string, what: string) {
   return {
-    host: setting({ env: `${prefix}HOST`, grammar: text, default: '', doc: `${what}: address to listen on` }),
+    host: setting({ env: `${prefix}HOST`, grammar: text, default: 'localhost', doc: `${what}: address to listen on (localhost: both loopback addresses it names; 0.0.0.0 or ::, every interface)` }),
     port: setting({ env: `${prefix}PORT`, grammar: listenPort, default: defaultPort, doc: `${what}: port to listen on` }),
     serverCert: setting({ env: `${prefix}SERVER_CERT`, grammar: text, default: '', doc: `${what}: PEM certificate of the server; with SERVER_KEY turns TLS on` }),
     serverKey: setting({ env: `${prefix}SERVER_KEY`, grammar: text, default: '', doc: `${what}: PEM private key of the server` }),
@@ -57,7 +62,7 @@ function tdx(name: string, bytes: number, doc: string) {
 const Q = 'MANAGER_QEMU_';
 
 export const SETTINGS = {
-  logLevel: setting({ env: 'MANAGER_LOG_LEVEL', grammar: oneOf(['debug', 'info', 'warn', 'error']), default: 'info', doc: 'debug, info, warn or error' }),
+  logLevel: setting({ env: 'MANAGER_LOG_LEVEL', grammar: slogLevel, default: 'info', doc: 'debug, info, warn or error, in any case; Go\'s slog offsets (INFO+2, DEBUG-4) too' }),
   /** Empty: the daemon generates a UUID at start. */
   instanceId: setting({ env: 'MANAGER_INSTANCE_ID', grammar: text, default: '', doc: 'id of this manager instance; empty: a UUID generated at start' }),
   attestationPolicyBinaryPath: setting({ env: 'MANAGER_ATTESTATION_POLICY_BINARY_PATH', grammar: text, default: '../../build', doc: 'directory that holds the `igvmmeasure` binary' }),
@@ -70,14 +75,33 @@ export const SETTINGS = {
   jaegerTraceRatio: setting({ env: 'COCOS_JAEGER_TRACE_RATIO', grammar: ratio, default: '1.0', doc: 'fraction of traces sampled, 0..1' }),
   grpc: server('MANAGER_GRPC_', '7001', 'gRPC API'),
   http: server('MANAGER_HTTP_', '7003', 'HTTP endpoint (health, metrics)'),
+  // The Go manager's HTTP server limits (magistrala pkg/server: these names, 15s, 15s, 5s, 60s,
+  // 1 MiB), where Go's 0 means "as READ_TIMEOUT" (header, idle) or its 1 MiB default (header
+  // bytes); a 0 that means "no limit" in Go is refused. Idle and header bytes keep this daemon's
+  // stricter defaults (docs/configuration.md says why).
+  httpServer: {
+    readTimeoutMs: setting({ env: 'MANAGER_HTTP_SERVER_READ_TIMEOUT', grammar: boundedDuration(5 * 60_000, '5m'), default: '15s', doc: 'HTTP endpoint: time a client has to send a whole request' }),
+    writeTimeoutMs: setting({ env: 'MANAGER_HTTP_SERVER_WRITE_TIMEOUT', grammar: boundedDuration(5 * 60_000, '5m'), default: '15s', doc: 'HTTP endpoint: time to answer a request, from its headers to the last byte of the response' }),
+    readHeaderTimeoutMs: setting({
+      env: 'MANAGER_HTTP_SERVER_READ_HEADER_TIMEOUT',
+      aliases: ['MANAGER_HTTP_HEADERS_TIMEOUT'],
+      grammar: boundedDurationOrZero(5 * 60_000, '5m', 'as MANAGER_HTTP_SERVER_READ_TIMEOUT'),
+      default: '5s',
+      doc: 'HTTP endpoint: time a client has to send a request\'s headers; 0: as READ_TIMEOUT',
+    }),
+    idleTimeoutMs: setting({ env: 'MANAGER_HTTP_SERVER_IDLE_TIMEOUT', grammar: boundedDurationOrZero(3_600_000, '1h', 'as MANAGER_HTTP_SERVER_READ_TIMEOUT'), default: '5s', doc: 'HTTP endpoint: an idle keep-alive connection is closed after this; 0: as READ_TIMEOUT' }),
+    maxHeaderBytes: setting({ env: 'MANAGER_HTTP_SERVER_MAX_HEADER_BYTES', grammar: integer(0, 16 * 1024 * 1024, 'a number of bytes in 0..16777216 (0: 1048576, as in Go)'), default: '8192', doc: 'HTTP endpoint: most bytes of a request line and headers; 0: 1 MiB, as in Go' }),
+  },
   qemu: {
     binPath: setting({ env: `${Q}BIN_PATH`, grammar: nonBlankText('a QEMU binary path or name'), default: 'qemu-system-x86_64', doc: 'QEMU binary, a path or a name looked up on PATH' }),
     useSudo: setting({ env: `${Q}USE_SUDO`, grammar: boolean, default: 'false', doc: 'run QEMU through sudo, as MANAGER_QEMU_SUDO_USER (for a daemon that is not root)' }),
     /** Who QEMU runs as under sudo (`sudo -u`): a user name or numeric id, never root. */
     sudoUser: setting({ env: `${Q}SUDO_USER`, grammar: unprivilegedUser, default: 'cocos-qemu', doc: 'the unprivileged user sudo runs QEMU as (name or id, never root; see docs/configuration.md)' }),
     enableKvm: setting({ env: `${Q}ENABLE_KVM`, grammar: boolean, default: 'true', doc: 'KVM acceleration' }),
-    enableSevSnp: setting({ env: `${Q}ENABLE_SEV_SNP`, grammar: boolean, default: 'true', doc: 'launch AMD SEV-SNP guests' }),
-    enableTdx: setting({ env: `${Q}ENABLE_TDX`, grammar: boolean, default: 'false', doc: 'launch Intel TDX guests (not together with SEV-SNP)' }),
+    // Decided at start with the host's answers (cvm.ts): Config holds the decision, a boolean.
+    enableSevSnp: setting({ env: `${Q}ENABLE_SEV_SNP`, grammar: orAuto(boolean), default: 'auto', doc: 'AMD SEV-SNP guests: auto (when the host supports them, as the Go manager decides), true (CreateVm fails on a host without), or false (ignored on a host that supports them, unless MANAGER_ALLOW_NON_CONFIDENTIAL_VMS=true)' }),
+    enableTdx: setting({ env: `${Q}ENABLE_TDX`, grammar: orAuto(boolean), default: 'auto', doc: 'Intel TDX guests: auto (when the host supports them, as the Go manager decides), true (CreateVm fails on a host without), or false (ignored on a host that supports them, unless MANAGER_ALLOW_NON_CONFIDENTIAL_VMS=true)' }),
+    allowNonConfidentialVms: setting({ env: 'MANAGER_ALLOW_NON_CONFIDENTIAL_VMS', grammar: boolean, default: 'false', doc: 'let ENABLE_SEV_SNP=false or ENABLE_TDX=false launch plain, non-confidential VMs on a host that supports the technology (a warning at every start)' }),
     machine: setting({ env: `${Q}MACHINE`, grammar: text, default: 'q35', doc: 'machine type' }),
     cpu: setting({ env: `${Q}CPU`, grammar: text, default: 'EPYC', doc: 'CPU model' }),
     smpCount: setting({ env: `${Q}SMP_COUNT`, grammar: positiveCount, default: '4', doc: 'virtual CPUs' }),
@@ -93,7 +117,8 @@ export const SETTINGS = {
       file: setting({ env: `${Q}OVMF_CODE_FILE`, grammar: text, default: '/usr/share/OVMF/OVMF_CODE.fd', doc: 'OVMF code file' }),
       readonly: setting({ env: `${Q}OVMF_CODE_READONLY`, grammar: onOff, default: 'on', doc: 'OVMF code drive read-only (on/off)' }),
     },
-    ovmfVersion: setting({ env: `${Q}OVMF_VERSION`, grammar: text, default: 'edk2-stable202408', doc: 'EDK II release the OVMF was built from (reported by CVMInfo)' }),
+    // Go's default is empty, so an empty value stays empty there; here too.
+    ovmfVersion: setting({ env: `${Q}OVMF_VERSION`, grammar: text, default: 'edk2-stable202408', emptyMeansDefault: false, doc: 'EDK II release the OVMF was built from (reported by CVMInfo)' }),
     ovmfVars: {
       if: setting({ env: `${Q}OVMF_VARS_IF`, grammar: text, default: 'pflash', doc: 'interface of the OVMF variables drive' }),
       format: setting({ env: `${Q}OVMF_VARS_FORMAT`, grammar: text, default: 'raw', doc: 'format of the OVMF variables file' }),
@@ -127,6 +152,13 @@ export const SETTINGS = {
     igvmFile: setting({ env: `${Q}IGVM_FILE`, grammar: text, default: '/root/coconut-qemu.igvm', doc: 'IGVM file (firmware and vTPM) for SEV-SNP' }),
     tdxId: setting({ env: `${Q}TDX_ID`, grammar: text, default: 'tdx0', doc: 'id of the tdx-guest object' }),
     quoteGenerationPort: setting({ env: `${Q}QUOTE_GENERATION_PORT`, grammar: uint32, default: '4050', doc: 'vsock port of the Quote Generation Service' }),
+    // GPU passthrough (the Go manager's GPUConfig), one GPU per VM from a pool (src/manager/gpu-pool.ts).
+    gpu: {
+      bdf: setting({ env: `${Q}GPU_BDF`, grammar: gpuSelection, default: '', doc: 'GPUs handed to VMs, one each: PCI addresses (0000:02:00.0,...), none, or empty for every NVIDIA GPU bound to vfio-pci' }),
+      pcieRootPort: setting({ env: `${Q}GPU_PCIE_ROOT_PORT`, grammar: qemuId, default: 'pci.1', doc: 'id of the pcie-root-port the GPU sits behind' }),
+      pcieBus: setting({ env: `${Q}GPU_PCIE_BUS`, grammar: qemuId, default: 'pcie.0', doc: 'bus of that pcie-root-port' }),
+      fwCfgMmioMb: setting({ env: `${Q}GPU_FW_CFG_MMIO_MB`, grammar: mmioMiB, default: '262144', doc: "OVMF's 64-bit PCI MMIO window in MiB (opt/ovmf/X-PciMmio64Mb)" }),
+    },
     noGraphic: setting({ env: `${Q}NO_GRAPHIC`, grammar: boolean, default: 'true', doc: '-nographic' }),
     monitor: setting({ env: `${Q}MONITOR`, grammar: text, default: 'pty', doc: '-monitor value' }),
   },
@@ -187,7 +219,8 @@ export const SETTINGS = {
   },
   admin: {
     /** Unix socket of ManagerAdmin (and ManagerService); empty: none. */
-    socket: setting({ env: 'MANAGER_ADMIN_SOCKET', grammar: unixSocketPath, default: '/run/cocos-manager/admin.sock', doc: 'Unix socket of ManagerAdmin (and ManagerService), mode 0660; empty: none' }),
+    // Empty is the one way to have no admin socket (the Go manager has none to turn off).
+    socket: setting({ env: 'MANAGER_ADMIN_SOCKET', grammar: unixSocketPath, default: '/run/cocos-manager/admin.sock', emptyMeansDefault: false, doc: 'Unix socket of ManagerAdmin (and ManagerService), mode 0660; empty: none' }),
     /** Group given the socket (mode 0660); empty: the daemon's own group. */
     socketGroup: setting({ env: 'MANAGER_ADMIN_SOCKET_GROUP', grammar: groupOrEmpty, default: '', doc: 'group given the admin socket (name or id); empty: the daemon\'s own group' }),
     /** ManagerAdmin also on the gRPC TCP port (needs mutual TLS). */
@@ -210,8 +243,6 @@ export const SETTINGS = {
     verdictTimeoutMs: setting({ env: 'MANAGER_CONNECTION_VERDICT_TIMEOUT', grammar: boundedDuration(60_000, '1m'), default: '5s', doc: 'longest wait of a new connection for the guest check; then it is closed' }),
     /** A gRPC connection with no call open, or an HTTP socket with no traffic, is closed after this. */
     idleMs: setting({ env: 'MANAGER_CONNECTION_IDLE_TIMEOUT', grammar: boundedDuration(24 * 3_600_000, '24h'), default: '5m', doc: 'a gRPC connection with no call open, or a silent HTTP socket, is closed after this' }),
-    /** Time an HTTP client has to send its request's headers. */
-    httpHeadersTimeoutMs: setting({ env: 'MANAGER_HTTP_HEADERS_TIMEOUT', grammar: boundedDuration(5 * 60_000, '5m'), default: '10s', doc: 'time an HTTP client has to send its request\'s headers' }),
   },
 } as const satisfies Declaration;
 

@@ -7,12 +7,10 @@
  * (test/fake-host.mjs), not by a setting.
  */
 import fs from 'node:fs';
+import type { CvmHostFacts, HostSupport } from '../config/cvm.js';
 
-export interface CvmHostSupport {
-  enabled: boolean;
-  /** What keeps it off, one phrase each (e.g. "kvm_amd's sev_snp parameter is N"); empty when enabled. */
-  missing: string[];
-}
+/** `missing`: what keeps it off, one phrase each (e.g. "kvm_amd's sev_snp parameter is N"); empty when enabled. */
+export type CvmHostSupport = HostSupport;
 
 /** Where one technology shows on a host. */
 export interface CvmRequirement {
@@ -37,6 +35,11 @@ export function sevSnpEnabledOnHost(): CvmHostSupport {
 
 export function tdxEnabledOnHost(): CvmHostSupport {
   return onHost(TDX);
+}
+
+/** Both answers, as the configuration takes them (src/config/cvm.ts decides from them). */
+export function cvmHostFacts(): CvmHostFacts {
+  return { sevSnp: sevSnpEnabledOnHost(), tdx: tdxEnabledOnHost() };
 }
 
 function onHost(r: CvmRequirement): CvmHostSupport {

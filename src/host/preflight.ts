@@ -10,6 +10,7 @@ import { probeSandbox } from '../vm/qemu-version.js';
 import { loadExeca } from '../vm/spawner.js';
 import { checkSharing, resolveQemuUser } from './qemu-user.js';
 import type { Config, QemuConfig } from '../config/types.js';
+import { gpuChecks } from './gpu-checks.js';
 import { isolationChecks } from './isolation-checks.js';
 
 import type { CheckResult } from './check-result.js';
@@ -56,14 +57,6 @@ async function qemuHelp(bin: string, args: string[]): Promise<string> {
 /** A QEMU that cannot list what it supports says nothing about any one device or object. */
 const listingFailed = (what: string, args: string, failure: string): CheckResult =>
   fail(`qemu ${what}`, `\`${args}\` failed (${failure})`, 'QEMU must load modules from its own build (a QEMU outside /usr needs a wrapper: see README)');
-
-async function readText(file: string): Promise<string | undefined> {
-  try {
-    return await fs.readFile(file, 'utf8');
-  } catch {
-    return undefined;
-  }
-}
 
 async function readable(check: string, file: string, setting: string): Promise<CheckResult> {
   try {
@@ -155,13 +148,9 @@ export async function preflight(config: Config, portIsFree?: (port: number) => P
     }
   }
 
-  const cpuinfo = (await readText('/proc/cpuinfo')) ?? '';
-  const flags = new Set((/^flags\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? '').split(/\s+/));
-  const param = async (file: string) => (await readText(file))?.trim();
+  // Whether the host supports SEV-SNP or TDX was read once, as the Go manager reads it, and
+  // decided from (src/config/cvm.ts); `check` shows that decision (cvmChecks) before these rows.
   if (q.enableSevSnp) {
-    results.push(flags.has('sev_snp') ? pass('CPU SEV-SNP', 'sev_snp flag present') : fail('CPU SEV-SNP', 'no sev_snp CPU flag', 'an AMD EPYC (Milan or later) with SEV-SNP enabled in firmware is needed, or set MANAGER_QEMU_ENABLE_SEV_SNP=false'));
-    const p = await param('/sys/module/kvm_amd/parameters/sev_snp');
-    results.push(p === 'Y' || p === '1' ? pass('kvm_amd sev_snp', p) : fail('kvm_amd sev_snp', p === undefined ? 'kvm_amd not loaded' : `sev_snp=${p}`, 'load kvm_amd with sev_snp=1 on a host kernel with SNP support'));
     const igvmmeasure = path.join(config.attestationPolicyBinaryPath, 'igvmmeasure');
     try {
       await fs.access(igvmmeasure, constants.X_OK);
@@ -172,9 +161,6 @@ export async function preflight(config: Config, portIsFree?: (port: number) => P
     results.push(await readable('IGVM file', q.igvmFile, 'MANAGER_QEMU_IGVM_FILE'));
   }
   if (q.enableTdx) {
-    results.push(flags.has('tdx_host_platform') ? pass('CPU TDX', 'tdx_host_platform flag present') : fail('CPU TDX', 'no tdx_host_platform CPU flag', 'an Intel Xeon with TDX enabled in firmware is needed, or set MANAGER_QEMU_ENABLE_TDX=false'));
-    const p = await param('/sys/module/kvm_intel/parameters/tdx');
-    results.push(p === 'Y' || p === '1' ? pass('kvm_intel tdx', p) : fail('kvm_intel tdx', p === undefined ? 'kvm_intel not loaded' : `tdx=${p}`, 'load kvm_intel with tdx=1 on a host kernel with TDX support'));
     results.push(await readable('OVMF (TDX)', q.ovmfFile, 'MANAGER_QEMU_OVMF_FILE'));
   }
   if (!q.enableSevSnp && !q.enableTdx) {
@@ -187,6 +173,7 @@ export async function preflight(config: Config, portIsFree?: (port: number) => P
   if (portIsFree) await checkPorts(results, config, portIsFree);
   results.push(await stateDirCheck(config.stateDir));
   results.push(...(await isolationChecks(config)));
+  results.push(...gpuChecks(config));
   return results;
 }
 

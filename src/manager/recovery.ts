@@ -17,7 +17,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { commandRunsBinary } from '../qemu/args.js';
 import { listVmDirs, type VmPaths, vmPaths, vmsRoot } from '../vm/vm-dir.js';
-import { parseRecord, peekRecord, type RecordPeek, readRecordText, type VmRecord } from '../vm/vm-record.js';
+import { parseRecord, peekRecord, type RecordPeek, readRecordText, type VmGpu, type VmRecord } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
 import { SupervisedVm, type VmSurroundings } from './supervised-vm.js';
 import type { HostProcesses, OutputLimits, VmDriver } from './vm-driver.port.js';
@@ -116,10 +116,10 @@ export async function findLeftovers(stateDir: string): Promise<Leftover[]> {
  * The leftovers whose QEMU may still run, by what their records say: the daemon holds their
  * ports and slots, and treats their processes as guests, until recovery has decided each.
  */
-export function mayStillRun(l: Leftover): { id: string; pids: number[]; hostPort: number | null; uid: number | null } | undefined {
+export function mayStillRun(l: Leftover): { id: string; pids: number[]; hostPort: number | null; uid: number | null; gpu: VmGpu | null } | undefined {
   const p = l.peek;
   if (!p || p.id !== l.name || p.pid === null || !LIVE_STATES.has(p.state)) return undefined;
-  return { id: p.id, pids: [p.pid], hostPort: p.hostPort, uid: p.uid };
+  return { id: p.id, pids: [p.pid], hostPort: p.hostPort, uid: p.uid, gpu: p.gpu };
 }
 
 /**
@@ -286,7 +286,7 @@ async function adopt(record: VmRecord, paths: VmPaths, log: Logger, ctx: Recover
   ctx.registry.add(vm, 're-adopted after a restart');
   await ctx.policies?.pinner.atAdoption(record, log, () => vm.persist());
   vm.supervise(true);
-  log.info({ pid: record.pid, port: record.hostPort, expires_at: record.expiresAt, uid: record.runAs?.uid ?? null }, 're-adopted a running VM');
+  log.info({ pid: record.pid, port: record.hostPort, expires_at: record.expiresAt, uid: record.runAs?.uid ?? null, gpu: record.gpu?.bdf ?? null }, 're-adopted a running VM');
   if (ctx.isolation && !record.runAs) {
     log.warn({ pid: record.pid }, "this VM's QEMU runs as the daemon's user (it was started before guest isolation, or with it off): its guest is not kept off the host by a uid of its own; remove and re-create the VM");
   }

@@ -1,6 +1,6 @@
 /**
  * One VM, owned in one place: its state machine (the only way its state changes), its QEMU
- * (a VmHandle), its TTL, what it holds (a forwarded port, its own uid) and its record, which
+ * (a VmHandle), its TTL, what it holds (a forwarded port, its own uid, a GPU) and its record, which
  * holds its facts once (written to disk once QEMU is up). Built the same way for a launch and
  * for an adoption; the registry only keeps the map.
  */
@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { VmIdentity, VmRecord } from '../vm/vm-record.js';
 import type { VmPaths } from '../vm/vm-dir.js';
 import { ManagerError } from './errors.js';
+import type { Gpu, GpuPool } from './gpu-pool.js';
 import type { ManagerObserver, QemuExitCause } from './observer.js';
 import type { PortPool } from './port-pool.js';
 import { TtlTimer } from './ttl-timer.js';
@@ -28,6 +29,11 @@ export interface VmStatusView {
   kernelCmdline: string;
   /** While paused: why QEMU paused the guest by itself (guest panic, an I/O error); null otherwise. */
   pauseReason: string | null;
+  /** The host GPU it holds (PCI address); null: none, or its QEMU is gone. */
+  gpu: string | null;
+  /** What it was launched as, and how that was decided (null: by a daemon that did not record it). */
+  cvmKind: VmRecord['launch']['kind'];
+  cvmDecision: string | null;
 }
 
 export type StopCause = 'removed' | 'ttl';
@@ -45,6 +51,7 @@ export interface VmSurroundings {
   powerdownTimeoutMs: number;
   ports: PortPool;
   uids: UidPool | undefined;
+  gpus: GpuPool;
   files: VmFiles;
   observer: ManagerObserver;
   /** Runs a background operation (a TTL removal) so a stopping daemon waits for it. */
@@ -62,6 +69,7 @@ export class SupervisedVm {
   private removing: Promise<void> | undefined;
   private portHeld = false;
   private uidHeld: number | undefined;
+  private gpuHeld = false;
   /** The record is on disk (QEMU is up): later changes are written too. */
   private persisted = false;
   /** Under sudo (or a wrapper that does not exec), the PIDs below the handle's: undefined until read. */
@@ -92,6 +100,10 @@ export class SupervisedVm {
     around.ports.hold(record.hostPort);
     vm.portHeld = true;
     if (record.runAs) vm.holdUid(record.runAs);
+    if (record.gpu) {
+      around.gpus.hold(record.gpu, record.id, Boolean(record.runAs));
+      vm.gpuHeld = true;
+    }
     return vm;
   }
 
@@ -125,6 +137,12 @@ export class SupervisedVm {
     this.portHeld = true;
   }
 
+  /** The GPU passed through to it, from the pool: given back once QEMU is gone, as the port. */
+  holdGpu(gpu: Gpu): void {
+    this.record.gpu = gpu;
+    this.gpuHeld = true;
+  }
+
   holdUid(identity: VmIdentity): void {
     this.record.runAs = identity;
     this.uidHeld = identity.uid;
@@ -142,7 +160,10 @@ export class SupervisedVm {
   apply(input: VmInput): Transition | undefined {
     const t = this.machine.apply(input);
     if (!t) return undefined;
-    if (!this.machine.holdsResources) this.releasePort();
+    if (!this.machine.holdsResources) {
+      this.releasePort();
+      this.releaseGpu();
+    }
     if (input.kind === 'exited') {
       this.record.exit = { code: input.exit?.code ?? null, signal: input.exit?.signal ?? null, at: new Date().toISOString(), cause: this.machine.cause ?? 'unknown' };
     }
@@ -264,6 +285,7 @@ export class SupervisedVm {
       this.apply({ kind: 'exited', exit: null });
     }
     this.releasePort();
+    this.releaseGpu();
     h?.close();
     try {
       await this.around.files.remove(this.paths.dir);
@@ -309,6 +331,7 @@ export class SupervisedVm {
   discard(reason: string): void {
     this.apply({ kind: 'start-failed' });
     this.releasePort();
+    this.releaseGpu();
     this.releaseUid();
     this.around.changed(this, { from: this.machine.state, to: 'removed', reason });
     this.around.gone(this);
@@ -318,6 +341,18 @@ export class SupervisedVm {
     if (!this.portHeld) return;
     this.portHeld = false;
     this.around.ports.release(this.record.hostPort);
+  }
+
+  /**
+   * Once QEMU is gone, as the port: its close of the VFIO device has reset the GPU and let it
+   * go, and a VM listed as stopped or crashed until RemoveVm must not keep a GPU it cannot use.
+   * Its /dev/vfio node goes back to root before the next VM's user is given it.
+   */
+  releaseGpu(): void {
+    if (!this.gpuHeld || !this.record.gpu) return;
+    this.gpuHeld = false;
+    this.around.gpus.release(this.record.gpu.bdf, this.id);
+    this.log.debug({ gpu: this.record.gpu.bdf }, 'GPU released');
   }
 
   /** The uid goes last: QEMU is gone and so are the files it owned. */
@@ -344,6 +379,9 @@ export class SupervisedVm {
       exit: e ? { code: e.code, signal: e.signal, at: e.at, cause: e.cause ?? this.machine.cause ?? 'unknown' } : null,
       kernelCmdline: r.kernelCmdline,
       pauseReason: this.machine.pauseReason ?? null,
+      gpu: this.gpuHeld ? (r.gpu?.bdf ?? null) : null,
+      cvmKind: r.launch.kind,
+      cvmDecision: r.launch.decision ?? null,
     };
   }
 }

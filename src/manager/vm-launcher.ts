@@ -1,7 +1,8 @@
 /**
- * CreateVm: a slot, a port, a uid, the VM's directory and shares, QEMU (through the driver) and
- * QEMU's word that it runs. Each step is traced and registers its undo; if a later step fails,
- * the undos run in reverse and nothing is left: no directory, no port, no slot, no uid.
+ * CreateVm: a slot, a port, a uid, a GPU (when the host has any), the VM's directory and shares,
+ * QEMU (through the driver) and QEMU's word that it runs. Each step is traced and registers its
+ * undo; if a later step fails, the undos run in reverse and nothing is left: no directory, no
+ * port, no slot, no uid, no GPU.
  */
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
@@ -10,10 +11,13 @@ import { buildQemuArgs, kernelCommandLine, qemuCommand, type RunAs } from '../qe
 import type { VmRequest } from '../request/create-request.js';
 import { inSpan } from '../telemetry/spans.js';
 import { shellCommandLine } from '../util/shell-quote.js';
+import { sizeInBytes } from '../util/size.js';
+import { type LockedMemoryLimit, vfioLockedMemory } from '../isolation/locked-memory.js';
 import { VarsTemplateError, vmPaths } from '../vm/vm-dir.js';
 import type { VmRecord } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
+import type { Gpu } from './gpu-pool.js';
 import type { GuestIsolation } from './guest-isolation.js';
 import { SupervisedVm, type VmSurroundings } from './supervised-vm.js';
 import { UndoStack } from './undo-stack.js';
@@ -32,9 +36,13 @@ export class VmLauncher {
     private readonly isolation?: GuestIsolation,
     /** QEMU under sudo as this group's user: its files and QMP socket are shared through the group. */
     private readonly qemuGid?: number,
+    /** The daemon's RLIMIT_MEMLOCK, which a GPU VM's QEMU would inherit (src/host/locked-memory.ts). */
+    private readonly lockedMemory: LockedMemoryLimit = { hard: null, mayRaise: false },
   ) {}
 
   async launch(req: VmRequest): Promise<{ id: string; port: number }> {
+    // SEV-SNP or TDX declared true on a host that lacks it: no VM, rather than a plain one.
+    if (this.config.cvm.unavailable) throw new ManagerError('failed-precondition', this.config.cvm.unavailable);
     if (!this.registry.hasSlot) throw new ManagerError('resource-exhausted', `MANAGER_MAX_VMS=${this.config.maxVms} VMs are already running or starting`);
     const id = randomUUID();
     const log = this.log.child({ cvm_id: id });
@@ -47,7 +55,7 @@ export class VmLauncher {
     const timings: Record<string, number> = {};
     try {
       await this.steps(vm, req, undo, timings, at);
-      log.info({ port: vm.record.hostPort, pid: vm.pid, ttl_ms: req.ttlMs ?? null, timings_ms: timings }, 'VM started');
+      log.info({ port: vm.record.hostPort, pid: vm.pid, gpu: vm.record.gpu?.bdf ?? null, ttl_ms: req.ttlMs ?? null, timings_ms: timings }, 'VM started');
       return { id, port: vm.record.hostPort };
     } catch (err) {
       const error = err instanceof ManagerError ? err : new ManagerError('internal', `CreateVm failed: ${(err as Error).message}`);
@@ -76,11 +84,13 @@ export class VmLauncher {
       exit: null,
       launch: {
         kind: cvmKind(q),
+        decision: this.config.cvm.reason,
         cpu: q.cpu,
         hostData: q.enableSevSnp && q.enableHostData ? q.hostData : null,
         igvmFile: q.enableSevSnp ? q.igvmFile : null,
       },
       runAs: null,
+      gpu: null,
     };
   }
 
@@ -111,6 +121,7 @@ export class VmLauncher {
         return { uid, gid: uid, groups };
       });
     }
+    const gpu = await this.allocateGpu(vm, undo, runAs);
     timings.port = at();
     await inSpan('write-shares', async () => {
       // A directory made in part is removed too.
@@ -131,7 +142,7 @@ export class VmLauncher {
         throw new ManagerError('failed-precondition', `QEMU could not be started: ${(err as Error).message}`);
       }
     });
-    const cmd = qemuCommand(q, runAs);
+    const cmd = qemuCommand(q, runAs, gpu?.lockedMemory);
     const argv = [
       ...cmd.prefix,
       ...buildQemuArgs(q, {
@@ -141,6 +152,7 @@ export class VmLauncher {
         shares: { certsDir: paths.certsDir, envDir: paths.envDir },
         qmp: { socketPath: paths.qmpSocket, form: flavor.form },
         sandbox: flavor.sandbox.supported,
+        gpu: gpu?.gpu.bdf,
       }),
     ];
     vm.record.command = [cmd.file, ...argv];
@@ -159,7 +171,7 @@ export class VmLauncher {
     }
     // No record is written before QEMU is up: a daemon that dies in between leaves a directory
     // without one, and the next start kills the QEMU that names it and removes it (recovery).
-    log.info({ port, command: shellCommandLine(vm.record.command) }, 'starting QEMU');
+    log.info({ port, gpu: gpu?.gpu.bdf ?? null, command: shellCommandLine(vm.record.command) }, 'starting QEMU');
     timings.files = at();
     const spawnedAt = process.hrtime.bigint();
     const handle = await inSpan('spawn-qemu', async (span) => {
@@ -201,6 +213,34 @@ export class VmLauncher {
     this.around.observer.vmStarted(Number(process.hrtime.bigint() - spawnedAt) / 1e9);
     await vm.started();
     timings.recorded = at();
+  }
+
+  /**
+   * When the host has GPUs (MANAGER_QEMU_GPU_BDF), every VM gets one: taken from the pool, its
+   * /dev/vfio node given to the VM's user, with the locked memory its QEMU needs for VFIO. On a
+   * host without any, nothing: the argv is the Go manager's without a GPU.
+   */
+  private async allocateGpu(vm: SupervisedVm, undo: UndoStack, runAs: RunAs | undefined): Promise<{ gpu: Gpu; lockedMemory: bigint } | undefined> {
+    const pool = this.around.gpus;
+    if (pool.size === 0) return undefined;
+    return inSpan('allocate-gpu', async (span) => {
+      const memory = vfioLockedMemory(sizeInBytes(this.config.qemu.memorySize, 'M')!, this.lockedMemory);
+      if (!memory.ok) throw new ManagerError('failed-precondition', memory.reason);
+      if (memory.short) vm.log.warn(memory.short);
+      const gpu = pool.acquire(vm.id);
+      if (!gpu) throw new ManagerError('resource-exhausted', `no free GPU: every GPU of this host (MANAGER_QEMU_GPU_BDF) is held: ${pool.describeHolders()}`);
+      vm.holdGpu(gpu);
+      undo.push('the GPU', () => vm.releaseGpu());
+      span.setAttribute('cocos.gpu', gpu.bdf);
+      if (runAs) {
+        try {
+          pool.giveTo(gpu, runAs);
+        } catch (err) {
+          throw new ManagerError('internal', `could not give /dev/vfio/${gpu.iommuGroup} (GPU ${gpu.bdf}) to the VM's user ${runAs.uid}: ${(err as Error).message}`);
+        }
+      }
+      return { gpu, lockedMemory: memory.bytes };
+    });
   }
 }
 

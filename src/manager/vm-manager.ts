@@ -10,7 +10,9 @@ import type { VmId } from '../request/vm-id.js';
 import type { VmRecord } from '../vm/vm-record.js';
 import type { AttestationPolicies } from './attestation-policy.js';
 import { ManagerError } from './errors.js';
+import { GpuPool } from './gpu-pool.js';
 import { type SupervisedPid, supervisedPids, vmOfUid } from './guest-attribution.js';
+import type { LockedMemoryLimit } from '../isolation/locked-memory.js';
 import type { CvmInfo, ManagerService } from './manager-service.port.js';
 import type { GuestIsolation } from './guest-isolation.js';
 import { type ManagerObserver, NO_OBSERVER } from './observer.js';
@@ -56,24 +58,30 @@ export class VmManager implements ManagerService {
       /** Under MANAGER_QEMU_USE_SUDO: the group of the user QEMU runs as (src/host/qemu-user.ts). */
       qemuGid?: number;
       files?: VmFiles;
+      /** The host's GPUs (MANAGER_QEMU_GPU_BDF, checked at start); none by default. */
+      gpus?: GpuPool;
+      /** The daemon's RLIMIT_MEMLOCK, for GPU VMs (src/host/locked-memory.ts). */
+      lockedMemory?: LockedMemoryLimit;
     } = {},
   ) {
     this.policies = opts.policies;
     this.isolation = opts.isolation;
     this.qemuGid = opts.qemuGid;
-    this.registry = new VmRegistry(config.maxVms, log, ports, opts.isolation?.uids, () => this.dropFirewallIfUnused());
+    const gpus = opts.gpus ?? new GpuPool([]);
+    this.registry = new VmRegistry(config.maxVms, log, ports, opts.isolation?.uids, () => this.dropFirewallIfUnused(), gpus);
     this.around = {
       stopTimeoutMs: config.stopTimeoutMs,
       powerdownTimeoutMs: config.powerdownTimeoutMs,
       ports,
       uids: opts.isolation?.uids,
+      gpus,
       files: opts.files ?? diskFiles,
       observer: opts.observer ?? NO_OBSERVER,
       track: (p) => this.track(p),
       changed: (vm, c) => this.registry.changed(vm, c),
       gone: (vm) => this.registry.delete(vm),
     };
-    this.launcher = new VmLauncher(config, log, this.registry, driver, this.around, opts.policies, opts.isolation, opts.qemuGid);
+    this.launcher = new VmLauncher(config, log, this.registry, driver, this.around, opts.policies, opts.isolation, opts.qemuGid, opts.lockedMemory);
   }
 
   /**

@@ -5,6 +5,7 @@
  */
 import type { Logger } from 'pino';
 import { VmNotFound } from './errors.js';
+import type { Gpu, GpuPool } from './gpu-pool.js';
 import type { PortPool } from './port-pool.js';
 import type { SupervisedVm, VmChange, VmStatusView } from './supervised-vm.js';
 import type { UidPool } from './uid-pool.js';
@@ -23,6 +24,7 @@ export interface Expected {
   pids: number[];
   hostPort: number | null;
   uid: number | null;
+  gpu: Gpu | null;
   settled: Promise<void>;
   settle: () => void;
 }
@@ -43,6 +45,8 @@ export class VmRegistry {
     private readonly uids: UidPool | undefined,
     /** Called when the last VM is gone (the guest firewall goes with it). */
     private readonly onEmpty: () => void = () => undefined,
+    /** The host's GPUs (MANAGER_QEMU_GPU_BDF). */
+    private readonly gpus?: GpuPool,
   ) {}
 
   /** No VM, not even one an earlier run left that recovery has not decided yet. */
@@ -77,15 +81,16 @@ export class VmRegistry {
 
   /**
    * VMs an earlier run left that may still run, as their records say: until each is settled,
-   * its slot and port are held, its process counts as a guest's, and calls about it wait.
+   * its slot, port, uid and GPU are held, its process counts as a guest's, and calls about it wait.
    */
-  expect(vms: { id: string; pids: number[]; hostPort: number | null; uid?: number | null }[]): void {
-    for (const { id, pids, hostPort, uid = null } of vms) {
+  expect(vms: { id: string; pids: number[]; hostPort: number | null; uid?: number | null; gpu?: Gpu | null }[]): void {
+    for (const { id, pids, hostPort, uid = null, gpu = null } of vms) {
       let settle!: () => void;
       const settled = new Promise<void>((resolve) => (settle = resolve));
-      this.expected.set(id, { pids, hostPort, uid, settled, settle });
+      this.expected.set(id, { pids, hostPort, uid, gpu, settled, settle });
       if (hostPort !== null) this.ports.hold(hostPort);
       if (uid !== null) this.uids?.hold(uid);
+      if (gpu !== null) this.gpus?.hold(gpu, id, uid !== null);
     }
     this.allSettled = Promise.all([...this.expected.values()].map((e) => e.settled)).then(() => undefined);
   }
@@ -99,10 +104,11 @@ export class VmRegistry {
     if (!e) return;
     if (deferred) this.recoveryIncomplete = true;
     this.expected.delete(id);
-    // An adopted VM holds its port and uid itself from now on.
+    // An adopted VM holds its port, uid and GPU itself from now on.
     const vm = this.vms.get(id);
     if (e.hostPort !== null && vm?.record.hostPort !== e.hostPort) this.ports.release(e.hostPort);
     if (e.uid !== null && vm?.uid !== e.uid) this.uids?.release(e.uid);
+    if (e.gpu !== null && vm?.record.gpu?.bdf !== e.gpu.bdf) this.gpus?.release(e.gpu.bdf, id);
     e.settle();
     if (this.isEmpty) this.onEmpty();
   }

@@ -4,6 +4,7 @@
  */
 import type { QemuConfig } from '../config/types.js';
 import { withExplicitUnit } from '../util/size.js';
+import { gpuArgs } from './gpu-args.js';
 import { type QmpForm, qmpChannelArgs } from './qmp-args.js';
 
 /** What differs between two VMs started from the same configuration. */
@@ -20,6 +21,8 @@ export interface VmLaunch {
   qmp?: { socketPath: string; form: QmpForm };
   /** Whether the binary takes SANDBOX_OPTION (found by a trial start: src/vm/qemu-version.ts). */
   sandbox?: boolean;
+  /** The PCI address of the host GPU the VM is given (VFIO passthrough); absent: none. */
+  gpu?: string;
 }
 
 /**
@@ -44,8 +47,8 @@ export function kernelCommandLine(q: QemuConfig, aaKbsParams = ''): string {
 }
 
 /** The per-VM values of the template command line: what the daemon logs at start and `qemu-args` prints. */
-export function templateLaunch(q: QemuConfig, sandbox = false): VmLaunch {
-  return { hostPort: q.hostFwdAgent, ovmfVarsFile: q.ovmfVars.file, sandbox };
+export function templateLaunch(q: QemuConfig, sandbox = false, gpu?: string): VmLaunch {
+  return { hostPort: q.hostFwdAgent, ovmfVarsFile: q.ovmfVars.file, sandbox, gpu };
 }
 
 export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
@@ -69,6 +72,8 @@ export function buildQemuArgs(q: QemuConfig, vm: VmLaunch): string[] {
     '-device',
     `virtio-net-pci,disable-legacy=${n.disableLegacy},iommu_platform=${n.iommuPlatform},netdev=${e(q.netdevId)},addr=${e(n.addr)},romfile=${e(n.romfile)}`,
   );
+  // Where Go puts it: after the network (and the disk), before SEV-SNP and TDX.
+  if (vm.gpu) args.push(...gpuArgs(q.gpu, vm.gpu));
 
   if (q.enableSevSnp) {
     args.push('-machine', `confidential-guest-support=${e(q.sevSnp.id)},memory-backend=${e(q.memId)},igvm-cfg=${e(q.igvmId)}`);
@@ -134,7 +139,15 @@ export interface RunAs {
  * elevateprivileges=deny; Node cannot set supplementary groups.) no_new_privs: nothing QEMU
  * execs can gain privileges.
  */
-export function qemuCommand(q: QemuConfig, runAs?: RunAs): { file: string; prefix: string[] } {
+export function qemuCommand(q: QemuConfig, runAs?: RunAs, lockedMemory?: bigint): { file: string; prefix: string[] } {
+  const cmd = unlimitedQemuCommand(q, runAs);
+  if (lockedMemory === undefined) return cmd;
+  // A VM with a GPU: VFIO pins its memory, counted against RLIMIT_MEMLOCK, which setpriv and
+  // sudo pass on. util-linux's prlimit sets it (soft and hard) and execs the rest in place.
+  return { file: 'prlimit', prefix: [`--memlock=${lockedMemory}:${lockedMemory}`, '--', cmd.file, ...cmd.prefix] };
+}
+
+function unlimitedQemuCommand(q: QemuConfig, runAs?: RunAs): { file: string; prefix: string[] } {
   if (q.useSudo) {
     const user = /^\d+$/.test(q.sudoUser) ? `#${q.sudoUser}` : q.sudoUser;
     return { file: 'sudo', prefix: ['-n', '-u', user, '--', q.binPath] };
@@ -149,13 +162,13 @@ export function qemuCommand(q: QemuConfig, runAs?: RunAs): { file: string; prefi
 
 /**
  * Whether a command line (as /proc shows it) runs a binary named `name`: first, second behind
- * an interpreter or a wrapper (or an older record's `sudo <bin>`), or behind sudo's or setpriv's
- * options, right after its `--` (until setpriv has exec'd QEMU).
+ * an interpreter or a wrapper (or an older record's `sudo <bin>`), or behind sudo's, setpriv's
+ * or prlimit's options, right after its `--` (until they have exec'd QEMU).
  */
 export function commandRunsBinary(cmd: readonly string[], name: string): boolean {
   const base = (a: string | undefined) => (a === undefined ? '' : a.slice(a.lastIndexOf('/') + 1));
   if (base(cmd[0]) === name || base(cmd[1]) === name) return true;
-  if (base(cmd[0]) !== 'sudo' && base(cmd[0]) !== 'setpriv') return false;
+  if (!['sudo', 'setpriv', 'prlimit'].includes(base(cmd[0]))) return false;
   const end = cmd.indexOf('--');
-  return end > 0 && base(cmd[end + 1]) === name;
+  return end > 0 && commandRunsBinary(cmd.slice(end + 1), name);
 }

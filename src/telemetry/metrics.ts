@@ -2,9 +2,48 @@
  * Prometheus metrics (prom-client). Labels are bounded sets (method, gRPC code, VM state, exit
  * cause): never a VM id.
  */
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry, Summary } from 'prom-client';
 import type { ConnectionObserver, GuardedApi, RefusalReason } from '../api/connection-guard.js';
 import type { ManagerObserver, QemuExitCause } from '../manager/observer.js';
+
+/**
+ * The Go manager's two families (magistrala's prometheus.MakeMetrics("manager", "api"), go-kit
+ * wrappers over client_golang), beside ours so that dashboards and alerts made for it keep
+ * working. Its label values are the Go service's method names, for ManagerService's methods only.
+ */
+const GO_METHODS: Readonly<Record<string, string>> = {
+  '/manager.ManagerService/CreateVm': 'Run',
+  '/manager.ManagerService/RemoveVm': 'Stop',
+  '/manager.ManagerService/AttestationPolicy': 'FetchAttestationPolicy',
+  '/manager.ManagerService/CVMInfo': 'ReturnCVMInfo',
+};
+
+// One pair per process, whichever registry serves it: observeGoApiCall needs no handle.
+const goRequests = new Counter({
+  name: 'manager_api_request_count',
+  help: 'Number of requests received.',
+  labelNames: ['method'],
+  registers: [],
+});
+// go-kit observes seconds, whatever the name says. The quantiles and their window are
+// client_golang's (objectives 0.5, 0.9, 0.99; DefMaxAge 10 min in DefAgeBuckets 5).
+const goLatency = new Summary({
+  name: 'manager_api_request_latency_microseconds',
+  help: 'Total duration of requests in microseconds.',
+  labelNames: ['method'],
+  percentiles: [0.5, 0.9, 0.99],
+  maxAgeSeconds: 600,
+  ageBuckets: 5,
+  registers: [],
+});
+
+/** Counts a call as the Go manager does; `grpcMethod` is its path (/manager.ManagerService/CreateVm), others are not Go's. */
+export function observeGoApiCall(grpcMethod: string, seconds: number): void {
+  const method = GO_METHODS[grpcMethod];
+  if (method === undefined) return;
+  goRequests.inc({ method });
+  goLatency.observe({ method }, seconds);
+}
 
 export interface MetricSources {
   vmsByState(): Record<string, number>;
@@ -23,6 +62,8 @@ export class Metrics implements ManagerObserver, ConnectionObserver {
   constructor(sources: MetricSources) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'cocos_manager_' });
+    this.registry.registerMetric(goRequests);
+    this.registry.registerMetric(goLatency);
     this.rpcRequests = new Counter({
       name: 'cocos_manager_rpc_requests_total',
       help: 'gRPC calls handled, by method and status code',

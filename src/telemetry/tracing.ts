@@ -1,12 +1,17 @@
 /**
- * OpenTelemetry traces exported over OTLP/HTTP to COCOS_JAEGER_URL/v1/traces, sampled parent-based
- * at COCOS_JAEGER_TRACE_RATIO. Export runs in the background (batched): an unreachable collector
- * never slows an RPC, and is logged once until it answers again.
+ * OpenTelemetry traces through the Node SDK (@opentelemetry/sdk-node), exported over OTLP/HTTP
+ * as config.tracing says (src/config/tracing.ts). The SDK does what every OpenTelemetry SDK does
+ * from the environment: the context, the propagators (OTEL_PROPAGATORS: W3C trace context and
+ * baggage), the resource (OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES over the daemon's own
+ * service.name=manager, service.instance.id and service.version). Traces only: metrics are
+ * Prometheus's (/metrics), logs are stdout's. Export runs in the background (batched): an
+ * unreachable collector never slows an RPC, and is logged once until it answers again.
  */
-import { context, diag, DiagLogLevel, propagation, trace } from '@opentelemetry/api';
+import { diag, DiagLogLevel } from '@opentelemetry/api';
 import type { ExportResult } from '@opentelemetry/core';
-import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace-base';
+import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 import type { Logger } from 'pino';
+import type { TracingConfig } from '../config/types.js';
 
 const SUCCESS = 0; // ExportResultCode.SUCCESS
 
@@ -49,35 +54,37 @@ export interface Tracing {
 const OFF: Tracing = { shutdown: () => Promise.resolve() };
 
 /**
- * Ratio 0 turns tracing off entirely: the SDK (~100 ms of start-up, ~7 MiB) is not even loaded,
- * and spans stay no-ops, also for callers that send a sampled traceparent.
+ * Tracing off (config.tracing.off) does not even load the SDK (~100 ms of start-up, several
+ * MiB), and spans stay no-ops, also for callers that send a sampled traceparent.
  */
-export async function startTracing(opts: { url: string; ratio: number; instanceId: string; version: string; log: Logger }): Promise<Tracing> {
-  if (opts.ratio <= 0) return OFF;
-  const [{ AsyncLocalStorageContextManager }, { W3CTraceContextPropagator }, { OTLPTraceExporter }, { resourceFromAttributes }, sdk] = await Promise.all([
-    import('@opentelemetry/context-async-hooks'),
-    import('@opentelemetry/core'),
-    import('@opentelemetry/exporter-trace-otlp-http'),
+export async function startTracing(opts: { config: TracingConfig; instanceId: string; version: string; log: Logger }): Promise<Tracing> {
+  const t = opts.config;
+  if (t.off !== undefined) return OFF;
+  const [{ NodeSDK }, { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler }, { resourceFromAttributes }, { OTLPTraceExporter }] = await Promise.all([
+    import('@opentelemetry/sdk-node'),
+    import('@opentelemetry/sdk-trace'),
     import('@opentelemetry/resources'),
-    import('@opentelemetry/sdk-trace-base'),
+    t.protocol === 'http/json' ? import('@opentelemetry/exporter-trace-otlp-http') : import('@opentelemetry/exporter-trace-otlp-proto'),
   ]);
-  const url = `${opts.url.replace(/\/+$/, '')}/v1/traces`;
-  // The SDK's own diagnostics would log every failed export: ours says it once.
+  // The SDK's own diagnostics would log every failed export: ours says it once. (OTEL_LOG_LEVEL,
+  // read by NodeSDK below, still turns them on, on the console.)
   diag.setLogger({ error: () => undefined, warn: () => undefined, info: () => undefined, debug: () => undefined, verbose: () => undefined }, DiagLogLevel.NONE);
-  const exporter = new LoggingExporter(new OTLPTraceExporter({ url, timeoutMillis: 5_000 }), opts.log, url);
-  const provider = new sdk.BasicTracerProvider({
+  const root = new TraceIdRatioBasedSampler(t.sampler.ratio);
+  const sdk = new NodeSDK({
     resource: resourceFromAttributes({
       'service.name': 'manager',
       'service.instance.id': opts.instanceId,
       'service.version': opts.version,
     }),
-    sampler: new sdk.ParentBasedSampler({ root: new sdk.TraceIdRatioBasedSampler(opts.ratio) }),
-    spanProcessors: [new sdk.BatchSpanProcessor(exporter, { scheduledDelayMillis: 500, maxQueueSize: 2048 })],
+    sampler: t.sampler.parentBased ? new ParentBasedSampler({ root }) : root,
+    spanProcessors: [
+      new BatchSpanProcessor({ exporter: new LoggingExporter(new OTLPTraceExporter({ url: t.url }), opts.log, t.url), scheduledDelayMillis: 500, maxQueueSize: 2048 }),
+    ],
+    // Empty, not absent: absent, NodeSDK would set up OTLP metric and log exporters from the environment.
+    metricReaders: [],
+    logRecordProcessors: [],
+    instrumentations: [],
   });
-  const contextManager = new AsyncLocalStorageContextManager();
-  contextManager.enable();
-  context.setGlobalContextManager(contextManager);
-  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
-  trace.setGlobalTracerProvider(provider);
-  return { shutdown: () => provider.shutdown() };
+  sdk.start();
+  return { shutdown: () => sdk.shutdown() };
 }

@@ -25,7 +25,14 @@ export interface VmRecord {
   expiresAt: string | null;
   exit: { code: number | null; signal: string | null; at: string; cause?: string } | null;
   /** What the VM was launched as, for its attestation policy (the configuration may change across restarts). */
-  launch: { kind: 'sev-snp' | 'tdx' | 'plain'; cpu: string; hostData: string | null; igvmFile: string | null };
+  launch: {
+    kind: 'sev-snp' | 'tdx' | 'plain';
+    /** How the daemon decided the kind (src/config/cvm.ts); absent in records of earlier versions. */
+    decision?: string;
+    cpu: string;
+    hostData: string | null;
+    igvmFile: string | null;
+  };
   /** The launch inputs as measured for this VM (absent in records written before pinning). */
   pinned?: LaunchPin;
   /**
@@ -34,6 +41,13 @@ export interface VmRecord {
    * VM started before it existed).
    */
   runAs?: VmIdentity | null;
+  /** The host GPU passed through to the VM (VFIO) and its IOMMU group; null or absent: none. */
+  gpu?: VmGpu | null;
+}
+
+export interface VmGpu {
+  bdf: string;
+  iommuGroup: string;
 }
 
 /** A VM's own user: uid and gid (the same number) and the supplementary groups of its devices. */
@@ -87,6 +101,7 @@ function recordSchema(): Promise<Z.ZodType<VmRecord>> {
       exit: z.object({ code: z.number().nullable(), signal: z.string().nullable(), at: z.iso.datetime(), cause: z.string().optional() }).nullable(),
       launch: z.object({
         kind: z.enum(['sev-snp', 'tdx', 'plain']),
+        decision: z.string().optional(),
         cpu: z.string(),
         hostData: z.string().nullable(),
         igvmFile: z.string().nullable(),
@@ -109,6 +124,10 @@ function recordSchema(): Promise<Z.ZodType<VmRecord>> {
         .optional(),
       runAs: z
         .object({ uid: z.number().int().positive(), gid: z.number().int().positive(), groups: z.array(z.number().int().nonnegative()) })
+        .nullable()
+        .optional(),
+      gpu: z
+        .object({ bdf: z.string().regex(/^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/), iommuGroup: z.string().regex(/^\d+$/) })
         .nullable()
         .optional(),
     }),
@@ -151,6 +170,8 @@ export interface RecordPeek {
   hostPort: number | null;
   /** The VM's own uid, held until recovery has decided the VM. */
   uid: number | null;
+  /** Its GPU, held until recovery has decided the VM. */
+  gpu: VmGpu | null;
 }
 
 /**
@@ -169,7 +190,9 @@ export function peekRecord(text: string): RecordPeek | undefined {
   const int = (v: unknown) => (typeof v === 'number' && Number.isInteger(v) && v > 0 ? v : null);
   if (typeof r.id !== 'string' || typeof r.state !== 'string') return undefined;
   const runAs = typeof r.runAs === 'object' && r.runAs !== null ? (r.runAs as Record<string, unknown>) : undefined;
-  return { id: r.id, state: r.state, pid: int(r.pid), hostPort: int(r.hostPort), uid: int(runAs?.uid) };
+  const g = typeof r.gpu === 'object' && r.gpu !== null ? (r.gpu as Record<string, unknown>) : undefined;
+  const gpu = typeof g?.bdf === 'string' && typeof g.iommuGroup === 'string' ? { bdf: g.bdf, iommuGroup: g.iommuGroup } : null;
+  return { id: r.id, state: r.state, pid: int(r.pid), hostPort: int(r.hostPort), uid: int(runAs?.uid), gpu };
 }
 
 export async function parseRecord(text: string): Promise<RecordReadResult> {

@@ -6,6 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { type Context, context, propagation, type Span, SpanKind, SpanStatusCode, type TextMapGetter, trace } from '@opentelemetry/api';
 import type { Logger } from 'pino';
+import { observeGoApiCall } from '../../telemetry/metrics.js';
 import { tracer } from '../../telemetry/spans.js';
 
 export interface CallRecorder {
@@ -70,6 +71,7 @@ export function callTelemetry(log: Logger, recorder: CallRecorder): grpc.ServerI
       if (!normal) span.setStatus({ code: SpanStatusCode.ERROR, message: details || name });
       span.end(ended);
       recorder.rpc(method, name, seconds);
+      observeGoApiCall(descriptor.path, seconds);
       // Successful calls at debug (CreateVm and RemoveVm log their own lines); failures at info.
       const line = { method, code: name, ms: seconds * 1000, ...(streams ? { events: sent } : {}), ...(!normal && details ? { details } : {}) };
       if (normal) log.debug(line, 'rpc');

@@ -103,6 +103,9 @@ function toVmStatus(v: VmStatusView): VmStatus {
     kernel_cmd: v.kernelCmdline,
     exit_cause: v.exit?.cause ?? '',
     pause_reason: v.pauseReason ?? '',
+    gpu: v.gpu ?? '',
+    cvm_kind: v.cvmKind,
+    cvm_decision: v.cvmDecision ?? '',
   };
 }
 

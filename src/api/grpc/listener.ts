@@ -10,10 +10,11 @@ import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { ConnectionGuard } from '../connection-guard.js';
 import type { GuestPeerGate } from '../guest-peer.js';
+import { bindServer, listenOnEvery } from '../listen-addresses.js';
 
 export interface GrpcListener {
   port: number;
-  /** Where it listens, as host:port (`[::]:7001` for every interface, dual-stack). */
+  /** Where it listens, as host:port (`[::]:7001` for every interface, dual-stack), comma-separated when several. */
   address: string;
   /** Stops accepting; connections already handed over are closed by their servers' shutdown. */
   close(): void;
@@ -30,10 +31,9 @@ export interface GrpcListenerOptions {
   log: Logger;
 }
 
-export function listenGrpc(o: GrpcListenerOptions): Promise<GrpcListener> {
+export async function listenGrpc(o: GrpcListenerOptions): Promise<GrpcListener> {
   const main = o.server.createConnectionInjector(o.credentials);
-  // Paused: nothing is read from a connection before it is known whose it is.
-  const tcp = net.createServer({ pauseOnConnect: true }, (socket) => {
+  const onConnection = (socket: net.Socket) => {
     socket.on('error', () => undefined);
     // Over a cap: reset before a byte is read, let alone a TLS handshake or an HTTP/2 session.
     if (!o.guard.admit(socket)) return;
@@ -62,23 +62,21 @@ export function listenGrpc(o: GrpcListenerOptions): Promise<GrpcListener> {
         socket.destroy();
       },
     );
+  };
+  // One listener per address of the host (listen-addresses.ts), all feeding the one server.
+  // Paused: nothing is read from a connection before it is known whose it is.
+  const bound = await listenOnEvery(o.host, o.port, async (address, port) => {
+    const tcp = net.createServer({ pauseOnConnect: true }, onConnection);
+    const b = await bindServer(tcp, address, port);
+    tcp.on('error', (err) => o.log.error({ err: String(err) }, 'gRPC listener error'));
+    return b;
   });
-  return new Promise((resolve, reject) => {
-    tcp.once('error', reject);
-    // An empty host is every interface, as Go's ":7001": Node listens on `::` dual-stack where
-    // IPv6 exists and on 0.0.0.0 otherwise.
-    tcp.listen({ host: o.host === '' ? undefined : o.host, port: o.port }, () => {
-      tcp.off('error', reject);
-      tcp.on('error', (err) => o.log.error({ err: String(err) }, 'gRPC listener error'));
-      const a = tcp.address() as net.AddressInfo;
-      resolve({
-        port: a.port,
-        address: `${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`,
-        close: () => {
-          tcp.close();
-          o.guard.close();
-        },
-      });
-    });
-  });
+  return {
+    port: bound[0]!.port,
+    address: bound.map((b) => b.address).join(', '),
+    close: () => {
+      for (const b of bound) b.close();
+      o.guard.close();
+    },
+  };
 }

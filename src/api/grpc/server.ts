@@ -3,34 +3,18 @@
  * manager.ManagerAdmin (operator methods), grpc.health.v1.Health and server reflection, each call
  * through the call-telemetry interceptor; the transport bounds of a TCP port.
  */
-import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
-import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import { HealthImplementation } from 'grpc-health-check';
 import type { Logger } from 'pino';
 import type { ManagerService } from '../../manager/manager-service.port.js';
 import type { TlsMaterial } from '../tls.js';
 import { type CallRecorder, callTelemetry } from './call-telemetry.js';
 import { adminHandlers, managerHandlers } from './handlers.js';
+import { loadPackageDefinition } from './protos.js';
 import type { ProtoGrpcType as ManagerProto } from './generated/manager.js';
 import type { ProtoGrpcType as AdminProto } from './generated/manager-admin.js';
-
-const protoFile = (name: string) => fileURLToPath(new URL(`../../../proto/${name}`, import.meta.url));
-export const PROTO_FILES = [protoFile('manager.proto'), protoFile('manager-admin.proto')];
-
-export const LOADER_OPTIONS: protoLoader.Options = {
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-};
-
-/** Every service this daemon serves (health included, for reflection). */
-export function loadPackageDefinition(): protoLoader.PackageDefinition {
-  return protoLoader.loadSync([...PROTO_FILES, healthProtoPath], LOADER_OPTIONS);
-}
 
 type Registration = [grpc.ServiceDefinition, grpc.UntypedServiceImplementation];
 

@@ -5,11 +5,13 @@
  */
 import http from 'node:http';
 import https from 'node:https';
-import type net from 'node:net';
+import net from 'node:net';
 import type { Registry } from 'prom-client';
+import type { Config } from '../../config/types.js';
 import type { BuildInfo } from '../../telemetry/build-info.js';
 import type { ConnectionGuard } from '../connection-guard.js';
 import type { GuestPeerGate, PeerVerdict } from '../guest-peer.js';
+import { bindServer, listenOnEvery } from '../listen-addresses.js';
 import type { TlsMaterial } from '../tls.js';
 
 /** 'recovering': serving, while VMs an earlier run left are being re-adopted. */
@@ -81,39 +83,73 @@ function refuse(gate: GuestPeerGate, v: PeerVerdict, socket: net.Socket, what: s
   socket.destroy();
 }
 
-/** How long a client has to send a request's headers (MANAGER_HTTP_HEADERS_TIMEOUT) and how long a socket may be silent. */
+/**
+ * The HTTP server's limits: MANAGER_HTTP_SERVER_* as the Go manager's net/http server reads them
+ * (after httpLimits), and how long a socket may be silent (MANAGER_CONNECTION_IDLE_TIMEOUT).
+ */
 export interface HttpLimits {
-  headersTimeoutMs: number;
-  idleMs: number;
+  /** The whole request, from its first byte. */
+  readTimeoutMs: number;
+  /** Its headers (never more than the whole request). */
+  readHeaderTimeoutMs: number;
+  /** From a request's headers to the last byte of its answer. */
+  writeTimeoutMs: number;
+  /** An idle keep-alive connection. */
+  idleTimeoutMs: number;
+  /** The request line and headers. */
+  maxHeaderBytes: number;
+  silentMs: number;
 }
 
-/** An idle keep-alive connection is closed after this (Node's default, said explicitly). */
-export const KEEP_ALIVE_TIMEOUT_MS = 5_000;
+/** Go's http.DefaultMaxHeaderBytes: what MaxHeaderBytes 0 means there. */
+export const GO_DEFAULT_MAX_HEADER_BYTES = 1 << 20;
+
+/** The limits the settings give, with Go's meaning of 0: header and idle timeouts as the read timeout, header bytes Go's default. */
+export function httpLimits(s: Config['httpServer'], silentMs: number): HttpLimits {
+  return {
+    readTimeoutMs: s.readTimeoutMs,
+    readHeaderTimeoutMs: Math.min(s.readHeaderTimeoutMs || s.readTimeoutMs, s.readTimeoutMs),
+    writeTimeoutMs: s.writeTimeoutMs,
+    idleTimeoutMs: s.idleTimeoutMs || s.readTimeoutMs,
+    maxHeaderBytes: s.maxHeaderBytes || GO_DEFAULT_MAX_HEADER_BYTES,
+    silentMs,
+  };
+}
+
 /** /health and /metrics need a handful of headers; a client sending more is not one of ours. */
 export const MAX_HEADERS_COUNT = 64;
-export const MAX_HEADER_SIZE = 8 * 1024;
 
 function serverOptions(limits: HttpLimits): http.ServerOptions {
   return {
-    // A GET has no body: its request is its headers, so both deadlines are the same.
-    headersTimeout: limits.headersTimeoutMs,
-    requestTimeout: limits.headersTimeoutMs,
-    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
-    maxHeaderSize: MAX_HEADER_SIZE,
+    headersTimeout: limits.readHeaderTimeoutMs,
+    requestTimeout: limits.readTimeoutMs,
+    keepAliveTimeout: limits.idleTimeoutMs,
+    maxHeaderSize: limits.maxHeaderBytes,
     // Node enforces the two timeouts when it sweeps its connections (every 30 s by default).
-    connectionsCheckingInterval: Math.max(100, Math.min(1_000, limits.headersTimeoutMs)),
+    connectionsCheckingInterval: Math.max(100, Math.min(1_000, limits.readHeaderTimeoutMs)),
+  };
+}
+
+/** Go's WriteTimeout: a request not answered, to its last byte, this long after its headers costs its connection. */
+function answeredWithin(ms: number, handler: http.RequestListener): http.RequestListener {
+  return (req, res) => {
+    const timer = setTimeout(() => req.socket.destroy(), ms);
+    res.once('close', () => clearTimeout(timer));
+    handler(req, res);
   };
 }
 
 export function createHttpServer(deps: HttpEndpointDeps, tls: TlsMaterial | undefined, gate?: GuestPeerGate, limits?: HttpLimits, guard?: ConnectionGuard): http.Server {
-  const handler = gate ? guarded(gate, httpHandler(deps)) : httpHandler(deps);
+  const guardedHandler = gate ? guarded(gate, httpHandler(deps)) : httpHandler(deps);
+  const handler = limits ? answeredWithin(limits.writeTimeoutMs, guardedHandler) : guardedHandler;
   const options = limits ? serverOptions(limits) : {};
-  // Under TLS, the handshake too must end within the headers timeout (Node's default: 120 s).
-  const server = tls ? httpsServer(handler, tls, limits ? { ...options, handshakeTimeout: limits.headersTimeoutMs } : options) : http.createServer(options, handler);
+  // Under TLS, the handshake too must end within the headers timeout (Node's default: 120 s;
+  // Go's, the read or write timeout, whichever is shorter).
+  const server = tls ? httpsServer(handler, tls, limits ? { ...options, handshakeTimeout: limits.readHeaderTimeoutMs } : options) : http.createServer(options, handler);
   if (limits) {
     server.maxHeadersCount = MAX_HEADERS_COUNT;
     // A socket silent for this long (a client that stops reading a response) is destroyed.
-    server.setTimeout(limits.idleMs);
+    server.setTimeout(limits.silentMs);
   }
   // Who is calling is found out as soon as the connection opens (after TLS), once.
   const verdict = (socket: net.Socket) =>
@@ -154,16 +190,16 @@ function httpsServer(handler: http.RequestListener, tls: TlsMaterial, options: h
 }
 
 /**
- * Listens and resolves with the bound port (port 0 picks a free one). An empty host listens on
- * `::` dual-stack where IPv6 exists and on 0.0.0.0 otherwise (Node's own fallback), like Go's ":port".
+ * Listens on every address of `host` (listen-addresses.ts) and resolves with the port and the
+ * addresses bound (port 0 picks a free one). The server itself listens on the last address
+ * (bound last: a failure before never has it listen and close); each other address hands its
+ * connections to it, so caps, guest checks, TLS and limits are the same, and closing the server
+ * closes them all.
  */
-export function listen(server: http.Server, host: string, port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host: host === '' ? undefined : host, port }, () => {
-      server.off('error', reject);
-      const addr = server.address();
-      resolve(typeof addr === 'object' && addr !== null ? addr.port : port);
-    });
-  });
+export async function listen(server: http.Server, host: string, port: number): Promise<{ port: number; addresses: string[] }> {
+  const bound = await listenOnEvery(host, port, (address, p, last) =>
+    bindServer(last ? server : net.createServer((socket) => server.emit('connection', socket)), address, p),
+  );
+  server.once('close', () => bound.slice(0, -1).forEach((b) => b.close()));
+  return { port: bound[0]!.port, addresses: bound.map((b) => b.address) };
 }
