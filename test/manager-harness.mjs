@@ -65,7 +65,7 @@ export function startManager({ driver = new FakeDriver(), stateDir = tmpDir('coc
       inUse: () => new Set(),
       killAll: (released) => {
         for (const uid of released) driver.calls.push(['retire-uid', uid]);
-        return { left: new Map(), inUse: new Set() };
+        return new Map();
       },
     })
     : undefined;

@@ -118,14 +118,10 @@ export const procUidProcesses = {
     }
     return uids;
   },
-  killAll(targets: ReadonlySet<number>): { left: Map<number, number>; inUse: Set<number> } {
+  killAll(targets: ReadonlySet<number>): Map<number, number> {
     const left = new Map<number, number>();
-    const inUse = new Set<number>();
     for (const pid of procPids()) {
-      const uids = processUids(pid);
-      if (uids === undefined) continue;
-      for (const u of uids) inUse.add(u);
-      const uid = uids.find((u) => targets.has(u));
+      const uid = processUids(pid)?.find((u) => targets.has(u));
       if (uid === undefined) continue;
       try {
         process.kill(pid, 'SIGKILL');
@@ -134,7 +130,7 @@ export const procUidProcesses = {
         /* gone meanwhile */
       }
     }
-    return { left, inUse };
+    return left;
   },
 };
 

@@ -11,36 +11,25 @@
 export interface UidProcesses {
   /** The uids that own a process now. */
   inUse(): Set<number>;
-  /**
-   * SIGKILLs every process running as one of `uids`: how many of each were still there, and the
-   * uids every live process runs as (one look at every process serves both).
-   */
-  killAll(uids: ReadonlySet<number>): { left: Map<number, number>; inUse: Set<number> };
+  /** SIGKILLs every process running as one of `uids` (one look at every process): how many of each were still there. */
+  killAll(uids: ReadonlySet<number>): Map<number, number>;
 }
 
 const RETIRE_RETRY_MS = 1_000;
 /**
- * How long after a release its uid is retired. The look at every process costs milliseconds
- * (~20 µs a process, 3-4 ms a RemoveVm on a loaded 2-core host with ~100 processes) and is
- * needed before the uid is reused, not at once: the releases of a second share one look, and it
- * runs after the RemoveVm answer has reached its caller (on the next turn of the event loop it
- * held the answer back ~2 ms). A CreateVm that finds only uids being retired retires them then.
+ * How long after a release its uid is retired: after the RemoveVm answer has reached its caller
+ * (on the next turn of the event loop, the look at every process held the answer back ~2 ms),
+ * so a burst of releases shares one look. Not longer: another daemon wrongly sharing the range
+ * sees the uid free once its QEMU is gone, and a QEMU it started as that uid meanwhile would be
+ * killed by this retirement.
  */
-const RETIRE_DELAY_MS = 1_000;
-/**
- * How long one look at the processes' uids serves acquire(). A look reads every process of the
- * host (milliseconds with a few hundred); a burst of CreateVm, or the one after a RemoveVm
- * (whose retirement has just looked), need not each take their own. Ranges are meant to be
- * per daemon: this look only narrows the damage of two daemons configured on one.
- */
-const LOOK_FRESH_MS = 1_000;
+const RETIRE_DELAY_MS = 50;
 
 export class UidPool {
   private readonly held = new Set<number>();
   /** Released uids whose processes are still to be killed (held meanwhile). */
   private readonly retiring = new Map<number, number>();
   private retireTimer: NodeJS.Timeout | undefined;
-  private look: { uids: Set<number>; at: number } | undefined;
   private cursor: number;
 
   constructor(
@@ -77,8 +66,8 @@ export class UidPool {
   }
 
   private pick(): number | undefined {
-    if (this.look === undefined || Date.now() - this.look.at > LOOK_FRESH_MS) this.look = { uids: this.processes.inUse(), at: Date.now() };
-    const busy = this.look.uids;
+    // Looked at for every VM: another daemon's QEMU may have started as any uid a moment ago.
+    const busy = this.processes.inUse();
     for (let tried = 0; tried < this.size; tried++) {
       const uid = this.cursor;
       this.cursor = uid >= this.range.last ? this.range.first : uid + 1;
@@ -106,8 +95,7 @@ export class UidPool {
 
   private retire(): void {
     this.retireTimer = undefined;
-    const { left, inUse } = this.processes.killAll(new Set(this.retiring.keys()));
-    this.look = { uids: inUse, at: Date.now() };
+    const left = this.processes.killAll(new Set(this.retiring.keys()));
     for (const [uid, tries] of this.retiring) {
       const n = left.get(uid) ?? 0;
       if (n === 0) {
