@@ -300,7 +300,7 @@ async function diskCost(env) {
   execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, source]);
   fs.rmSync(raw);
   const start = async (extra) => {
-    const d = await Daemon.start({ ...env, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(10), MANAGER_STATE_DIR: path.join(tmpDir('cocos-bench-disk-state-'), 'state'), ...extra }, { nodeFlags: NODE_FLAGS });
+    const d = await startDaemon({ ...env, MANAGER_QEMU_HOST_FWD_RANGE: nextRange(10), MANAGER_VM_UID_RANGE: nextUidRange(10), MANAGER_STATE_DIR: path.join(tmpDir('cocos-bench-disk-state-'), 'state'), ...extra }, { nodeFlags: NODE_FLAGS });
     if (extra.MANAGER_QEMU_ENABLE_DISK) await d.waitForLog((l) => l.msg === 'disk source pinned', 60_000);
     return d;
   };

@@ -16,20 +16,14 @@ export interface UidProcesses {
 }
 
 const RETIRE_RETRY_MS = 1_000;
-/**
- * How long after a release its uid is retired: after the RemoveVm answer has reached its caller
- * (on the next turn of the event loop, the look at every process held the answer back ~2 ms),
- * so a burst of releases shares one look. Not longer: another daemon wrongly sharing the range
- * sees the uid free once its QEMU is gone, and a QEMU it started as that uid meanwhile would be
- * killed by this retirement.
- */
-const RETIRE_DELAY_MS = 50;
 
 export class UidPool {
   private readonly held = new Set<number>();
   /** Released uids whose processes are still to be killed (held meanwhile). */
   private readonly retiring = new Map<number, number>();
-  private retireTimer: NodeJS.Timeout | undefined;
+  /** The retirement due in this turn's check phase, or the retry of one that left processes. */
+  private retireSoon: NodeJS.Immediate | undefined;
+  private retireRetry: NodeJS.Timeout | undefined;
   private cursor: number;
 
   constructor(
@@ -61,7 +55,6 @@ export class UidPool {
   /** Retires the uids released and not retired yet, now (before the daemon exits, say). */
   retireNow(): void {
     if (this.retiring.size === 0) return;
-    clearTimeout(this.retireTimer);
     this.retire();
   }
 
@@ -84,17 +77,24 @@ export class UidPool {
   }
 
   /**
-   * The VM is gone: its uid is retired (its processes killed) and then free again. Off the
-   * caller's path (RETIRE_DELAY_MS later), the uid held until it is done; the uids released
-   * meanwhile (a burst of RemoveVm) are retired by the same look at every process.
+   * The VM is gone: its uid is retired (its processes killed) and then free again, the uid held
+   * until it is done; the uids released in the same turn (a burst of RemoveVm) share one look at
+   * every process. In the same turn of the event loop, so the processes are listed before the
+   * RemoveVm caller can act on the answer, although the look then costs RemoveVm ~1.5 ms on a
+   * loaded 2-core host: once its QEMU is gone the uid looks free to another daemon wrongly
+   * sharing the range, and a QEMU that daemon started as it before the listing would be killed
+   * (seen with a retirement 50 ms later: two daemons of one bench figure).
    */
   release(uid: number): void {
     if (!this.retiring.has(uid)) this.retiring.set(uid, 0);
-    this.retireTimer ??= setTimeout(() => this.retire(), RETIRE_DELAY_MS);
+    this.retireSoon ??= setImmediate(() => this.retire());
   }
 
   private retire(): void {
-    this.retireTimer = undefined;
+    clearImmediate(this.retireSoon);
+    clearTimeout(this.retireRetry);
+    this.retireSoon = undefined;
+    this.retireRetry = undefined;
     const left = this.processes.killAll(new Set(this.retiring.keys()));
     for (const [uid, tries] of this.retiring) {
       const n = left.get(uid) ?? 0;
@@ -107,6 +107,6 @@ export class UidPool {
       if (tries === 5) this.onStuck(uid, n);
       this.retiring.set(uid, tries + 1);
     }
-    if (this.retiring.size > 0) this.retireTimer = setTimeout(() => this.retire(), RETIRE_RETRY_MS).unref();
+    if (this.retiring.size > 0) this.retireRetry = setTimeout(() => this.retire(), RETIRE_RETRY_MS).unref();
   }
 }
