@@ -82,10 +82,43 @@ export function listenOnFreePort(server) {
 }
 
 // Below the kernel's ephemeral range (32768 and up here), where the daemons' own port-0 listeners
-// and every client socket land, so no other socket of the run ever sits in a VM range.
-let rangeCursor = 10000 + Math.floor(Math.random() * 100) * 100;
+// and every client socket land, so no other socket of the run ever sits in a VM range. Test files
+// run in parallel processes: each takes blocks of 500 ports of its own, claimed by an exclusive
+// mkdir (a block whose claimant is gone is taken over), so no two of them share a range.
+const BLOCK = 500;
+const BLOCKS = 44; // 10000-31999
+const CLAIMS = path.join(os.tmpdir(), 'cocos-test-port-blocks');
+let rangeCursor = 0;
+let blockEnd = 0;
+
+function claimBlock() {
+  fs.mkdirSync(CLAIMS, { recursive: true, mode: 0o755 });
+  const start = Math.floor(Math.random() * BLOCKS);
+  for (let i = 0; i < BLOCKS; i++) {
+    const k = (start + i) % BLOCKS;
+    const dir = path.join(CLAIMS, String(k));
+    try {
+      fs.mkdirSync(dir);
+    } catch {
+      let owner = NaN;
+      try { owner = Number(fs.readFileSync(path.join(dir, 'pid'), 'utf8')); } catch { /* being claimed */ }
+      if (!Number.isInteger(owner) || isAlive(owner)) continue;
+      fs.rmSync(dir, { recursive: true, force: true });
+      try { fs.mkdirSync(dir); } catch { continue; }
+    }
+    fs.writeFileSync(path.join(dir, 'pid'), String(process.pid));
+    process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+    return 10000 + k * BLOCK;
+  }
+  throw new Error(`no free block of test ports in ${CLAIMS}`);
+}
+
 /** A host-forward range no other test of this run uses. */
 export function nextRange(size = 20) {
+  if (rangeCursor + size + 5 > blockEnd) {
+    rangeCursor = claimBlock();
+    blockEnd = rangeCursor + BLOCK;
+  }
   const first = rangeCursor;
   rangeCursor += size + 5;
   return `${first}-${first + size - 1}`;

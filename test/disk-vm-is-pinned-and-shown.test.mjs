@@ -14,6 +14,7 @@ import path from 'node:path';
 import { Daemon, call, fakeQemuEnv, tmpDir, waitFor } from './daemon.mjs';
 import { runCli } from './helpers.mjs';
 import { makeIgvmmeasureStandIns } from './fixtures-igvmmeasure.mjs';
+import { SEV_SNP_HOST, fakeHostUnavailable } from './fake-host.mjs';
 import { makeDiskSource } from './manager-harness.mjs';
 
 const sha384 = (file) => createHash('sha384').update(fs.readFileSync(file)).digest('hex');
@@ -57,14 +58,14 @@ async function cli(args) {
   });
 }
 
-test('SEV-SNP from a disk: the pin and the policy cover the IGVM file and the disk\'s source, not a kernel; vm info shows the disk', async () => {
+test('SEV-SNP from a disk: the pin and the policy cover the IGVM file and the disk\'s source, not a kernel; vm info shows the disk', { skip: fakeHostUnavailable() }, async () => {
   const state = tmpDir();
   const d = await Daemon.start(diskEnv(state, {
     MANAGER_QEMU_ENABLE_SEV_SNP: 'true',
     MANAGER_QEMU_IGVM_FILE: igvm,
     MANAGER_ATTESTATION_POLICY_BINARY_PATH: dirOf('content'),
     MANAGER_QEMU_DST_DISK_FILE: '/tmp/cvmDisk.qcow2',
-  }));
+  }), { host: SEV_SNP_HOST });
   const client = d.client();
   const admin = d.adminClient();
   try {

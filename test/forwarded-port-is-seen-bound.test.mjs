@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { portIsListening } from '../dist/vm/proc.js';
-import { tcpPortIsFree } from '../dist/manager/port-probe.js';
+import { tcpPortIsFree } from '../dist/host/port-probe.js';
 
 async function listening(host) {
   const server = net.createServer((s) => s.end('still here'));

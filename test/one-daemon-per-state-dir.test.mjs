@@ -37,14 +37,17 @@ test('a second daemon on the same state directory exits 2 naming the PID that ho
 test('a daemon killed with -9 leaves no stale lock: the next one starts and re-adopts', async () => {
   const state = tmpDir();
   const first = await Daemon.start(fakeQemuEnv(state));
-  const [vm] = await first.createVms({});
-  const second = await first.restart({ whileDown: () => assert.equal(isAlive(first.proc.pid), false) });
-  const client = second.client();
+  let second;
+  let client;
   try {
+    const [vm] = await first.createVms({});
+    second = await first.restart({ whileDown: () => assert.equal(isAlive(first.proc.pid), false) });
+    client = second.client();
     assert.equal(second.logs.lines.filter((l) => l.msg === 're-adopted a running VM').length, 1);
     await call(client, 'RemoveVm', { cvm_id: vm.cvm_id });
   } finally {
-    client.close();
-    await second.stop();
+    // Whatever failed, no daemon of this test outlives it (the test process would wait for it).
+    client?.close();
+    await (second ?? first).stop();
   }
 });

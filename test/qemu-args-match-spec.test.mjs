@@ -108,7 +108,7 @@ const table = [
       ...NET, ...DISK('img/enc_os.qcow2'), ...NO_KERNEL,
     ],
   },
-  { name: 'disk boot, SEV-SNP', env: { MANAGER_QEMU_ENABLE_DISK: 'true' }, want: [...COMMON_HEAD, ...NET, ...DISK('img/enc_os.qcow2'), ...SNP(''), ...NO_KERNEL] },
+  { name: 'disk boot, SEV-SNP', env: { MANAGER_QEMU_ENABLE_SEV_SNP: 'true', MANAGER_QEMU_ENABLE_DISK: 'true' }, want: [...COMMON_HEAD, ...NET, ...DISK('img/enc_os.qcow2'), ...SNP(''), ...NO_KERNEL] },
   {
     name: 'disk boot, TDX, ids, format and a source with a comma',
     env: {
@@ -181,7 +181,7 @@ test('a VM gets its own port, firmware copy, kbs params and 9P shares, certifica
 });
 
 test('a VM with a disk gets its own disk file right after the network card, no kernel, and never the source in its place', () => {
-  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_DISK: 'true' });
+  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_DISK: 'true' }, FACTS.plain);
   const vm = { hostPort: 6123, ovmfVarsFile: '/v', aaKbsParams: 'cc_kbc::x', shares: { certsDir: '/c', envDir: '/e' } };
   const args = buildQemuArgs(config.qemu, { ...vm, diskFile: '/s/vms/x/disk.qcow2' });
   const nic = args.findIndex((a) => a.startsWith('virtio-net-pci,'));
@@ -192,7 +192,7 @@ test('a VM with a disk gets its own disk file right after the network card, no k
 });
 
 test('with a disk and a GPU, Go\'s order: the network card, the disk, then the GPU', () => {
-  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_DISK: 'true' });
+  const config = loadConfig({ MANAGER_QEMU_ENABLE_SEV_SNP: 'false', MANAGER_QEMU_ENABLE_DISK: 'true' }, FACTS.plain);
   const args = buildQemuArgs(config.qemu, { hostPort: 6123, ovmfVarsFile: '/v', diskFile: '/s/vms/x/disk.qcow2', gpu: '0000:02:00.0' });
   const nic = args.findIndex((a) => a.startsWith('virtio-net-pci,'));
   assert.deepEqual(args.slice(nic + 1, nic + 13), [
